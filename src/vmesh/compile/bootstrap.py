@@ -1,0 +1,47 @@
+"""The bootstrap: node identity, local admin, static readiness/stats listeners, and the file-based xDS sources."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vmesh.compile import listeners
+from vmesh.compile.envoy_types import DOWNSTREAM_CONNECTIONS, file_source, socket_address
+from vmesh.registry import Registry, Workload
+
+LDS_FILE = "lds.json"
+CDS_FILE = "cds.json"
+MAX_DOWNSTREAM_CONNECTIONS = 100000
+
+
+def node_id(workload: Workload, registry: Registry) -> str:
+    """Istio's sidecar node id shape: sidecar~IP~NAME.NAMESPACE~NAMESPACE.svc.DOMAIN."""
+    return f"sidecar~{workload.address or '0.0.0.0'}~{workload.host}.{workload.namespace}~" \
+           f"{workload.namespace}.svc.{registry.cluster_domain}"
+
+
+def bootstrap(workload: Workload, registry: Registry) -> dict[str, Any]:
+    cluster = f"{workload.service}.{workload.namespace}" if workload.service else f"client.{workload.namespace}"
+    return {
+        "node": {
+            "id": node_id(workload, registry),
+            "cluster": cluster,
+            "metadata": {"NAMESPACE": workload.namespace, "LABELS": workload.labels,
+                         "SERVICE_ACCOUNT": workload.service_account, "INVENTORY_HOST": workload.host},
+        },
+        "admin": {"address": socket_address("127.0.0.1", listeners.ADMIN_PORT)},
+        "static_resources": {
+            "listeners": listeners.static(workload),
+            "clusters": [{"name": listeners.ADMIN_CLUSTER, "type": "STATIC",
+                          "connect_timeout": "1s", "load_assignment": {
+                              "cluster_name": listeners.ADMIN_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {
+                                  "address": socket_address("127.0.0.1", listeners.ADMIN_PORT)}}]}]}}],
+        },
+        "dynamic_resources": {
+            "lds_config": file_source(workload.config_dir, LDS_FILE),
+            "cds_config": file_source(workload.config_dir, CDS_FILE),
+        },
+        "overload_manager": {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {"@type": DOWNSTREAM_CONNECTIONS,
+                             "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS}}]},
+    }

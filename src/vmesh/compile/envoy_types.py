@@ -1,0 +1,50 @@
+"""Envoy type URLs and small builders shared by the compiler's parts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ROUTE_CONFIGURATION = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+ORIGINAL_DST = "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
+HTTP_PROTOCOL_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+STDOUT_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+PREVIOUS_HOSTS = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+DOWNSTREAM_CONNECTIONS = \
+    "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
+
+# Istio's names for the catch-all clusters; dashboards and users look for them.
+PASSTHROUGH = "PassthroughCluster"
+INBOUND_PASSTHROUGH = "InboundPassthroughCluster"
+BLACKHOLE = "BlackHoleCluster"
+
+# Istio lifts Envoy's default circuit-breaker limits (1024) out of the way; DestinationRules set real ones.
+UNLIMITED = 4294967295
+
+
+def socket_address(address: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": address, "port_value": port}}
+
+
+def typed(name: str, type_url: str, **config: Any) -> dict[str, Any]:
+    return {"name": name, "typed_config": {"@type": type_url, **config}}
+
+
+def tcp_proxy(stat_prefix: str, cluster: str) -> dict[str, Any]:
+    return typed("envoy.filters.network.tcp_proxy", TCP_PROXY, stat_prefix=stat_prefix, cluster=cluster)
+
+
+def access_logs(enabled: bool) -> list[dict[str, Any]]:
+    return [typed("envoy.access_loggers.stdout", STDOUT_ACCESS_LOG)] if enabled else []
+
+
+def file_source(config_dir: str, file: str) -> dict[str, Any]:
+    """Filesystem xDS: Envoy re-reads ``file`` when a file is moved into ``config_dir`` (atomic swap)."""
+    return {
+        "path_config_source": {"path": f"{config_dir}/{file}", "watched_directory": {"path": config_dir}},
+        "resource_api_version": "V3",
+    }

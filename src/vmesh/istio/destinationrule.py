@@ -1,0 +1,55 @@
+"""DestinationRule: subsets of a service's hosts by label."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from vmesh.documents import Document
+from vmesh.istio.fields import Node, root
+from vmesh.registry import DNS_LABEL, Registry
+
+TRAFFIC_POLICY = ("loadBalancer", "connectionPool", "outlierDetection", "tls", "portLevelSettings", "tunnel",
+                  "proxyProtocol", "retryBudget")
+
+
+@dataclasses.dataclass(frozen=True)
+class Subset:
+    name: str
+    labels: dict[str, str]
+
+
+@dataclasses.dataclass
+class DestinationRule:
+    doc: Document
+    host: str  # FQDN
+    subsets: dict[str, Subset]
+
+
+def parse(doc: Document, registry: Registry) -> DestinationRule:
+    spec = root(doc).mapping(("host", "subsets", "exportTo"), ("trafficPolicy", "workloadSelector"))
+    host_node = spec.get("host")
+    host = registry.fqdn(host_node.string(required=True), doc.namespace)
+    if host not in registry.services:
+        raise host_node.error(_unknown_host(host_node.value, host, registry))
+    subsets: dict[str, Subset] = {}
+    for item in spec.get("subsets").items():
+        item.mapping(("name", "labels"), ("trafficPolicy",))
+        name_node = item.get("name")
+        name = name_node.string(required=True)
+        if not DNS_LABEL.match(name):
+            raise name_node.error(f"invalid subset name {name!r}: use lower-case letters, digits and '-'")
+        if name in subsets:
+            raise name_node.error(f"subset {name!r} is defined twice")
+        subsets[name] = Subset(name, item.get("labels").string_map())
+    spec.get("exportTo").strings()
+    return DestinationRule(doc, host, subsets)
+
+
+def _unknown_host(written: str, fqdn: str, registry: Registry) -> str:
+    known = ", ".join(sorted(s.name if s.namespace == "default" else f"{s.name}.{s.namespace}"
+                             for s in registry.services.values())) or "none"
+    return f"host {written!r} ({fqdn}) is not a service in the inventory (services: {known})"
+
+
+def unknown_host(node: Node, registry: Registry) -> str:
+    return _unknown_host(node.value, registry.fqdn(node.value, node.doc.namespace), registry)

@@ -1,0 +1,274 @@
+"""The service registry: what the inventory says each host serves, and each service's virtual IP.
+
+Input is plain data: ``{host name: {variable: value}}`` for the hosts of the mesh (group ``vmesh``), as the
+filter plugin takes it from Ansible's hostvars and the CLI from ``ansible-inventory --list``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import re
+from typing import Any
+
+from vmesh.errors import MeshError
+
+PROTOCOLS = ("http", "http2", "grpc", "tcp")
+HTTP_PROTOCOLS = ("http", "http2", "grpc")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+
+# Mesh-wide settings: the same value must hold for every host (set them in group_vars/all).
+MESH_SETTINGS = {
+    "vmesh_vip_cidr": "240.240.0.0/16",
+    "vmesh_cluster_domain": "cluster.local",
+    "vmesh_vips": {},
+}
+# Per-host settings with their defaults.
+HOST_SETTINGS = {
+    "vmesh_namespace": "default",
+    "vmesh_config_dir": "/etc/vmesh/envoy",
+    "vmesh_access_log": False,
+}
+HOST_VARS = {"vmesh_service", "vmesh_labels", "vmesh_ports", "vmesh_service_account", "vmesh_address"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Port:
+    number: int
+    protocol: str
+    name: str
+    target_port: int
+
+    @property
+    def is_http(self) -> bool:
+        return self.protocol in HTTP_PROTOCOLS
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """One mesh host. ``service`` is None for a pure client."""
+
+    host: str
+    namespace: str
+    service: str | None
+    labels: dict[str, str]
+    ports: tuple[Port, ...]
+    service_account: str
+    address: str | None
+    config_dir: str
+    access_log: bool
+
+
+@dataclasses.dataclass
+class Service:
+    name: str
+    namespace: str
+    fqdn: str
+    ports: tuple[Port, ...]
+    vip: str = ""
+    workloads: list[Workload] = dataclasses.field(default_factory=list)
+
+    def port(self, number: int) -> Port | None:
+        return next((p for p in self.ports if p.number == number), None)
+
+    def names_for(self, namespace: str) -> list[str]:
+        """The names a host in ``namespace`` may use for this service (short name only in its own namespace)."""
+        names = [self.fqdn, f"{self.name}.{self.namespace}.svc", f"{self.name}.{self.namespace}"]
+        if namespace == self.namespace:
+            names.append(self.name)
+        return names
+
+
+@dataclasses.dataclass
+class Registry:
+    services: dict[str, Service]  # by FQDN
+    workloads: dict[str, Workload]  # by host
+    cluster_domain: str
+    vip_cidr: str
+
+    def fqdn(self, name: str, namespace: str) -> str:
+        """Istio's reading of a host name in a document of ``namespace``: short names are relative to it."""
+        suffix = f".svc.{self.cluster_domain}"
+        if name.endswith(suffix):
+            return name
+        parts = name.split(".")
+        if len(parts) == 1:
+            return f"{name}.{namespace}{suffix}"
+        if len(parts) == 2:
+            return f"{name}{suffix}"
+        if len(parts) == 3 and parts[2] == "svc":
+            return f"{name}.{self.cluster_domain}"
+        return name
+
+
+def _err(host: str, field: str, message: str) -> MeshError:
+    return MeshError(message, file="inventory", doc=f"host {host}", field=field)
+
+
+def _mesh_settings(hosts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    settings = {}
+    for key, default in MESH_SETTINGS.items():
+        values = {}
+        for host, hostvars in sorted(hosts.items()):
+            values.setdefault(repr(hostvars.get(key, default)), (host, hostvars.get(key, default)))
+        if len(values) > 1:
+            (h1, v1), (h2, v2) = list(values.values())[:2]
+            raise _err(h2, key, f"mesh-wide setting differs between hosts ({h1}: {v1!r}, {h2}: {v2!r}); "
+                                "set it once in group_vars/all")
+        settings[key] = next(iter(values.values()))[1] if values else default
+    return settings
+
+
+def _ports(host: str, value: Any) -> tuple[Port, ...]:
+    if not isinstance(value, list) or not value:
+        raise _err(host, "vmesh_ports", "a service needs a non-empty list of ports, e.g. [{port: 9080, protocol: http}]")
+    ports = []
+    for i, item in enumerate(value):
+        field = f"vmesh_ports[{i}]"
+        if not isinstance(item, dict):
+            raise _err(host, field, "expected a mapping with port and protocol")
+        unknown = sorted(set(item) - {"port", "protocol", "name", "target_port"})
+        if unknown:
+            raise _err(host, f"{field}.{unknown[0]}", "unknown field (known: port, protocol, name, target_port)")
+        number = item.get("port")
+        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= 65535:
+            raise _err(host, f"{field}.port", f"expected a port number 1-65535, got {number!r}")
+        protocol = str(item.get("protocol", "")).lower()
+        if protocol not in PROTOCOLS:
+            raise _err(host, f"{field}.protocol", f"expected one of {', '.join(PROTOCOLS)}, got {item.get('protocol')!r}")
+        target = item.get("target_port", number)
+        if isinstance(target, bool) or not isinstance(target, int) or not 1 <= target <= 65535:
+            raise _err(host, f"{field}.target_port", f"expected a port number 1-65535, got {target!r}")
+        name = item.get("name", f"{protocol}-{number}")
+        if not isinstance(name, str) or not name:
+            raise _err(host, f"{field}.name", "expected a non-empty string")
+        if any(p.number == number for p in ports):
+            raise _err(host, f"{field}.port", f"port {number} is listed twice")
+        ports.append(Port(number, protocol, name, target))
+    return tuple(ports)
+
+
+def _labels(host: str, value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _err(host, "vmesh_labels", "expected a mapping such as {version: v1}")
+    labels = {}
+    for key, val in value.items():
+        if not isinstance(key, str) or not LABEL_KEY.match(key):
+            raise _err(host, f"vmesh_labels.{key}", "invalid label name")
+        if isinstance(val, (int, float)) and not isinstance(val, bool):
+            val = str(val)
+        if not isinstance(val, str) or not LABEL_VALUE.match(val) or len(val) > 63:
+            raise _err(host, f"vmesh_labels.{key}", f"invalid label value {val!r}")
+        labels[key] = val
+    return labels
+
+
+def _workload(host: str, hostvars: dict[str, Any]) -> Workload:
+    namespace = hostvars.get("vmesh_namespace", HOST_SETTINGS["vmesh_namespace"])
+    if not isinstance(namespace, str) or not DNS_LABEL.match(namespace):
+        raise _err(host, "vmesh_namespace", f"expected a DNS label such as 'default', got {namespace!r}")
+    service = hostvars.get("vmesh_service")
+    config_dir = hostvars.get("vmesh_config_dir", HOST_SETTINGS["vmesh_config_dir"])
+    if not isinstance(config_dir, str) or not config_dir.startswith("/"):
+        raise _err(host, "vmesh_config_dir", f"expected an absolute path, got {config_dir!r}")
+    access_log = hostvars.get("vmesh_access_log", HOST_SETTINGS["vmesh_access_log"])
+    if not isinstance(access_log, bool):
+        raise _err(host, "vmesh_access_log", f"expected true or false, got {access_log!r}")
+    common = {"host": host, "namespace": namespace, "config_dir": config_dir, "access_log": access_log}
+    if service is None:
+        for key in ("vmesh_ports", "vmesh_labels"):
+            if hostvars.get(key):
+                raise _err(host, key, "set only on hosts that serve a service: this host has no vmesh_service")
+        account = hostvars.get("vmesh_service_account", "default")
+        return Workload(service=None, labels={}, ports=(), service_account=account, address=None, **common)
+    if not isinstance(service, str) or not DNS_LABEL.match(service) or len(service) > 63:
+        raise _err(host, "vmesh_service", f"expected a DNS label such as 'reviews', got {service!r}")
+    address = hostvars.get("vmesh_address", hostvars.get("ansible_host"))
+    if address is None:
+        raise _err(host, "vmesh_address", "the address other hosts reach this one at is unknown: "
+                                          "set vmesh_address (or ansible_host) to an IP address")
+    try:
+        address = str(ipaddress.IPv4Address(address))
+    except (ipaddress.AddressValueError, ValueError):
+        raise _err(host, "vmesh_address", f"expected an IPv4 address, got {address!r} "
+                                          "(set vmesh_address when ansible_host is a name)") from None
+    account = hostvars.get("vmesh_service_account", service)
+    if not isinstance(account, str) or not DNS_LABEL.match(account):
+        raise _err(host, "vmesh_service_account", f"expected a DNS label, got {account!r}")
+    return Workload(service=service, labels=_labels(host, hostvars.get("vmesh_labels")),
+                    ports=_ports(host, hostvars.get("vmesh_ports")), service_account=account, address=address,
+                    **common)
+
+
+def allocate_vips(fqdns: list[str], cidr: str, pinned: dict[str, str]) -> dict[str, str]:
+    """A stable virtual IP per service: a hash of its name into the CIDR, independent of inventory order.
+
+    Pinned addresses win; a hash collision moves the later name (in sorted order) to the next free address.
+    """
+    net = ipaddress.IPv4Network(cidr)
+    size = net.num_addresses - 2
+    taken = {ipaddress.IPv4Address(ip) for ip in pinned.values()}
+    out = dict(pinned)
+    for fqdn in sorted(set(fqdns) - set(pinned)):
+        offset = int.from_bytes(hashlib.sha256(fqdn.encode()).digest()[:8], "big") % size
+        for step in range(size):
+            candidate = net.network_address + 1 + (offset + step) % size
+            if candidate not in taken:
+                break
+        else:
+            raise MeshError(f"no free address left in {cidr}", file="inventory", field="vmesh_vip_cidr")
+        taken.add(candidate)
+        out[fqdn] = str(candidate)
+    return out
+
+
+def build(hosts: dict[str, dict[str, Any]]) -> Registry:
+    """Read the mesh hosts' variables into a Registry, or raise MeshError naming host and variable."""
+    settings = _mesh_settings(hosts)
+    domain = settings["vmesh_cluster_domain"]
+    cidr = settings["vmesh_vip_cidr"]
+    try:
+        net = ipaddress.IPv4Network(cidr)
+    except (ValueError, TypeError):
+        raise MeshError(f"expected an IPv4 CIDR such as 240.240.0.0/16, got {cidr!r}", file="inventory",
+                        field="vmesh_vip_cidr") from None
+    if net.num_addresses < 4:
+        raise MeshError(f"{cidr} is too small for service addresses", file="inventory", field="vmesh_vip_cidr")
+    workloads = {host: _workload(host, hostvars) for host, hostvars in sorted(hosts.items())}
+    services: dict[str, Service] = {}
+    for workload in workloads.values():
+        if workload.service is None:
+            continue
+        fqdn = f"{workload.service}.{workload.namespace}.svc.{domain}"
+        service = services.get(fqdn)
+        if service is None:
+            service = services[fqdn] = Service(workload.service, workload.namespace, fqdn, workload.ports)
+        elif workload.ports != service.ports:
+            other = service.workloads[0].host
+            raise _err(workload.host, "vmesh_ports", f"differs from {other}'s ports for the same service "
+                                                     f"{workload.service}: every host of a service serves the same ports")
+        service.workloads.append(workload)
+    pinned = settings["vmesh_vips"]
+    if not isinstance(pinned, dict):
+        raise MeshError("expected a mapping of service name to address", file="inventory", field="vmesh_vips")
+    pins = {}
+    reg = Registry(services, workloads, domain, cidr)
+    for name, ip in pinned.items():
+        fqdn = reg.fqdn(str(name), "default")
+        try:
+            if ipaddress.IPv4Address(ip) not in net:
+                raise ValueError
+        except ValueError:
+            raise MeshError(f"{ip!r} is not an address in {cidr}", file="inventory", field=f"vmesh_vips.{name}") from None
+        pins[fqdn] = str(ip)
+    if len(set(pins.values())) != len(pins):
+        raise MeshError("two services pinned to one address", file="inventory", field="vmesh_vips")
+    for fqdn, vip in allocate_vips(list(services), cidr, pins).items():
+        if fqdn in services:
+            services[fqdn].vip = vip
+    return reg
