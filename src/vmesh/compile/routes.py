@@ -7,7 +7,8 @@ from typing import Any
 from vmesh.compile.clusters import inbound_name, outbound_name
 from vmesh.compile.envoy_types import PREVIOUS_HOSTS
 from vmesh.istio import Mesh
-from vmesh.istio.virtualservice import Destination, HttpMatch, HttpRoute
+from vmesh.istio.fields import envoy_duration
+from vmesh.istio.virtualservice import Destination, HttpMatch, HttpRoute, Retries
 from vmesh.registry import Port, Service
 
 # Istio's default retry policy for every HTTP route without `retries`.
@@ -54,10 +55,28 @@ def _dest_port(mesh: Mesh, dest: Destination, port: Port) -> int:
     raise dest.node.error(f"{dest.host} has several ports and none is {port.number}: set destination.port")
 
 
+def _retry_policy(retries: Retries | None) -> dict[str, Any] | None:
+    if retries is None:
+        return DEFAULT_RETRY
+    if retries.attempts == 0:
+        return None
+    policy: dict[str, Any] = {**DEFAULT_RETRY, "num_retries": retries.attempts, "retry_on": ",".join(retries.retry_on)}
+    if retries.status_codes:
+        policy["retriable_status_codes"] = list(retries.status_codes)
+    else:
+        policy.pop("retriable_status_codes")
+    if retries.per_try_timeout_ns is not None:
+        policy["per_try_timeout"] = envoy_duration(retries.per_try_timeout_ns)
+    return policy
+
+
 def _action(mesh: Mesh, route: HttpRoute, port: Port) -> dict[str, Any]:
     weighted = [(outbound_name(_dest_port(mesh, d, port), d.subset, d.host), d.weight)
                 for d in route.destinations if d.weight > 0]
-    action: dict[str, Any] = {"timeout": "0s", "retry_policy": DEFAULT_RETRY}
+    action: dict[str, Any] = {"timeout": envoy_duration(route.timeout_ns or 0)}
+    policy = _retry_policy(route.retries)
+    if policy is not None:
+        action["retry_policy"] = policy
     if len(weighted) == 1:
         action["cluster"] = weighted[0][0]
     else:

@@ -6,13 +6,13 @@ import dataclasses
 
 from vmesh.documents import Document
 from vmesh.istio.destinationrule import unknown_host
-from vmesh.istio.fields import Node, root, string_match
+from vmesh.istio.fields import Node, duration_ns, root, string_match
 from vmesh.registry import Registry
 
 StringMatch = tuple[str, str]  # (exact|prefix|regex, value)
 
-HTTP_ROUTE_SUPPORTED = ("name", "match", "route")
-HTTP_ROUTE_UNSUPPORTED = ("redirect", "directResponse", "delegate", "rewrite", "timeout", "retries", "fault",
+HTTP_ROUTE_SUPPORTED = ("name", "match", "route", "timeout", "retries")
+HTTP_ROUTE_UNSUPPORTED = ("redirect", "directResponse", "delegate", "rewrite", "fault",
                           "mirror", "mirrors", "mirrorPercentage", "mirrorPercent", "mirror_percent", "corsPolicy",
                           "headers")
 MATCH_SUPPORTED = ("name", "uri", "headers")
@@ -35,11 +35,55 @@ class Destination:
     node: Node = dataclasses.field(compare=False, repr=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class Retries:
+    attempts: int
+    per_try_timeout_ns: int | None
+    retry_on: tuple[str, ...]  # Envoy retry conditions
+    status_codes: tuple[int, ...]
+
+
 @dataclasses.dataclass
 class HttpRoute:
     name: str | None
     matches: list[HttpMatch]
     destinations: list[Destination]
+    timeout_ns: int | None = None  # None: no timeout (Istio's default)
+    retries: Retries | None = None  # None: Istio's default retry policy
+
+
+# Conditions Envoy's router accepts in retry_on (HTTP and gRPC), as Istio passes them through.
+RETRY_ON = {"5xx", "gateway-error", "reset", "reset-before-request", "connect-failure", "envoy-ratelimited",
+            "retriable-4xx", "refused-stream", "retriable-status-codes", "retriable-headers",
+            "http3-post-connect-failure", "cancelled", "deadline-exceeded", "internal", "resource-exhausted",
+            "unavailable"}
+DEFAULT_RETRY_ON = ("connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes")
+MIN_TIMEOUT_NS = 10**6  # Istio refuses durations under 1ms
+
+
+def _retries(node: Node) -> Retries | None:
+    if not node.present:
+        return None
+    node.mapping(("attempts", "perTryTimeout", "retryOn", "retryRemoteLocalities", "retryIgnorePreviousHosts"))
+    attempts = node.get("attempts").integer(required=True, minimum=0)
+    per_try = duration_ns(node.get("perTryTimeout"), minimum_ns=MIN_TIMEOUT_NS)
+    text = node.get("retryOn").string()
+    node.get("retryRemoteLocalities").boolean()
+    node.get("retryIgnorePreviousHosts").boolean()
+    if text is None:
+        return Retries(attempts, per_try, DEFAULT_RETRY_ON, (503,))
+    conditions, codes = [], []
+    for part in (p.strip() for p in text.split(",")):
+        if part.isdigit() and 100 <= int(part) <= 599:
+            codes.append(int(part))
+        elif part in RETRY_ON:
+            conditions.append(part)
+        else:
+            raise node.get("retryOn").error(f"unknown retry condition {part!r}; use HTTP status codes or "
+                                            f"{', '.join(sorted(RETRY_ON))}")
+    if codes and "retriable-status-codes" not in conditions:
+        conditions.append("retriable-status-codes")
+    return Retries(attempts, per_try, tuple(conditions), tuple(codes))
 
 
 @dataclasses.dataclass
@@ -109,5 +153,7 @@ def parse(doc: Document, registry: Registry) -> VirtualService:
         node.mapping(HTTP_ROUTE_SUPPORTED, HTTP_ROUTE_UNSUPPORTED)
         matches = [_match(m) for m in node.get("match").items()]
         http.append(HttpRoute(node.get("name").string(), matches,
-                              _destinations(node.get("route"), registry, doc.namespace)))
+                              _destinations(node.get("route"), registry, doc.namespace),
+                              duration_ns(node.get("timeout"), minimum_ns=MIN_TIMEOUT_NS),
+                              _retries(node.get("retries"))))
     return VirtualService(doc, hosts, http)

@@ -1,0 +1,39 @@
+# vmesh: `make demo` shows Bookinfo on local test VMs through Envoy sidecars; `make test` runs every test.
+SHELL := /bin/bash
+INVENTORY ?= inventory/bookinfo
+VENV := $(CURDIR)/.venv
+export PATH := $(VENV)/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ANSIBLE_FORCE_COLOR ?= 0
+
+.PHONY: setup image demo demo-traffic demo-down test test-unit test-netns test-vm clean
+
+setup:
+	@scripts/setup.sh
+
+image: setup
+	vmesh lab image
+
+## The demo: six Bookinfo VMs, the mesh on them, and traffic a person can see. The VMs stay up.
+demo: image
+	vmesh lab up --inventory $(INVENTORY)
+	ansible-playbook -i $(INVENTORY) playbooks/bookinfo.yml
+	ansible-playbook -i $(INVENTORY) playbooks/site.yml
+	@$(MAKE) --no-print-directory demo-traffic
+
+demo-traffic:
+	@ansible-playbook -i $(INVENTORY) playbooks/demo-traffic.yml
+
+demo-down: setup
+	vmesh lab down --inventory $(INVENTORY)
+
+## All tests: compiler and CLI (pytest), modules and data path in network namespaces, molecule on test VMs.
+test: image
+	pytest -q -p no:cacheprovider tests
+	cd $(CURDIR) && molecule test --all
+
+test-unit: setup
+	pytest -q -m "not netns and not vm" tests
+
+clean: demo-down
+	rm -rf .cache build *.egg-info

@@ -1,0 +1,49 @@
+#!/usr/bin/python3
+"""Send a bounded series of HTTP GETs from this host and print what answered, as JSON.
+
+Runs on a mesh host (copied there by ansible.builtin.script), so its calls take the app's path: the
+/etc/hosts name, the iptables redirect and the sidecar. Standard library only.
+
+  vmesh_sample.py URL [--count N] [--header 'name: value'] [--by HEADER] [--timeout S]
+"""
+import argparse
+import collections
+import json
+import time
+import urllib.error
+import urllib.request
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("--count", type=int, default=30)
+    parser.add_argument("--header", action="append", default=[])
+    parser.add_argument("--by", default="x-bookinfo-version", help="response header to count answers by")
+    parser.add_argument("--timeout", type=float, default=5.0)
+    args = parser.parse_args()
+    headers = dict(h.split(":", 1) for h in args.header)
+    headers = {k.strip(): v.strip() for k, v in headers.items()}
+    statuses, answers, proxied = collections.Counter(), collections.Counter(), 0
+    started = time.monotonic()
+    for _ in range(min(args.count, 10000)):
+        request = urllib.request.Request(args.url, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=args.timeout) as response:
+                status, got = response.status, response.headers
+                response.read()
+        except urllib.error.HTTPError as exc:
+            status, got = exc.code, exc.headers
+        except OSError as exc:
+            status, got = f"error: {exc.__class__.__name__}", {}
+        statuses[str(status)] += 1
+        answers[got.get(args.by, "-") if got else "-"] += 1
+        # Envoy adds this header to responses it proxied: evidence the call went through the sidecar.
+        proxied += 1 if got and got.get("x-envoy-upstream-service-time") is not None else 0
+    print(json.dumps({"url": args.url, "count": args.count, "status": dict(statuses), "by": args.by,
+                      "answers": dict(sorted(answers.items())), "through_sidecar": proxied,
+                      "seconds": round(time.monotonic() - started, 2)}, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Filters that hand the inventory and the mesh documents to the vmesh compiler (src/vmesh)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: vmesh_compile
+short_description: Compile the mesh into every host's Envoy files
+description:
+  - Reads the mesh hosts' C(vmesh_*) variables and the Istio documents, validates them and returns, for every
+    mesh host, the files of its Envoy config directory, the static bundle for C(envoy --mode validate) and the
+    lines of its /etc/hosts block.
+  - A thin adapter over the pure-Python compiler in C(src/vmesh); it does no file or network I/O.
+positional: hostvars, hosts
+options:
+  _input:
+    description: The Istio documents as a list of C([path, text]) pairs (read on the controller by the role).
+    type: list
+    elements: list
+    required: true
+  hostvars:
+    description: Ansible's C(hostvars).
+    type: dict
+    required: true
+  hosts:
+    description: The mesh's hosts (C(groups['vmesh'])).
+    type: list
+    elements: str
+    required: true
+"""
+
+EXAMPLES = r"""
+- name: Compile the mesh once for every host
+  ansible.builtin.set_fact:
+    vmesh_compiled: "{{ sources | vmesh_compile(hostvars, groups['vmesh']) }}"
+  run_once: true
+"""
+
+RETURN = r"""
+_value:
+  description: C({host: {files: {name: text}, validation: text, hosts_entries: [line]}}) plus C(_warnings).
+  type: dict
+"""
+
+from ansible.errors import AnsibleFilterError
+
+try:
+    from vmesh import istio
+    from vmesh.compile import render_all
+    from vmesh.errors import MeshError
+except ImportError as exc:  # pragma: no cover - install problem, reported when the filter is used
+    istio = None
+    IMPORT_ERROR = exc
+else:
+    IMPORT_ERROR = None
+
+KEEP = ("ansible_host",)
+
+
+def _host_vars(hostvars, host):
+    variables = hostvars[host]
+    return {key: variables[key] for key in variables if key.startswith("vmesh_") or key in KEEP}
+
+
+def vmesh_compile(sources, hostvars, hosts):
+    if IMPORT_ERROR is not None:
+        raise AnsibleFilterError(f"vmesh_compile: the vmesh package is not installed for this Python "
+                                 f"({IMPORT_ERROR}); pip install the project") from IMPORT_ERROR
+    if not isinstance(sources, list) or not all(isinstance(s, (list, tuple)) and len(s) == 2 for s in sources):
+        raise AnsibleFilterError("vmesh_compile: input must be a list of [path, text] pairs")
+    if not hosts:
+        raise AnsibleFilterError("vmesh_compile: no hosts in group 'vmesh'")
+    try:
+        mesh = istio.build({h: _host_vars(hostvars, h) for h in hosts}, [(str(p), str(t)) for p, t in sources])
+        configs = render_all(mesh)
+    except MeshError as exc:
+        raise AnsibleFilterError(f"vmesh_compile: {exc}") from exc
+    out = {host: {"files": c.files, "validation": c.validation, "hosts_entries": c.hosts_entries}
+           for host, c in configs.items()}
+    out["_warnings"] = mesh.warnings
+    return out
+
+
+class FilterModule:
+    def filters(self):
+        return {"vmesh_compile": vmesh_compile}

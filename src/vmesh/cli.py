@@ -1,0 +1,91 @@
+"""The ``vmesh`` command: validate and render a mesh from an inventory, and run local test VMs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from vmesh import envoy, inputs, istio
+from vmesh.compile import render_all, render_host
+from vmesh.errors import MeshError
+
+
+def _mesh(args: argparse.Namespace) -> istio.Mesh:
+    hostvars = inputs.mesh_hostvars(args.inventory)
+    mesh_dir = args.mesh or inputs.default_mesh_dir(args.inventory)
+    return istio.build(hostvars, inputs.mesh_sources(mesh_dir))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    mesh = _mesh(args)
+    for warning in mesh.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    configs = render_all(mesh)
+    if args.skip_envoy:
+        results = {host: (True, "not checked by envoy") for host in configs}
+    else:
+        results = envoy.validate_many({host: c.validation for host, c in configs.items()})
+    failed = 0
+    for host, (ok, message) in results.items():
+        if ok:
+            print(f"ok: {host}")
+        else:
+            failed += 1
+            print(f"error: {host}: envoy --mode validate refused the config:\n{message}", file=sys.stderr)
+    services = len(mesh.registry.services)
+    print(f"{len(configs)} hosts, {services} services, {len(mesh.virtual_services)} VirtualServices, "
+          f"{len(mesh.destination_rules)} DestinationRules: {'valid' if not failed else f'{failed} invalid'}")
+    return 1 if failed else 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    mesh = _mesh(args)
+    config = render_host(mesh, args.host)
+    os.makedirs(args.out, exist_ok=True)
+    for name, content in {**config.files, "validate.json": config.validation}.items():
+        with open(os.path.join(args.out, name), "w", encoding="utf-8") as fh:
+            fh.write(content)
+    with open(os.path.join(args.out, "hosts"), "w", encoding="utf-8") as fh:
+        fh.write("".join(line + "\n" for line in config.hosts_entries))
+    print(f"wrote {len(config.files) + 2} files for {args.host} to {args.out}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="vmesh", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+
+    def mesh_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--inventory", "-i", required=True, help="Ansible inventory (file or directory)")
+        p.add_argument("--mesh", help="directory of Istio YAML (default: <inventory>/mesh)")
+
+    p = sub.add_parser("validate", help="check inventory + mesh documents and every host's Envoy config")
+    mesh_args(p)
+    p.add_argument("--skip-envoy", action="store_true", help="do not run envoy --mode validate")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("render", help="write one host's Envoy files to a directory")
+    mesh_args(p)
+    p.add_argument("--host", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_render)
+    sub.add_parser("lab", help="local test VMs (podman): vmesh lab --help", add_help=False)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lab"]:
+        from vmesh import lab
+
+        return lab.main(argv[1:])
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MeshError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

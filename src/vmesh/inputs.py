@@ -1,0 +1,98 @@
+"""Read the CLI's inputs: an Ansible inventory (through ``ansible-inventory``) and a directory of Istio YAML.
+
+The compiler itself never touches files; the CLI gathers plain data here and the filter plugin gets the same
+data from Ansible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from vmesh.errors import MeshError
+
+MESH_GROUP = "vmesh"
+MESH_SUFFIXES = (".yaml", ".yml")
+
+
+def _tool(name: str) -> str:
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if not found:
+        raise MeshError(f"{name} not found: install ansible-core in this environment")
+    return found
+
+
+def inventory_json(inventory: str) -> dict[str, Any]:
+    """``ansible-inventory --list`` of ``inventory``: groups plus ``_meta.hostvars``."""
+    if not os.path.exists(inventory):
+        raise MeshError("no such file or directory", file=inventory)
+    env = dict(os.environ)
+    # <inventory>/mesh holds Istio documents, not inventory sources.
+    env.setdefault("ANSIBLE_INVENTORY_IGNORE_REGEX", "^mesh$")
+    env.setdefault("ANSIBLE_INVENTORY_UNPARSED_FAILED", "true")
+    proc = subprocess.run([_tool("ansible-inventory"), "-i", inventory, "--list"], capture_output=True, text=True,
+                          env=env, check=False)
+    if proc.returncode != 0:
+        raise MeshError(f"ansible-inventory failed: {proc.stderr.strip() or proc.stdout.strip()}", file=inventory)
+    return json.loads(proc.stdout)
+
+
+def group_hosts(data: dict[str, Any], group: str) -> list[str]:
+    """Hosts of ``group`` and of its child groups, as Ansible resolves them."""
+    hosts: list[str] = []
+    seen = set()
+
+    def walk(name: str) -> None:
+        if name in seen:
+            return
+        seen.add(name)
+        entry = data.get(name, {})
+        hosts.extend(h for h in entry.get("hosts", []) if h not in hosts)
+        for child in entry.get("children", []):
+            walk(child)
+
+    walk(group)
+    return sorted(hosts)
+
+
+def mesh_hostvars(inventory: str) -> dict[str, dict[str, Any]]:
+    """Variables of the hosts in group ``vmesh``."""
+    data = inventory_json(inventory)
+    members = group_hosts(data, MESH_GROUP)
+    if not members:
+        raise MeshError(f"no host is in group {MESH_GROUP!r}: put the mesh's hosts (or their groups) under it",
+                        file=inventory)
+    hostvars = data.get("_meta", {}).get("hostvars", {})
+    return {host: hostvars.get(host, {}) for host in members}
+
+
+def default_mesh_dir(inventory: str) -> str:
+    base = inventory if os.path.isdir(inventory) else os.path.dirname(inventory) or "."
+    return os.path.join(base, "mesh")
+
+
+def _display(path: Path) -> str:
+    relative = os.path.relpath(path)
+    return str(path.resolve()) if relative.startswith("..") else relative
+
+
+def mesh_sources(mesh_dir: str) -> list[tuple[str, str]]:
+    """(path, text) of every *.yaml / *.yml below ``mesh_dir``, in sorted path order."""
+    if not os.path.isdir(mesh_dir):
+        return []
+    paths = sorted(p for p in Path(mesh_dir).rglob("*") if p.is_file() and p.suffix in MESH_SUFFIXES)
+    out = []
+    for path in paths:
+        try:
+            out.append((_display(path), path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MeshError(f"cannot read: {exc}", file=str(path)) from None
+    return out

@@ -1,0 +1,271 @@
+"""The compiler: Istio documents + inventory -> each host's Envoy files (table-driven)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import random
+
+import pytest
+
+from conftest import bookinfo_hosts, build, outbound_routes, resources
+from vmesh import registry
+from vmesh.compile import render_all, render_host
+
+VS_ALL_V1 = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+"""
+
+VS_90_10 = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 90
+    - destination: {host: reviews, subset: v2}
+      weight: 10
+"""
+
+VS_MATCHES = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  http:
+  - name: jason
+    match:
+    - headers:
+        end-user: {exact: jason}
+    - headers:
+        user-agent: {regex: ".*Android.*"}
+      uri: {prefix: /reviews}
+    route:
+    - destination: {host: reviews, subset: v2}
+  - match:
+    - uri: {exact: /health}
+    - uri: {regex: "/reviews/[0-9]+"}
+      headers:
+        x-canary: {prefix: "yes"}
+        x-present: {}
+    route:
+    - destination: {host: reviews, subset: v3}
+    timeout: 2.5s
+    retries: {attempts: 3, perTryTimeout: 500ms, retryOn: "gateway-error,connect-failure,503"}
+  - route:
+    - destination: {host: reviews, subset: v1}
+"""
+
+
+def clusters_by_name(mesh, host):
+    return {c["name"]: c for c in resources(render_host(mesh, host).files, "cds.json")}
+
+
+def endpoints(cluster):
+    return sorted(e["endpoint"]["address"]["socket_address"]["address"]
+                  for group in cluster["load_assignment"]["endpoints"] for e in group["lb_endpoints"])
+
+
+# --- routing ---------------------------------------------------------------------------------------------------
+
+def test_no_virtual_service_routes_to_every_endpoint():
+    mesh = build()
+    (route,) = outbound_routes(mesh, "productpage-v1", "reviews")
+    assert route["route"]["cluster"] == "outbound|9080||reviews.default.svc.cluster.local"
+    cluster = clusters_by_name(mesh, "productpage-v1")["outbound|9080||reviews.default.svc.cluster.local"]
+    assert endpoints(cluster) == ["10.213.0.12", "10.213.0.13", "10.213.0.14"]
+    assert cluster["lb_policy"] == "ROUND_ROBIN"
+
+
+def test_subset_clusters_select_by_label():
+    clusters = clusters_by_name(build(), "productpage-v1")
+    assert endpoints(clusters["outbound|9080|v1|reviews.default.svc.cluster.local"]) == ["10.213.0.12"]
+    assert endpoints(clusters["outbound|9080|v3|reviews.default.svc.cluster.local"]) == ["10.213.0.14"]
+    # a subset no host carries yet is a cluster with no endpoints (503, as in Istio), not an error
+    assert endpoints(clusters["outbound|9080|v2-mysql|ratings.default.svc.cluster.local"]) == []
+
+
+def test_all_v1():
+    (route,) = outbound_routes(build(VS_ALL_V1), "productpage-v1", "reviews")
+    assert route["route"]["cluster"] == "outbound|9080|v1|reviews.default.svc.cluster.local"
+
+
+def test_weights():
+    (route,) = outbound_routes(build(VS_90_10), "productpage-v1", "reviews")
+    assert route["route"]["weighted_clusters"]["clusters"] == [
+        {"name": "outbound|9080|v1|reviews.default.svc.cluster.local", "weight": 90},
+        {"name": "outbound|9080|v2|reviews.default.svc.cluster.local", "weight": 10},
+    ]
+
+
+def test_zero_weight_destination_is_dropped():
+    text = VS_90_10.replace("weight: 10\n", "weight: 0\n").replace("weight: 90\n", "weight: 100\n")
+    (route,) = outbound_routes(build(text), "productpage-v1", "reviews")
+    assert route["route"]["cluster"] == "outbound|9080|v1|reviews.default.svc.cluster.local"
+
+
+def test_matches_are_ored_in_order_and_anded_inside():
+    routes = outbound_routes(build(VS_MATCHES), "productpage-v1", "reviews")
+    assert [r["match"] for r in routes] == [
+        {"prefix": "/", "headers": [{"name": "end-user", "string_match": {"exact": "jason"}}]},
+        {"prefix": "/reviews", "headers": [{"name": "user-agent", "string_match": {"safe_regex": {"regex": ".*Android.*"}}}]},
+        {"path": "/health"},
+        {"safe_regex": {"regex": "/reviews/[0-9]+"},
+         "headers": [{"name": "x-canary", "string_match": {"prefix": "yes"}}, {"name": "x-present", "present_match": True}]},
+        {"prefix": "/"},
+    ]
+    clusters = [r["route"]["cluster"].split("|")[2] for r in routes]
+    assert clusters == ["v2", "v2", "v3", "v3", "v1"]
+    assert routes[0]["name"] == "jason"
+
+
+def test_timeout_and_retries():
+    routes = outbound_routes(build(VS_MATCHES), "productpage-v1", "reviews")
+    v3 = routes[2]["route"]
+    assert v3["timeout"] == "2.5s"
+    assert v3["retry_policy"]["num_retries"] == 3
+    assert v3["retry_policy"]["per_try_timeout"] == "0.5s"
+    assert v3["retry_policy"]["retry_on"] == "gateway-error,connect-failure,retriable-status-codes"
+    assert v3["retry_policy"]["retriable_status_codes"] == [503]
+    # without timeout/retries: Istio's defaults (no timeout, 2 retries on connect failures and 503)
+    default = routes[4]["route"]
+    assert default["timeout"] == "0s"
+    assert default["retry_policy"]["num_retries"] == 2
+
+
+def test_attempts_zero_disables_retries():
+    text = VS_ALL_V1 + "    retries: {attempts: 0}\n"
+    (route,) = outbound_routes(build(text), "productpage-v1", "reviews")
+    assert "retry_policy" not in route["route"]
+
+
+# --- addresses, names, listeners -------------------------------------------------------------------------------
+
+def test_vips_are_stable_unique_and_independent_of_inventory_order():
+    hosts = bookinfo_hosts()
+    first = {fqdn: s.vip for fqdn, s in build(hosts=hosts).registry.services.items()}
+    shuffled = list(hosts.items())
+    random.Random(7).shuffle(shuffled)
+    again = {fqdn: s.vip for fqdn, s in build(hosts=dict(shuffled)).registry.services.items()}
+    assert first == again
+    assert len(set(first.values())) == len(first)
+    assert all(ipaddress.IPv4Address(ip) in ipaddress.IPv4Network("240.240.0.0/16") for ip in first.values())
+    # adding a service does not move the others
+    hosts["new-v1"] = {"vmesh_service": "newsvc", "vmesh_ports": [{"port": 80, "protocol": "http"}],
+                       "ansible_host": "10.213.0.30"}
+    grown = {fqdn: s.vip for fqdn, s in build(hosts=hosts).registry.services.items()}
+    assert {k: grown[k] for k in first} == first
+
+
+def test_vip_collisions_resolve_deterministically():
+    vips = registry.allocate_vips([f"s{i}.default.svc.cluster.local" for i in range(60)], "10.99.0.0/26", {})
+    assert len(set(vips.values())) == 60
+    assert vips == registry.allocate_vips(sorted(vips, reverse=True), "10.99.0.0/26", {})
+
+
+def test_pinned_vip():
+    hosts = bookinfo_hosts()
+    for h in hosts.values():
+        h["vmesh_vips"] = {"reviews": "240.240.9.9"}
+    mesh = build(hosts=hosts)
+    assert mesh.registry.services["reviews.default.svc.cluster.local"].vip == "240.240.9.9"
+
+
+def test_hosts_entries_carry_the_three_name_forms():
+    mesh = build()
+    entries = render_host(mesh, "productpage-v1").hosts_entries
+    vip = mesh.registry.services["reviews.default.svc.cluster.local"].vip
+    line = next(e for e in entries if e.startswith(vip + " "))
+    assert set(line.split()[1:]) >= {"reviews", "reviews.default", "reviews.default.svc.cluster.local"}
+
+
+def test_short_names_only_in_own_namespace():
+    hosts = bookinfo_hosts()
+    hosts["ratings-v1"]["vmesh_namespace"] = "other"
+    entries = render_host(build(hosts=hosts, with_rules=False), "productpage-v1").hosts_entries
+    ratings = next(e for e in entries if "ratings.other" in e).split()[1:]
+    assert "ratings" not in ratings and "ratings.other" in ratings
+
+
+def test_outbound_listener_has_a_chain_per_vip_port_and_passthrough():
+    mesh = build()
+    lds = resources(render_host(mesh, "productpage-v1").files, "lds.json")
+    outbound = next(listener for listener in lds if listener["name"] == "virtualOutbound")
+    assert outbound["address"]["socket_address"]["port_value"] == 15001
+    vip = mesh.registry.services["reviews.default.svc.cluster.local"].vip
+    chain = next(c for c in outbound["filter_chains"] if c["name"] == "outbound|9080||reviews.default.svc.cluster.local")
+    assert chain["filter_chain_match"] == {"prefix_ranges": [{"address_prefix": vip, "prefix_len": 32}],
+                                           "destination_port": 9080}
+    assert outbound["default_filter_chain"]["filters"][0]["typed_config"]["cluster"] == "PassthroughCluster"
+
+
+def test_inbound_only_for_served_ports_and_client_has_none():
+    mesh = build()
+    lds = resources(render_host(mesh, "reviews-v1").files, "lds.json")
+    inbound = next(listener for listener in lds if listener["name"] == "virtualInbound")
+    assert [c["filter_chain_match"] for c in inbound["filter_chains"]] == [{"destination_port": 9080},
+                                                                          {"destination_port": 15006}]
+    hosts = bookinfo_hosts()
+    hosts["client"] = {}
+    files = render_host(build(hosts=hosts), "client").files
+    inbound = next(l for l in resources(files, "lds.json") if l["name"] == "virtualInbound")
+    assert [c["name"] for c in inbound["filter_chains"]] == ["virtualInbound-blackhole"]
+
+
+def test_bootstrap_ports_and_admin_on_loopback():
+    boot = json.loads(render_host(build(), "reviews-v2").files["envoy.json"])
+    assert boot["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 15000}
+    ports = {l["name"]: l["address"]["socket_address"]["port_value"] for l in boot["static_resources"]["listeners"]}
+    assert ports == {"vmesh_readiness": 15021, "vmesh_prometheus": 15090}
+    assert boot["dynamic_resources"]["lds_config"]["path_config_source"]["path"] == "/etc/vmesh/envoy/lds.json"
+
+
+def test_tcp_and_grpc_ports():
+    hosts = bookinfo_hosts()
+    hosts["db-v1"] = {"vmesh_service": "db", "vmesh_ports": [{"port": 5432, "protocol": "tcp"},
+                                                              {"port": 9090, "protocol": "grpc"}],
+                      "ansible_host": "10.213.0.40"}
+    mesh = build(hosts=hosts)
+    files = render_host(mesh, "productpage-v1").files
+    outbound = resources(files, "lds.json")[0]
+    chain = next(c for c in outbound["filter_chains"] if c["name"] == "outbound|5432||db.default.svc.cluster.local")
+    assert chain["filters"][0]["name"] == "envoy.filters.network.tcp_proxy"
+    grpc = clusters_by_name(mesh, "productpage-v1")["outbound|9090||db.default.svc.cluster.local"]
+    assert "http2_protocol_options" in json.dumps(grpc)
+
+
+# --- determinism and Envoy's own validation -------------------------------------------------------------------
+
+def test_same_input_gives_byte_identical_files():
+    first = render_all(build(VS_MATCHES))
+    second = render_all(build(VS_MATCHES, hosts=dict(reversed(list(bookinfo_hosts().items())))))
+    assert {h: (c.files, c.validation) for h, c in first.items()} == \
+           {h: (c.files, c.validation) for h, c in second.items()}
+
+
+@pytest.mark.parametrize("docs", [(), (VS_ALL_V1,), (VS_90_10,), (VS_MATCHES,)], ids=["none", "all-v1", "90-10", "matches"])
+def test_every_rendered_config_passes_envoy_validate(docs, envoy_validate):
+    hosts = bookinfo_hosts()
+    hosts["client"] = {}
+    for config in render_all(build(*docs, hosts=hosts)).values():
+        envoy_validate(config.validation)
+
+
+def test_validation_bundle_is_the_same_config_inlined():
+    config = render_host(build(VS_90_10), "productpage-v1")
+    bundle = json.loads(config.validation)
+    assert "dynamic_resources" not in bundle
+    names = {c["name"] for c in bundle["static_resources"]["clusters"]}
+    assert names >= {c["name"] for c in resources(config.files, "cds.json")}
+    assert "weighted_clusters" in json.dumps(bundle["static_resources"]["listeners"])
