@@ -1,0 +1,95 @@
+"""The vmesh CLI on a real inventory directory (read through ansible-inventory)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VMESH = str(Path(sys.executable).parent / "vmesh")
+SAMPLES = Path(__file__).parent / "data" / "bookinfo"
+
+ADDRESSES = """all:
+  hosts:
+    productpage-v1: {ansible_host: 10.213.0.10}
+    details-v1: {ansible_host: 10.213.0.11}
+    reviews-v1: {ansible_host: 10.213.0.12}
+    reviews-v2: {ansible_host: 10.213.0.13}
+    reviews-v3: {ansible_host: 10.213.0.14}
+    ratings-v1: {ansible_host: 10.213.0.15}
+"""
+
+
+@pytest.fixture
+def inventory(tmp_path):
+    inv = tmp_path / "bookinfo"
+    shutil.copytree(ROOT / "inventory" / "bookinfo", inv, ignore=shutil.ignore_patterns("lab-hosts.yml"))
+    (inv / "addresses.yml").write_text(ADDRESSES)
+    return inv
+
+
+def run(*args, cwd=None):
+    return subprocess.run([VMESH, *map(str, args)], capture_output=True, text=True, cwd=cwd, check=False)
+
+
+def test_validate_the_bookinfo_inventory(inventory):
+    proc = run("validate", "--inventory", inventory)
+    assert proc.returncode == 0, proc.stderr
+    assert "6 hosts, 4 services, 0 VirtualServices, 4 DestinationRules: valid" in proc.stdout
+    assert proc.stdout.count("ok: ") == 6
+
+
+@pytest.mark.parametrize("sample", sorted(p.name for p in SAMPLES.glob("virtual-service-*.yaml")))
+def test_validate_accepts_istio_bookinfo_routing(inventory, sample):
+    shutil.copy(SAMPLES / sample, inventory / "mesh" / sample)
+    proc = run("validate", "--inventory", inventory)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_validate_refuses_bad_weights_naming_file_document_field(inventory):
+    (inventory / "mesh" / "reviews.yaml").write_text((SAMPLES / "virtual-service-reviews-90-10.yaml").read_text()
+                                                     .replace("weight: 10", "weight: 20"))
+    proc = run("validate", "--inventory", inventory, cwd=inventory.parent)
+    assert proc.returncode == 1
+    assert "error: bookinfo/mesh/reviews.yaml: VirtualService/reviews: spec.http[0].route: weights sum to 110, " \
+           "expected 100" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_validate_refuses_host_without_address(tmp_path):
+    inv = tmp_path / "inv"
+    shutil.copytree(ROOT / "inventory" / "bookinfo", inv, ignore=shutil.ignore_patterns("lab-hosts.yml"))
+    proc = run("validate", "--inventory", inv)
+    assert proc.returncode == 1
+    assert "inventory: host details-v1: vmesh_address:" in proc.stderr
+
+
+def test_validate_refuses_inventory_without_mesh_group(tmp_path):
+    (tmp_path / "hosts.yml").write_text("all:\n  hosts:\n    a: {ansible_host: 10.0.0.1}\n")
+    proc = run("validate", "--inventory", tmp_path / "hosts.yml")
+    assert proc.returncode == 1
+    assert "no host is in group 'vmesh'" in proc.stderr
+
+
+def test_render_writes_one_hosts_files(inventory, tmp_path):
+    out = tmp_path / "out"
+    proc = run("render", "--inventory", inventory, "--host", "productpage-v1", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert {"envoy.json", "lds.json", "cds.json", "validate.json", "hosts"} <= set(names)
+    assert json.loads((out / "envoy.json").read_text())["admin"]["address"]["socket_address"]["port_value"] == 15000
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    run("render", "--inventory", inventory, "--host", "productpage-v1", "--out", out)
+    assert first == {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def test_render_unknown_host(inventory, tmp_path):
+    proc = run("render", "--inventory", inventory, "--host", "nope", "--out", tmp_path / "out")
+    assert proc.returncode == 1
+    assert "host 'nope' is not in the mesh" in proc.stderr
+    assert not (tmp_path / "out").exists()
