@@ -121,8 +121,14 @@ def find_cache_dir(cwd: Path) -> Path:
 
 
 def inventory_dir(inventory: Path) -> Path:
-    """The directory an inventory lives in: itself, or the directory holding an inventory file."""
-    return inventory if inventory.is_dir() else inventory.parent
+    """The directory an inventory lives in: itself, or the directory holding an inventory file.
+
+    A path that no longer exists (``down`` after the inventory was deleted) is taken for a directory unless
+    it has a file suffix, so that ``inventory/bookinfo`` still names the lab ``bookinfo``.
+    """
+    if inventory.is_dir() or (not inventory.exists() and not inventory.suffix):
+        return inventory
+    return inventory.parent
 
 
 def lab_name(inventory: Path) -> str:
@@ -537,7 +543,7 @@ def _mounts_under(root: Path) -> list[str]:
     root_text = str(root.resolve())
     points = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].encode().decode("unicode_escape")
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])  # \040 is a space
         if point == root_text or point.startswith(root_text + "/"):
             points.append(point)
     return sorted(points, reverse=True)
@@ -641,7 +647,7 @@ def _import(root: Path) -> None:
             ["podman", "import", "--quiet",
              "--change", 'CMD ["/sbin/init"]',
              "--change", "STOPSIGNAL SIGRTMIN+3",
-             "--change", f"LABEL {LABEL_LAB}.image=true",
+             "--change", f"LABEL vmesh.testvm={SUITE}",
              "--message", f"vmesh test VM: Debian {SUITE} with systemd, sshd and {ADMIN_USER}",
              "-", IMAGE],
             stdin=tar.stdout, capture_output=True, text=True,
@@ -652,7 +658,8 @@ def _import(root: Path) -> None:
         tar_err = tar.stderr.read().decode(errors="replace") if tar.stderr else ""
         tar.wait()
     if tar.returncode != 0:
-        raise LabError(f"tar of the root file system failed: {tar_err.strip().splitlines()[-1:] or tar.returncode}")
+        tail = tar_err.strip().splitlines()
+        raise LabError(f"tar of the root file system failed: {tail[-1] if tail else tar.returncode}")
     if result.returncode != 0:
         raise LabError(f"podman import failed: {_last_line(result)}")
 
@@ -661,17 +668,19 @@ def _import(root: Path) -> None:
 # Subcommands.
 
 
-def _lab_address(host: str, addresses: dict[str, dict[str, str]]) -> str:
-    networks = addresses.get(container_name(host))
-    if not networks:
-        raise LabError(f"{host}: no lab VM ({container_name(host)}); run `vmesh lab up` first")
-    return next(iter(networks.values()))
+def _lab_vms(inventory: Path, hosts: list[str]) -> dict[str, str]:
+    """{host: IP} of this lab's running VMs for ``hosts``; an error names any host without one.
 
-
-def _check_hosts(requested: list[str], hosts: list[str], inventory: Path) -> None:
-    unknown = sorted(set(requested) - set(hosts))
-    if unknown:
-        raise LabError(f"{inventory}: no host {', '.join(unknown)} in the inventory")
+    Looks at the containers' labels only: quicker than reading the inventory, and exactly what `up` made.
+    """
+    lab = lab_name(inventory)
+    existing = list_containers()
+    names = [container_name(h) for h in hosts]
+    missing = [h for h, n in zip(hosts, names) if n not in existing or existing[n].lab != lab]
+    if missing:
+        raise LabError(f"no VM for {', '.join(missing)} in lab {lab}; run `vmesh lab up --inventory {inventory}`")
+    addresses = container_addresses(names)
+    return {h: next(iter(addresses.get(n, {}).values()), "") for h, n in zip(hosts, names)}
 
 
 def cmd_image(args: argparse.Namespace) -> None:
@@ -778,31 +787,32 @@ def cmd_status(args: argparse.Namespace) -> None:
         say(f"not in the inventory any more (removed by `vmesh lab up`/`down`): {' '.join(extra)}")
 
 
+def _existing_key(cache_dir: Path) -> Path:
+    key_file = cache_dir.resolve() / KEY_FILE
+    if not key_file.exists():
+        raise LabError(f"no lab key {key_file}; run `vmesh lab up` from the same checkout or pass --cache-dir")
+    return key_file
+
+
 def cmd_restart(args: argparse.Namespace) -> None:
     _require_root()
-    hosts = read_inventory(args.inventory)
-    _check_hosts(args.hosts, hosts, args.inventory)
-    key_file = ensure_key(args.cache_dir)
+    key_file = _existing_key(args.cache_dir)
+    _lab_vms(args.inventory, args.hosts)
     names = [container_name(h) for h in args.hosts]
-    existing = list_containers()
-    addresses = container_addresses([n for n in names if n in existing])
-    targets = {host: _lab_address(host, addresses) for host in args.hosts}
     say(f"restarting {' '.join(names)}")
     podman("restart", *names, timeout=120)
     say(f"waiting for systemd and SSH on {len(names)} VM(s)")
-    wait_ready(targets, key_file)
+    wait_ready(_lab_vms(args.inventory, args.hosts), key_file)
     say(f"restarted {' '.join(args.hosts)}")
 
 
 def cmd_ssh(args: argparse.Namespace) -> None:
     _require_root()
-    _check_hosts([args.host], read_inventory(args.inventory), args.inventory)
-    key_file = args.cache_dir.resolve() / KEY_FILE
-    if not key_file.exists():
-        raise LabError(f"no lab key {key_file}; run `vmesh lab up` from the same checkout or pass --cache-dir")
-    name = container_name(args.host)
-    addresses = container_addresses([name] if name in list_containers() else [])
-    argv = ssh_argv(key_file, _lab_address(args.host, addresses), args.command)
+    key_file = _existing_key(args.cache_dir)
+    ip = _lab_vms(args.inventory, [args.host])[args.host]
+    if not ip:
+        raise LabError(f"{args.host}: {container_name(args.host)} has no address; is it running?")
+    argv = ssh_argv(key_file, ip, args.remote_command)
     sys.stdout.flush()
     try:
         os.execvp(argv[0], argv)
@@ -821,7 +831,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the lab keeps its SSH key and builds the image (default: .cache/lab of the checkout "
         "you are in, else ~/.cache/vmesh/lab)",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
 
     def with_inventory(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sub.add_argument("-i", "--inventory", type=Path, required=True, help="inventory directory or file")
@@ -850,7 +860,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ssh = with_inventory(commands.add_parser("ssh", help="ssh to a VM as the admin user with the lab key"))
     ssh.add_argument("host", metavar="HOST")
-    ssh.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD", help="command to run instead of a shell")
+    ssh.add_argument(
+        "remote_command", nargs=argparse.REMAINDER, metavar="CMD", help="command to run instead of a shell"
+    )
     ssh.set_defaults(func=cmd_ssh)
     return parser
 
@@ -862,10 +874,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except LabError as e:
-        print(f"vmesh lab {args.command}: error: {e}", file=sys.stderr)
+        print(f"vmesh lab {args.subcommand}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"vmesh lab {args.command}: interrupted", file=sys.stderr)
+        print(f"vmesh lab {args.subcommand}: interrupted", file=sys.stderr)
         return 130
     return 0
 
