@@ -161,14 +161,19 @@ def hosts_from_inventory(data: dict) -> list[str]:
     return sorted(hosts)
 
 
-def assign_ips(hosts: list[str], subnet: str) -> dict[str, str]:
-    """Fixed addresses: hosts sorted by name get .10, .11, ... of ``subnet``, whatever order they came in."""
+def parse_subnet(subnet: str) -> ipaddress.IPv4Network:
     try:
         network = ipaddress.ip_network(subnet)
     except ValueError as e:
         raise LabError(f"subnet {subnet!r}: {e}") from e
-    if network.version != 4:
+    if not isinstance(network, ipaddress.IPv4Network):
         raise LabError(f"subnet {subnet}: only IPv4 subnets are supported")
+    return network
+
+
+def assign_ips(hosts: list[str], subnet: str) -> dict[str, str]:
+    """Fixed addresses: hosts sorted by name get .10, .11, ... of ``subnet``, whatever order they came in."""
+    network = parse_subnet(subnet)
     ordered = sorted(set(hosts))
     last = network.num_addresses - 2  # the broadcast address is not usable
     if FIRST_ADDRESS + len(ordered) - 1 > last:
@@ -177,6 +182,16 @@ def assign_ips(hosts: list[str], subnet: str) -> dict[str, str]:
             f"the inventory has {len(ordered)}"
         )
     return {host: str(network.network_address + FIRST_ADDRESS + i) for i, host in enumerate(ordered)}
+
+
+def mac_address(ip: str) -> str:
+    """A fixed MAC address for a lab VM's IP (locally administered, 02:76:6d = "vm", then the IP's last 3 bytes).
+
+    A VM keeps its MAC across reboots, and so must a lab VM: with a new MAC each start, this machine's ARP
+    cache keeps sending to the old one for up to 45 s after a restart and SSH times out meanwhile.
+    """
+    last = ipaddress.IPv4Address(ip).packed[1:]
+    return ":".join(f"{b:02x}" for b in (0x02, 0x76, 0x6D, *last))
 
 
 def render_lab_hosts(lab: str, network: str, ips: dict[str, str], key_file: Path) -> str:
@@ -367,20 +382,24 @@ def network_subnet(name: str) -> str | None:
     raise LabError(f"podman network {name} has no IPv4 subnet; choose another one with --network")
 
 
-def ensure_network(name: str, subnet: str | None) -> str:
-    """Create the network if missing; return its subnet. An existing network must match ``--subnet``."""
+def planned_subnet(name: str, subnet: str | None) -> str:
+    """The subnet the lab will use: the existing network's, which must match ``--subnet``, or the requested one."""
     existing = network_subnet(name)
-    if existing is not None:
-        if subnet is not None and ipaddress.ip_network(subnet) != ipaddress.ip_network(existing):
-            raise LabError(
-                f"podman network {name} exists with subnet {existing}, not {subnet}; "
-                f"pick another --network or run `vmesh lab down` on the labs using it"
-            )
-        return existing
-    subnet = subnet or DEFAULT_SUBNET
-    podman("network", "create", "--subnet", subnet, "--label", f"{LABEL_NETWORK}=true", name)
-    say(f"created podman network {name} ({subnet})")
-    return subnet
+    if existing is None:
+        return str(parse_subnet(subnet or DEFAULT_SUBNET))
+    if subnet is not None and parse_subnet(subnet) != ipaddress.ip_network(existing):
+        raise LabError(
+            f"podman network {name} exists with subnet {existing}, not {subnet}; "
+            f"pick another --network or run `vmesh lab down` on the labs using it"
+        )
+    return existing
+
+
+def ensure_network(name: str, subnet: str) -> None:
+    """Create the network if missing, labelled so that `down` may remove it again."""
+    if podman("network", "exists", name, check=False).returncode != 0:
+        podman("network", "create", "--subnet", subnet, "--label", f"{LABEL_NETWORK}=true", name)
+        say(f"created podman network {name} ({subnet})")
 
 
 def remove_network_if_unused(name: str) -> None:
@@ -420,6 +439,7 @@ def start_vm(lab: str, host: str, ip: str, network: str) -> None:
         "--label", f"{LABEL_HOST}={host}",
         "--network", network,
         "--ip", ip,
+        "--mac-address", mac_address(ip),
         IMAGE, "/sbin/init",
         timeout=120,
     )  # fmt: skip
@@ -695,6 +715,9 @@ def cmd_up(args: argparse.Namespace) -> None:
     hosts = read_inventory(inventory)
     if _image_id(IMAGE) is None:
         raise LabError(f"no image {IMAGE}; build it with `vmesh lab image`")
+    # Mistakes in the options stop us before anything is removed.
+    subnet = planned_subnet(args.network, args.subnet)
+    ips = assign_ips(hosts, subnet)
     key_file = ensure_key(args.cache_dir)
     public_key = key_file.with_name(KEY_FILE + ".pub").read_text()
 
@@ -705,8 +728,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         remove_containers(stale)
     lab_hosts_path(inventory).unlink(missing_ok=True)
 
-    subnet = ensure_network(args.network, args.subnet)
-    ips = assign_ips(hosts, subnet)
+    ensure_network(args.network, subnet)
     _check_addresses_free(args.network, ips)
     for host in hosts:
         say(f"starting {container_name(host)} at {ips[host]}")
