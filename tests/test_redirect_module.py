@@ -601,3 +601,57 @@ def test_traffic_is_redirected_like_istio(vm_and_peer, tmp_path):
     assert _ok(redirect(state="absent"))["changed"] is True
     assert _connect(vm, PEER, APP, uid=1000) == f"APP-PEER {PEER}:{APP}"
     assert _connect(peer, LOCAL, APP) == f"APP-LOCAL {LOCAL}:{APP}"
+
+
+PUSH_SERVER = r"""
+import os, socket, sys, time
+# Accepts one connection, answers "before", then - like sshd sending a module's result - speaks first
+# once the flag file exists.
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", int(sys.argv[1])))
+srv.listen(1)
+print("ready", flush=True)
+srv.settimeout(20)
+conn, _ = srv.accept()
+conn.sendall(b"before")
+deadline = time.monotonic() + 30
+while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:
+    time.sleep(0.05)
+conn.sendall(b"after")
+time.sleep(2)
+"""
+
+READ_CLIENT = r"""
+import socket, sys
+conn = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+for _ in range(2):
+    try:
+        print(conn.recv(1024).decode() or "closed", flush=True)
+    except OSError as exc:
+        print("ERROR %s" % type(exc).__name__, flush=True)
+"""
+
+
+def test_the_ssh_session_that_applies_the_rules_is_not_cut(vm_and_peer, tmp_path):
+    """A connection to an excluded port that was open before the rules (the SSH session running the module) keeps
+    working, even when the VM speaks first after the rules are in (the module's result going back)."""
+    vm, peer = vm_and_peer
+    ssh_port = 2222
+    flag = tmp_path / "go"
+    server = subprocess.Popen(["ip", "netns", "exec", vm.name, TARGET_PYTHON, "-c", PUSH_SERVER, str(ssh_port),
+                               str(flag)], stdout=subprocess.PIPE, text=True)
+    vm.procs.append(server)
+    assert server.stdout.readline().strip() == "ready"
+    client = subprocess.Popen(["ip", "netns", "exec", peer.name, TARGET_PYTHON, "-c", READ_CLIENT, LOCAL,
+                               str(ssh_port)], stdout=subprocess.PIPE, text=True)
+    peer.procs.append(client)
+    assert client.stdout.readline().strip() == "before"
+
+    redirect = Redirect(vm, tmp_path)
+    excluded = [22, ssh_port, 15000, 15001, 15006, 15021, 15090]
+    assert _ok(redirect(exclude_inbound_ports=excluded, ssh_port=ssh_port))["changed"] is True
+    flag.touch()
+    assert client.stdout.readline().strip() == "after"
+    # new connections are captured as before
+    assert _connect(peer, LOCAL, APP) == f"INBOUND {LOCAL}:{APP}"

@@ -287,8 +287,16 @@ class Footprint:
         return "\n".join(lines) + "\n" if lines else ""
 
 
+# Connections that were open before the rules existed must not be redirected in mid-stream: the kernel
+# NAT-evaluates such a connection on its next packet. When conntrack already tracked it, it is ESTABLISHED;
+# when conntrack starts with our rules (a fresh VM), its next packet looks NEW - for the SSH session applying
+# the rules that is sshd's reply, so replies from the excluded inbound ports are never captured either.
+KEEP_ESTABLISHED = "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"
+
+
 def _inbound_rules(config):
-    rules = ["-p tcp -m tcp --dport %d -j RETURN" % port for port in config.exclude_inbound_ports]
+    rules = [KEEP_ESTABLISHED]
+    rules += ["-p tcp -m tcp --dport %d -j RETURN" % port for port in config.exclude_inbound_ports]
     if config.include_inbound_ports == ALL:
         rules.append("-p tcp -j " + IN_REDIRECT)
     else:
@@ -304,6 +312,7 @@ def _dest(cidr):
 def _output_rules(config):
     uid, gid = config.proxy_uid, config.proxy_gid
     rules = [
+        KEEP_ESTABLISHED,
         # Envoy's inbound passthrough connections to the workload come from 127.0.0.6.
         "-s %s -o lo -j RETURN" % INBOUND_PASSTHROUGH_SOURCE,
         # The proxy calling its own workload's (non-loopback) address: hairpin into inbound handling.
@@ -314,6 +323,7 @@ def _output_rules(config):
         "-m owner --gid-owner %d -j RETURN" % gid,
         "-d 127.0.0.1/32 -j RETURN",
     ]
+    rules += ["-p tcp -m tcp --sport %d -j RETURN" % port for port in config.exclude_inbound_ports]
     rules += ["-p tcp -m tcp --dport %d -j RETURN" % port for port in config.exclude_outbound_ports]
     rules += ["%s-j RETURN" % _dest(cidr) for cidr in config.exclude_outbound_cidrs]
     if config.include_outbound_cidrs == ALL:
