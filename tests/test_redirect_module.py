@@ -71,6 +71,7 @@ DEFAULT_NAT = """\
 :VMESH_REDIRECT - [0:0]
 -A PREROUTING -p tcp -j VMESH_INBOUND
 -A OUTPUT -p tcp -j VMESH_OUTPUT
+-A VMESH_INBOUND -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN
 -A VMESH_INBOUND -p tcp -m tcp --dport 22 -j RETURN
 -A VMESH_INBOUND -p tcp -m tcp --dport 15000 -j RETURN
 -A VMESH_INBOUND -p tcp -m tcp --dport 15001 -j RETURN
@@ -79,6 +80,7 @@ DEFAULT_NAT = """\
 -A VMESH_INBOUND -p tcp -m tcp --dport 15090 -j RETURN
 -A VMESH_INBOUND -p tcp -j VMESH_IN_REDIRECT
 -A VMESH_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
+-A VMESH_OUTPUT -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN
 -A VMESH_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN
 -A VMESH_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --uid-owner 1337 -j VMESH_IN_REDIRECT
 -A VMESH_OUTPUT -o lo -m owner ! --uid-owner 1337 -j RETURN
@@ -86,6 +88,12 @@ DEFAULT_NAT = """\
 -A VMESH_OUTPUT -o lo -m owner ! --gid-owner 1337 -j RETURN
 -A VMESH_OUTPUT -m owner --gid-owner 1337 -j RETURN
 -A VMESH_OUTPUT -d 127.0.0.1/32 -j RETURN
+-A VMESH_OUTPUT -p tcp -m tcp --sport 22 -j RETURN
+-A VMESH_OUTPUT -p tcp -m tcp --sport 15000 -j RETURN
+-A VMESH_OUTPUT -p tcp -m tcp --sport 15001 -j RETURN
+-A VMESH_OUTPUT -p tcp -m tcp --sport 15006 -j RETURN
+-A VMESH_OUTPUT -p tcp -m tcp --sport 15021 -j RETURN
+-A VMESH_OUTPUT -p tcp -m tcp --sport 15090 -j RETURN
 -A VMESH_OUTPUT -j VMESH_REDIRECT
 -A VMESH_REDIRECT -p tcp -j REDIRECT --to-ports 15001
 COMMIT
@@ -339,8 +347,8 @@ DRIFTS = {
     "jump-from-another-chain": (
         [("-N", "OTHER_TOOL"), ("-A", "OTHER_TOOL", "-j", "VMESH_REDIRECT"), ("-A", "OTHER_TOOL", "-j", "RETURN")],
         _insert_after(DEFAULT_NAT, ":POSTROUTING ACCEPT [0:0]", ":OTHER_TOOL - [0:0]").replace(
-            "-A VMESH_INBOUND -p tcp -m tcp --dport 22 -j RETURN",
-            "-A OTHER_TOOL -j RETURN\n-A VMESH_INBOUND -p tcp -m tcp --dport 22 -j RETURN")),
+            "-A VMESH_INBOUND -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+            "-A OTHER_TOOL -j RETURN\n-A VMESH_INBOUND -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN")),
 }
 
 
@@ -374,8 +382,11 @@ def test_changed_parameter_is_applied_and_shown_in_the_diff(ns, redirect):
 
     applied = _ok(redirect(diff=True, exclude_inbound_ports=DEFAULT_EXCLUDES + [8443]))
     assert applied["changed"] is True
-    assert ns.nat() == _insert_after(DEFAULT_NAT, "-A VMESH_INBOUND -p tcp -m tcp --dport 15090 -j RETURN",
-                                     new_line)
+    expected = _insert_after(DEFAULT_NAT, "-A VMESH_INBOUND -p tcp -m tcp --dport 15090 -j RETURN", new_line)
+    # replies from an excluded port are never captured either
+    expected = _insert_after(expected, "-A VMESH_OUTPUT -p tcp -m tcp --sport 15090 -j RETURN",
+                             "-A VMESH_OUTPUT -p tcp -m tcp --sport 8443 -j RETURN")
+    assert ns.nat() == expected
     assert json.loads(redirect.config_path.read_text())["exclude_inbound_ports"] == DEFAULT_EXCLUDES + [8443]
     assert _ok(redirect(exclude_inbound_ports=DEFAULT_EXCLUDES + [8443]))["changed"] is False
 
@@ -394,10 +405,12 @@ def test_non_default_parameters(ns, redirect):
         ":VMESH_REDIRECT - [0:0]",
         "-A PREROUTING -p tcp -j VMESH_INBOUND",
         "-A OUTPUT -p tcp -j VMESH_OUTPUT",
+        "-A VMESH_INBOUND -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
         "-A VMESH_INBOUND -p tcp -m tcp --dport 22 -j RETURN",
         "-A VMESH_INBOUND -p tcp -m tcp --dport 9080 -j VMESH_IN_REDIRECT",
         "-A VMESH_INBOUND -p tcp -m tcp --dport 22 -j VMESH_IN_REDIRECT",
         "-A VMESH_IN_REDIRECT -p tcp -j REDIRECT --to-ports 16006",
+        "-A VMESH_OUTPUT -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
         "-A VMESH_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN",
         "-A VMESH_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --uid-owner 1500 -j VMESH_IN_REDIRECT",
         "-A VMESH_OUTPUT -o lo -m owner ! --uid-owner 1500 -j RETURN",
@@ -405,6 +418,7 @@ def test_non_default_parameters(ns, redirect):
         "-A VMESH_OUTPUT -o lo -m owner ! --gid-owner 1501 -j RETURN",
         "-A VMESH_OUTPUT -m owner --gid-owner 1501 -j RETURN",
         "-A VMESH_OUTPUT -d 127.0.0.1/32 -j RETURN",
+        "-A VMESH_OUTPUT -p tcp -m tcp --sport 22 -j RETURN",
         "-A VMESH_OUTPUT -p tcp -m tcp --dport 5432 -j RETURN",
         "-A VMESH_OUTPUT -d 10.1.0.0/16 -j RETURN",
         "-A VMESH_OUTPUT -d 192.0.2.7/32 -j RETURN",
