@@ -4,7 +4,7 @@
 Runs on a mesh host (copied there by ansible.builtin.script), so its calls take the app's path: the
 /etc/hosts name, the iptables redirect and the sidecar. Standard library only.
 
-  vmesh_sample.py URL [--count N] [--header 'name: value'] [--by HEADER] [--timeout S]
+  vmesh_sample.py URL [--count N] [--duration S] [--header 'name: value'] [--by HEADER] [--timeout S]
 """
 import argparse
 import collections
@@ -21,12 +21,17 @@ def main():
     parser.add_argument("--header", action="append", default=[])
     parser.add_argument("--by", default="x-bookinfo-version", help="response header to count answers by")
     parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: no limit)")
     args = parser.parse_args()
     headers = dict(h.split(":", 1) for h in args.header)
     headers = {k.strip(): v.strip() for k, v in headers.items()}
     statuses, answers, proxied = collections.Counter(), collections.Counter(), 0
     started = time.monotonic()
-    for _ in range(min(args.count, 10000)):
+    sent = 0
+    for _ in range(min(args.count, 100000)):
+        if args.duration and time.monotonic() - started > args.duration:
+            break
+        sent += 1
         request = urllib.request.Request(args.url, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=args.timeout) as response:
@@ -40,7 +45,7 @@ def main():
         answers[got.get(args.by, "-") if got else "-"] += 1
         # Envoy adds this header to responses it proxied: evidence the call went through the sidecar.
         proxied += 1 if got and got.get("x-envoy-upstream-service-time") is not None else 0
-    print(json.dumps({"url": args.url, "count": args.count, "status": dict(statuses), "by": args.by,
+    print(json.dumps({"url": args.url, "count": sent, "status": dict(statuses), "by": args.by,
                       "answers": dict(sorted(answers.items())), "through_sidecar": proxied,
                       "seconds": round(time.monotonic() - started, 2)}, sort_keys=True))
 

@@ -1,0 +1,156 @@
+"""The vmesh_envoy_config module: validate on the host, swap atomically, keep the last good config."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import bookinfo_hosts, build
+from vmesh import envoy
+from vmesh.compile import render_host
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+VS_V3 = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v3}
+"""
+
+
+def compiled(config_dir: Path, *docs: str):
+    hosts = bookinfo_hosts()
+    for h in hosts.values():
+        h["vmesh_config_dir"] = str(config_dir)
+    return render_host(build(*docs, hosts=hosts), "productpage-v1")
+
+
+def push(tmp_path: Path, dest: Path, files: dict, validation: str, *, check=False, netns=None) -> dict:
+    """Run the module through ansible-playbook on localhost; return its result."""
+    args = {"dest": str(dest), "files": files, "validation": validation, "envoy": envoy.binary()}
+    (tmp_path / "args.json").write_text(json.dumps(args))
+    play = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
+             "vars": {"ansible_python_interpreter": sys.executable,
+                      "push_args": "{{ lookup('ansible.builtin.file', '%s') | from_json }}" % (tmp_path / "args.json")},
+             "tasks": [{"vmesh_envoy_config": "{{ push_args }}", "register": "result", "ignore_errors": True},
+                       {"ansible.builtin.copy": {"content": "{{ result | to_json }}", "dest": str(tmp_path / "result.json"),
+                                                 "mode": "0600"}, "check_mode": False}]}]
+    (tmp_path / "play.yml").write_text(json.dumps(play))
+    argv = [str(BIN / "ansible-playbook"), "-i", "localhost,", str(tmp_path / "play.yml")] + ["--check"] * check
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads((tmp_path / "result.json").read_text())
+
+
+def snapshot(dest: Path) -> dict:
+    return {p.name: p.read_text() for p in sorted(dest.iterdir())} if dest.exists() else {}
+
+
+def test_four_steps_and_stale_files(tmp_path):
+    dest = tmp_path / "envoy"
+    config = compiled(dest)
+    checked = push(tmp_path, dest, config.files, config.validation, check=True)
+    assert checked["changed"] is True and not dest.exists()
+    applied = push(tmp_path, dest, config.files, config.validation)
+    assert applied["changed"] is True and applied["bootstrap_changed"] is True
+    assert snapshot(dest) == config.files
+    assert push(tmp_path, dest, config.files, config.validation, check=True)["changed"] is False
+    assert push(tmp_path, dest, config.files, config.validation)["changed"] is False
+    # a routing change touches only the route file, and needs no restart
+    routed = compiled(dest, VS_V3)
+    result = push(tmp_path, dest, routed.files, routed.validation)
+    assert result["changed_files"] == ["rds_outbound_9080__reviews.default.svc.cluster.local.json"]
+    assert result["bootstrap_changed"] is False
+    # a file no longer wanted is removed
+    fewer = dict(routed.files)
+    del fewer["rds_outbound_9080__details.default.svc.cluster.local.json"]
+    result = push(tmp_path, dest, fewer, routed.validation)
+    assert result["removed_files"] == ["rds_outbound_9080__details.default.svc.cluster.local.json"]
+    assert snapshot(dest) == fewer
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".vmesh-staging")]
+
+
+def test_refused_config_keeps_the_last_good_one(tmp_path):
+    dest = tmp_path / "envoy"
+    good = compiled(dest)
+    push(tmp_path, dest, good.files, good.validation)
+    before = snapshot(dest)
+    routed = compiled(dest, VS_V3)
+    broken = json.loads(routed.validation)
+    broken["static_resources"]["clusters"][0]["lb_policy"] = "NO_SUCH_POLICY"
+    result = push(tmp_path, dest, routed.files, json.dumps(broken))
+    assert result["failed"] is True
+    assert "envoy --mode validate refused the new config; the running config is unchanged" in result["msg"]
+    assert snapshot(dest) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".vmesh-staging")]
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return response.read().decode()
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"), reason="needs root and ip netns")
+def test_running_envoy_hot_reloads_a_pushed_change(tmp_path):
+    """A push that changes routing is picked up by the running Envoy: no restart, the new route in force."""
+    ns = "vmesh-t-envoy-config"
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+    dest = tmp_path / "envoy"
+    proc = None
+    try:
+        good = compiled(dest)
+        push(tmp_path, dest, good.files, good.validation)
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, envoy.binary(), "-c", str(dest / "envoy.json"),
+                                 "-l", "error", "--use-dynamic-base-id"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        admin = f"ip netns exec {ns}".split()
+
+        def stats(name: str) -> dict:
+            out = subprocess.run(admin + [sys.executable, "-c", "import urllib.request,sys;print(urllib.request."
+                                 f"urlopen('http://127.0.0.1:15000/stats?format=json&filter={name}',timeout=2)"
+                                 ".read().decode())"], capture_output=True, text=True, timeout=10).stdout
+            return {s["name"]: s.get("value") for s in json.loads(out or '{"stats": []}')["stats"]}
+
+        deadline = time.monotonic() + 20
+        while not stats("server.state") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        rds = "rds.outbound.*reviews.*update_success"
+        before = stats(rds)
+        assert before and all(v >= 1 for v in before.values())
+        uptime = stats("server.uptime")["server.uptime"]
+        routed = compiled(dest, VS_V3)
+        assert push(tmp_path, dest, routed.files, routed.validation, netns=ns)["changed"] is True
+        deadline = time.monotonic() + 10
+        while stats(rds) == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert stats(rds) != before
+        dump = subprocess.run(admin + [sys.executable, "-c", "import urllib.request;print(urllib.request.urlopen("
+                              "'http://127.0.0.1:15000/config_dump?resource=dynamic_route_configs',timeout=2)"
+                              ".read().decode())"], capture_output=True, text=True, timeout=10).stdout
+        assert "outbound|9080|v3|reviews.default.svc.cluster.local" in dump
+        assert stats("server.uptime")["server.uptime"] >= uptime
+        assert proc.poll() is None  # the same Envoy process, never restarted
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=10)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
