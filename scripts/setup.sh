@@ -38,5 +38,7 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
     || { echo "setup: the virtual environment is incomplete" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
-.venv/bin/envoy --version >/dev/null
-echo "setup: ready ($(.venv/bin/envoy --version | grep -o '1\.[0-9]*\.[0-9]*' | head -1), $(.venv/bin/ansible --version | head -1))"
+envoy_version=$(.venv/bin/envoy --version)
+ansible_version=$(.venv/bin/ansible --version)
+[[ $envoy_version =~ /([0-9]+\.[0-9]+\.[0-9]+)/ ]] && envoy_version="envoy ${BASH_REMATCH[1]}"
+echo "setup: ready ($envoy_version, ${ansible_version%%$'\n'*})"
