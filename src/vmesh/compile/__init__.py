@@ -65,7 +65,7 @@ def render_host(mesh: Mesh, host: str) -> HostConfig:
         cds += clusters.outbound(mesh, service)
         for port in service.ports:
             if port.is_http:
-                config = routes.outbound(mesh, service, port)
+                config = routes.outbound(mesh, service, port, workload)
                 rds[config["name"]] = config
     cds += clusters.inbound(workload)
     for port in workload.ports:

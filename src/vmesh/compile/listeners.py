@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from vmesh.compile import clusters, routes
-from vmesh.compile.envoy_types import (BLACKHOLE, HCM, INBOUND_PASSTHROUGH, LISTENER, ORIGINAL_DST, PASSTHROUGH,
+from vmesh.compile.envoy_types import (BLACKHOLE, CORS, HCM, HTTP_FAULT, INBOUND_PASSTHROUGH, LISTENER, ORIGINAL_DST, PASSTHROUGH,
                                        ROUTER, access_logs, file_source, socket_address, tcp_proxy, typed)
 from vmesh.registry import Service, Workload
 
@@ -27,7 +27,10 @@ def _hcm(stat_prefix: str, route_name: str | None, workload: Workload, *, inboun
          route_config: dict[str, Any] | None = None) -> dict[str, Any]:
     config: dict[str, Any] = {
         "stat_prefix": stat_prefix,
-        "http_filters": [typed("envoy.filters.http.router", ROUTER)],
+        # fault and CORS take their settings per route, so adding a fault changes only the routes (no drain)
+        "http_filters": ([] if inbound else [typed("envoy.filters.http.fault", HTTP_FAULT),
+                                              typed("envoy.filters.http.cors", CORS)])
+                        + [typed("envoy.filters.http.router", ROUTER)],
         "upgrade_configs": [{"upgrade_type": "websocket"}],
         "use_remote_address": False,
     }

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from vmesh.compile.clusters import inbound_name, outbound_name
-from vmesh.compile.envoy_types import PREVIOUS_HOSTS
-from vmesh.istio import Mesh
+from vmesh.compile.envoy_types import CORS_POLICY, HTTP_FAULT, PREVIOUS_HOSTS
+from vmesh.istio import Mesh, selects
 from vmesh.istio.fields import envoy_duration
-from vmesh.istio.virtualservice import Destination, HttpMatch, HttpRoute, Retries
-from vmesh.registry import Port, Service
+from vmesh.istio.virtualservice import (Cors, Destination, Fault, HeaderOps, Headers, HttpMatch, HttpRoute, Mirror,
+                                        Retries)
+from vmesh.registry import Port, Service, Workload
 
 # Istio's default retry policy for every HTTP route without `retries`.
 DEFAULT_RETRY = {
@@ -20,10 +21,28 @@ DEFAULT_RETRY = {
                               "typed_config": {"@type": PREVIOUS_HOSTS}}],
     "host_selection_retry_max_attempts": "5",
 }
+REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT",
+                  308: "PERMANENT_REDIRECT"}
+FAULT_FILTER = "envoy.filters.http.fault"
+CORS_FILTER = "envoy.filters.http.cors"
 
 
 def _string_match(kind: str, value: str) -> dict[str, Any]:
     return {"safe_regex": {"regex": value}} if kind == "regex" else {kind: value}
+
+
+def _header_matchers(items, invert: bool = False) -> list[dict[str, Any]]:
+    out = []
+    for name, value in items:
+        matcher: dict[str, Any] = {"name": name}
+        if value is None:
+            matcher["present_match"] = True
+        else:
+            matcher["string_match"] = _string_match(*value)
+        if invert:
+            matcher["invert_match"] = True
+        out.append(matcher)
+    return out
 
 
 def _route_match(match: HttpMatch | None) -> dict[str, Any]:
@@ -33,18 +52,30 @@ def _route_match(match: HttpMatch | None) -> dict[str, Any]:
     if match.uri is not None:
         kind, value = match.uri
         out = {"path": value} if kind == "exact" else _string_match(kind, value)
-    headers = []
-    for name, value in match.headers:
-        if value is None:
-            headers.append({"name": name, "present_match": True})
-        else:
-            headers.append({"name": name, "string_match": _string_match(*value)})
+    headers = _header_matchers(match.headers) + _header_matchers(match.without_headers, invert=True)
     if headers:
         out["headers"] = headers
+    if match.query_params:
+        out["query_parameters"] = [{"name": name, **({"present_match": True} if value is None else
+                                                      {"string_match": _string_match(*value)})}
+                                   for name, value in match.query_params]
+    if match.ignore_uri_case:
+        out["case_sensitive"] = False
     return out
 
 
-def _dest_port(mesh: Mesh, dest: Destination, port: Port) -> int:
+def _applies(match: HttpMatch, port: Port, client: Workload) -> bool:
+    """Matches on the port or on the caller decide per host and port whether the match exists at all."""
+    if match.port is not None and match.port != port.number:
+        return False
+    if match.source_labels and not selects(dict(match.source_labels), client.labels):
+        return False
+    if match.source_namespace is not None and match.source_namespace != client.namespace:
+        return False
+    return True
+
+
+def _dest_port(mesh: Mesh, dest: Destination | Mirror, port: Port) -> int:
     target = mesh.registry.services[dest.host]
     if dest.port is not None:
         return dest.port
@@ -70,26 +101,123 @@ def _retry_policy(retries: Retries | None) -> dict[str, Any] | None:
     return policy
 
 
-def _action(mesh: Mesh, route: HttpRoute, port: Port) -> dict[str, Any]:
-    weighted = [(outbound_name(_dest_port(mesh, d, port), d.subset, d.host), d.weight)
-                for d in route.destinations if d.weight > 0]
+def _header_ops(ops: HeaderOps, direction: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    add = [{"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"} for k, v in ops.set]
+    add += [{"header": {"key": k, "value": v}, "append_action": "APPEND_IF_EXISTS_OR_ADD"} for k, v in ops.add]
+    if add:
+        out[f"{direction}_headers_to_add"] = add
+    if ops.remove:
+        out[f"{direction}_headers_to_remove"] = list(ops.remove)
+    return out
+
+
+def _headers(headers: Headers) -> dict[str, Any]:
+    return {**_header_ops(headers.request, "request"), **_header_ops(headers.response, "response")}
+
+
+def _percent(value: float) -> dict[str, Any]:
+    return {"numerator": round(value * 10000), "denominator": "MILLION"}
+
+
+def _fault(fault: Fault) -> dict[str, Any]:
+    config: dict[str, Any] = {"@type": HTTP_FAULT}
+    if fault.delay_ns is not None:
+        config["delay"] = {"fixed_delay": envoy_duration(fault.delay_ns), "percentage": _percent(fault.delay_percent)}
+    if fault.abort_http is not None or fault.abort_grpc is not None:
+        abort: dict[str, Any] = {"percentage": _percent(fault.abort_percent)}
+        if fault.abort_http is not None:
+            abort["http_status"] = fault.abort_http
+        else:
+            abort["grpc_status"] = fault.abort_grpc
+        config["abort"] = abort
+    return config
+
+
+def _cors(cors: Cors) -> dict[str, Any]:
+    config: dict[str, Any] = {"@type": CORS_POLICY,
+                              "allow_origin_string_match": [_string_match(*m) for m in cors.allow_origins]}
+    for field, values in (("allow_methods", cors.allow_methods), ("allow_headers", cors.allow_headers),
+                          ("expose_headers", cors.expose_headers)):
+        if values:
+            config[field] = ",".join(values)
+    if cors.max_age_ns is not None:
+        config["max_age"] = str(cors.max_age_ns // 10**9)
+    if cors.allow_credentials is not None:
+        config["allow_credentials"] = cors.allow_credentials
+    if cors.forward_unmatched_preflights is not None:
+        config["forward_not_matching_preflights"] = cors.forward_unmatched_preflights
+    return config
+
+
+def _forward(mesh: Mesh, route: HttpRoute, port: Port) -> dict[str, Any]:
+    weighted = [(d, outbound_name(_dest_port(mesh, d, port), d.subset, d.host)) for d in route.destinations
+                if d.weight > 0]
     action: dict[str, Any] = {"timeout": envoy_duration(route.timeout_ns or 0)}
+    if len(weighted) == 1:
+        action["cluster"] = weighted[0][1]
+    else:
+        action["weighted_clusters"] = {"clusters": [{"name": name, "weight": d.weight, **_headers(d.headers)}
+                                                    for d, name in weighted]}
     policy = _retry_policy(route.retries)
     if policy is not None:
         action["retry_policy"] = policy
-    if len(weighted) == 1:
-        action["cluster"] = weighted[0][0]
-    else:
-        action["weighted_clusters"] = {"clusters": [{"name": name, "weight": weight} for name, weight in weighted]}
+    if route.rewrite is not None:
+        if route.rewrite.uri is not None:
+            action["prefix_rewrite"] = route.rewrite.uri
+        if route.rewrite.regex is not None:
+            action["regex_rewrite"] = {"pattern": {"regex": route.rewrite.regex[0]},
+                                       "substitution": route.rewrite.regex[1]}
+        if route.rewrite.authority is not None:
+            action["host_rewrite_literal"] = route.rewrite.authority
+    if route.mirrors:
+        action["request_mirror_policies"] = [
+            {"cluster": outbound_name(_dest_port(mesh, m, port), m.subset, m.host),
+             "runtime_fraction": {"default_value": _percent(m.percent)}} for m in route.mirrors]
     return action
+
+
+def _entry(mesh: Mesh, route: HttpRoute, port: Port) -> dict[str, Any]:
+    """Everything of one Istio http route but its match."""
+    entry: dict[str, Any] = {}
+    if route.redirect is not None:
+        r = route.redirect
+        redirect: dict[str, Any] = {"response_code": REDIRECT_CODES[r.code]}
+        if r.uri is not None:
+            redirect["path_redirect"] = r.uri
+        if r.authority is not None:
+            redirect["host_redirect"] = r.authority
+        if r.scheme is not None:
+            redirect["scheme_redirect"] = r.scheme
+        if r.port is not None:
+            redirect["port_redirect"] = r.port
+        entry["redirect"] = redirect
+    elif route.direct_response is not None:
+        status, body = route.direct_response
+        entry["direct_response"] = {"status": status, **({"body": {"inline_string": body}} if body is not None else {})}
+    else:
+        entry["route"] = _forward(mesh, route, port)
+    headers = _headers(route.headers)
+    if len(route.destinations) == 1:  # a lone destination's header operations apply to the whole route
+        for key, value in _headers(route.destinations[0].headers).items():
+            headers[key] = headers.get(key, []) + value
+    entry.update(headers)
+    per_filter = {}
+    if route.fault is not None:
+        per_filter[FAULT_FILTER] = _fault(route.fault)
+    if route.cors is not None:
+        per_filter[CORS_FILTER] = _cors(route.cors)
+    if per_filter:
+        entry["typed_per_filter_config"] = per_filter
+    return entry
 
 
 def outbound_name_for(service: Service, port: Port) -> str:
     return outbound_name(port.number, None, service.fqdn)
 
 
-def outbound(mesh: Mesh, service: Service, port: Port) -> dict[str, Any]:
-    """The routes for calls to ``service`` on ``port``: its VirtualService in order, else all its hosts."""
+def outbound(mesh: Mesh, service: Service, port: Port, client: Workload) -> dict[str, Any]:
+    """The routes ``client`` uses for ``service`` on ``port``: its VirtualService in order, else all its hosts."""
     vs = mesh.virtual_services.get(service.fqdn)
     routes = []
     if vs is None:
@@ -98,10 +226,13 @@ def outbound(mesh: Mesh, service: Service, port: Port) -> dict[str, Any]:
                                  "retry_policy": DEFAULT_RETRY}})
     else:
         for index, route in enumerate(vs.http):
-            action = _action(mesh, route, port)
+            matches = [m for m in route.matches if _applies(m, port, client)] if route.matches else [None]
+            if not matches:
+                continue
+            entry = _entry(mesh, route, port)
             name = route.name or f"{vs.doc.name}.{index}"
-            for match in route.matches or [None]:
-                routes.append({"name": name, "match": _route_match(match), "route": action})
+            for match in matches:
+                routes.append({"name": name, "match": _route_match(match), **entry})
     name = outbound_name_for(service, port)
     return {"name": name, "virtual_hosts": [{"name": f"{service.fqdn}:{port.number}", "domains": ["*"],
                                              "routes": routes}]}

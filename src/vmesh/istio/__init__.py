@@ -31,7 +31,7 @@ class Mesh:
 
 def _check_destinations(vs: VirtualService, rules: dict[str, DestinationRule]) -> None:
     for route in vs.http:
-        for dest in route.destinations:
+        for dest in list(route.destinations) + list(route.mirrors):
             if dest.subset is None:
                 continue
             rule = rules.get(dest.host)
