@@ -5,9 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from vmesh.compile.envoy_types import (BLACKHOLE, CLUSTER, HTTP_PROTOCOL_OPTIONS, INBOUND_PASSTHROUGH,
-                                       PASSTHROUGH, UNLIMITED, socket_address)
+                                       PASSTHROUGH, UNLIMITED, UPSTREAM_TLS, socket_address)
 from vmesh.istio import Mesh, selects
+from vmesh.istio.fields import envoy_duration
+from vmesh.istio.trafficpolicy import TrafficPolicy
 from vmesh.registry import Port, Service, Workload
+
+SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"  # Debian's bundle: SIMPLE TLS with no caCertificates
 
 CONNECT_TIMEOUT = "10s"  # Istio's default connectTimeout
 
@@ -20,9 +24,93 @@ def inbound_name(port: int) -> str:
     return f"inbound|{port}||"
 
 
-def _circuit_breakers() -> dict[str, Any]:
-    return {"thresholds": [{"max_connections": UNLIMITED, "max_pending_requests": UNLIMITED,
-                            "max_requests": UNLIMITED, "max_retries": UNLIMITED, "track_remaining": True}]}
+def _circuit_breakers(policy: TrafficPolicy | None = None) -> dict[str, Any]:
+    pool = policy.connection_pool if policy else None
+
+    def limit(value: int | None) -> int:
+        return UNLIMITED if value is None else value
+
+    return {"thresholds": [{
+        "max_connections": limit(pool and pool.max_connections),
+        "max_pending_requests": limit(pool and pool.http1_max_pending_requests),
+        "max_requests": limit(pool and pool.http2_max_requests),
+        "max_retries": limit(pool and pool.max_retries),
+        "track_remaining": True}]}
+
+
+def _apply_policy(cluster: dict[str, Any], policy: TrafficPolicy, port: Port | None) -> None:
+    """Istio's DestinationRule traffic policy on one outbound cluster."""
+    cluster["circuit_breakers"] = _circuit_breakers(policy)
+    lb = policy.load_balancer
+    if lb is not None and lb.simple:
+        cluster["lb_policy"] = lb.simple
+    elif lb is not None and lb.consistent_hash:
+        ch = lb.consistent_hash
+        if ch.maglev_table_size:
+            cluster["lb_policy"] = "MAGLEV"
+            cluster["maglev_lb_config"] = {"table_size": ch.maglev_table_size}
+        else:
+            cluster["lb_policy"] = "RING_HASH"
+            cluster["ring_hash_lb_config"] = {"minimum_ring_size": ch.minimum_ring_size or 1024}
+    pool = policy.connection_pool
+    options: dict[str, Any] = {}
+    if pool is not None:
+        if pool.connect_timeout_ns is not None:
+            cluster["connect_timeout"] = envoy_duration(pool.connect_timeout_ns)
+        if pool.keepalive is not None:
+            probes, time_ns, interval_ns = pool.keepalive
+            keepalive: dict[str, Any] = {}
+            if probes is not None:
+                keepalive["keepalive_probes"] = probes
+            if time_ns is not None:
+                keepalive["keepalive_time"] = max(1, time_ns // 10**9)
+            if interval_ns is not None:
+                keepalive["keepalive_interval"] = max(1, interval_ns // 10**9)
+            cluster["upstream_connection_options"] = {"tcp_keepalive": keepalive}
+        if pool.idle_timeout_ns is not None:
+            options["idle_timeout"] = envoy_duration(pool.idle_timeout_ns)
+        if pool.max_requests_per_connection:
+            options["max_requests_per_connection"] = pool.max_requests_per_connection
+    if options or (pool and pool.upgrade_http2):
+        protocol = cluster.setdefault("typed_extension_protocol_options", {}).setdefault(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            {"@type": HTTP_PROTOCOL_OPTIONS, "explicit_http_config": {"http_protocol_options": {}}})
+        if options:
+            protocol["common_http_protocol_options"] = options
+        if pool and pool.upgrade_http2:
+            protocol["explicit_http_config"] = {"http2_protocol_options": {}}
+    od = policy.outlier_detection
+    if od is not None:
+        outlier: dict[str, Any] = {
+            "consecutive_5xx": od.consecutive_5xx,
+            "enforcing_consecutive_5xx": 100 if od.consecutive_5xx else 0,
+            "interval": envoy_duration(od.interval_ns),
+            "base_ejection_time": envoy_duration(od.base_ejection_ns),
+            "max_ejection_percent": od.max_ejection_percent,
+            "enforcing_success_rate": 0,
+            "enforcing_consecutive_gateway_failure": 0,
+        }
+        if od.consecutive_gateway:
+            outlier["consecutive_gateway_failure"] = od.consecutive_gateway
+            outlier["enforcing_consecutive_gateway_failure"] = 100
+        cluster["outlier_detection"] = outlier
+        cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": od.min_health_percent}}
+    tls = policy.tls
+    if tls is not None and tls.mode in ("SIMPLE", "MUTUAL"):
+        common: dict[str, Any] = {}
+        if not tls.insecure_skip_verify:
+            validation: dict[str, Any] = {"trusted_ca": {"filename": tls.ca_certificates or SYSTEM_CA}}
+            if tls.subject_alt_names:
+                validation["match_typed_subject_alt_names"] = [
+                    {"san_type": "DNS", "matcher": {"exact": name}} for name in tls.subject_alt_names]
+            common["validation_context"] = validation
+        if tls.mode == "MUTUAL":
+            common["tls_certificates"] = [{"certificate_chain": {"filename": tls.client_certificate},
+                                           "private_key": {"filename": tls.private_key}}]
+        context: dict[str, Any] = {"@type": UPSTREAM_TLS, "common_tls_context": common}
+        if tls.sni:
+            context["sni"] = tls.sni
+        cluster["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
 def _static(name: str, endpoints: list[tuple[str, int]], port: Port | None = None) -> dict[str, Any]:
@@ -53,7 +141,10 @@ def outbound(mesh: Mesh, service: Service) -> list[dict[str, Any]]:
         for subset in subsets:
             labels = mesh.subset_labels(service.fqdn, subset)
             endpoints = [(w.address, port.number) for w in service.workloads if selects(labels, w.labels)]
-            clusters.append(_static(outbound_name(port.number, subset, service.fqdn), endpoints, port))
+            cluster = _static(outbound_name(port.number, subset, service.fqdn), endpoints, port)
+            if rule is not None:
+                _apply_policy(cluster, rule.policy(subset, port.number), port)
+            clusters.append(cluster)
     return clusters
 
 

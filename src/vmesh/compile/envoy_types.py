@@ -16,6 +16,7 @@ STDOUT_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.
 HTTP_FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 CORS = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
 CORS_POLICY = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 PREVIOUS_HOSTS = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 DOWNSTREAM_CONNECTIONS = \
     "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"

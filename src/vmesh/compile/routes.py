@@ -150,6 +150,28 @@ def _cors(cors: Cors) -> dict[str, Any]:
     return config
 
 
+def hash_policy(mesh: Mesh, host: str, subset: str | None, port: int) -> list[dict[str, Any]]:
+    """The route side of a consistentHash load balancer: what to hash on."""
+    rule = mesh.destination_rules.get(host)
+    lb = rule.policy(subset, port).load_balancer if rule else None
+    ch = lb.consistent_hash if lb else None
+    if ch is None:
+        return []
+    if ch.header:
+        return [{"header": {"header_name": ch.header}}]
+    if ch.cookie:
+        name, path, ttl_ns = ch.cookie
+        cookie: dict[str, Any] = {"name": name}
+        if path:
+            cookie["path"] = path
+        if ttl_ns is not None:
+            cookie["ttl"] = envoy_duration(ttl_ns)
+        return [{"cookie": cookie}]
+    if ch.source_ip:
+        return [{"connection_properties": {"source_ip": True}}]
+    return [{"query_parameter": {"name": ch.query_parameter}}]
+
+
 def _forward(mesh: Mesh, route: HttpRoute, port: Port) -> dict[str, Any]:
     weighted = [(d, outbound_name(_dest_port(mesh, d, port), d.subset, d.host)) for d in route.destinations
                 if d.weight > 0]
@@ -162,6 +184,10 @@ def _forward(mesh: Mesh, route: HttpRoute, port: Port) -> dict[str, Any]:
     policy = _retry_policy(route.retries)
     if policy is not None:
         action["retry_policy"] = policy
+    first = weighted[0][0] if weighted else None
+    hashing = hash_policy(mesh, first.host, first.subset, _dest_port(mesh, first, port)) if first else []
+    if hashing:
+        action["hash_policy"] = hashing
     if route.rewrite is not None:
         if route.rewrite.uri is not None:
             action["prefix_rewrite"] = route.rewrite.uri
@@ -221,9 +247,12 @@ def outbound(mesh: Mesh, service: Service, port: Port, client: Workload) -> dict
     vs = mesh.virtual_services.get(service.fqdn)
     routes = []
     if vs is None:
-        routes.append({"name": "default", "match": {"prefix": "/"},
-                       "route": {"cluster": outbound_name(port.number, None, service.fqdn), "timeout": "0s",
-                                 "retry_policy": DEFAULT_RETRY}})
+        action = {"cluster": outbound_name(port.number, None, service.fqdn), "timeout": "0s",
+                  "retry_policy": DEFAULT_RETRY}
+        hashing = hash_policy(mesh, service.fqdn, None, port.number)
+        if hashing:
+            action["hash_policy"] = hashing
+        routes.append({"name": "default", "match": {"prefix": "/"}, "route": action})
     else:
         for index, route in enumerate(vs.http):
             matches = [m for m in route.matches if _applies(m, port, client)] if route.matches else [None]

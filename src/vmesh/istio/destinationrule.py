@@ -5,17 +5,16 @@ from __future__ import annotations
 import dataclasses
 
 from vmesh.documents import Document
+from vmesh.istio import trafficpolicy
 from vmesh.istio.fields import Node, root
+from vmesh.istio.trafficpolicy import TrafficPolicy
 from vmesh.registry import DNS_LABEL, Registry
-
-TRAFFIC_POLICY = ("loadBalancer", "connectionPool", "outlierDetection", "tls", "portLevelSettings", "tunnel",
-                  "proxyProtocol", "retryBudget")
-
 
 @dataclasses.dataclass(frozen=True)
 class Subset:
     name: str
     labels: dict[str, str]
+    traffic_policy: TrafficPolicy | None = None
 
 
 @dataclasses.dataclass
@@ -23,26 +22,31 @@ class DestinationRule:
     doc: Document
     host: str  # FQDN
     subsets: dict[str, Subset]
+    traffic_policy: TrafficPolicy | None = None
+
+    def policy(self, subset: str | None, port: int) -> TrafficPolicy:
+        subset_policy = self.subsets[subset].traffic_policy if subset else None
+        return trafficpolicy.effective(self.traffic_policy, subset_policy, port)
 
 
 def parse(doc: Document, registry: Registry) -> DestinationRule:
-    spec = root(doc).mapping(("host", "subsets", "exportTo"), ("trafficPolicy", "workloadSelector"))
+    spec = root(doc).mapping(("host", "subsets", "exportTo", "trafficPolicy"), ("workloadSelector",))
     host_node = spec.get("host")
     host = registry.fqdn(host_node.string(required=True), doc.namespace)
     if host not in registry.services:
         raise host_node.error(_unknown_host(host_node.value, host, registry))
     subsets: dict[str, Subset] = {}
     for item in spec.get("subsets").items():
-        item.mapping(("name", "labels"), ("trafficPolicy",))
+        item.mapping(("name", "labels", "trafficPolicy"))
         name_node = item.get("name")
         name = name_node.string(required=True)
         if not DNS_LABEL.match(name):
             raise name_node.error(f"invalid subset name {name!r}: use lower-case letters, digits and '-'")
         if name in subsets:
             raise name_node.error(f"subset {name!r} is defined twice")
-        subsets[name] = Subset(name, item.get("labels").string_map())
+        subsets[name] = Subset(name, item.get("labels").string_map(), trafficpolicy.parse(item.get("trafficPolicy")))
     spec.get("exportTo").strings()
-    return DestinationRule(doc, host, subsets)
+    return DestinationRule(doc, host, subsets, trafficpolicy.parse(spec.get("trafficPolicy")))
 
 
 def _unknown_host(written: str, fqdn: str, registry: Registry) -> str:
