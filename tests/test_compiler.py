@@ -269,3 +269,58 @@ def test_validation_bundle_is_the_same_config_inlined():
     names = {c["name"] for c in bundle["static_resources"]["clusters"]}
     assert names >= {c["name"] for c in resources(config.files, "cds.json")}
     assert "weighted_clusters" in json.dumps(bundle["static_resources"]["listeners"])
+
+
+TCP_ECHO_HOSTS = {
+    "tcp-echo-v1": {"vmesh_service": "tcp-echo", "vmesh_labels": {"version": "v1"},
+                    "vmesh_ports": [{"port": 9000, "protocol": "tcp"}], "ansible_host": "10.213.0.50"},
+    "tcp-echo-v2": {"vmesh_service": "tcp-echo", "vmesh_labels": {"version": "v2"},
+                    "vmesh_ports": [{"port": 9000, "protocol": "tcp"}], "ansible_host": "10.213.0.51"},
+}
+TCP_ECHO_80_20 = """apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: tcp-echo}
+spec:
+  host: tcp-echo
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo}
+spec:
+  hosts: [tcp-echo]
+  tcp:
+  - match: [{port: 9000}]
+    route:
+    - destination: {host: tcp-echo, port: {number: 9000}, subset: v1}
+      weight: 80
+    - destination: {host: tcp-echo, port: {number: 9000}, subset: v2}
+      weight: 20
+"""
+
+
+def _tcp_proxy(mesh, host):
+    outbound = resources(render_host(mesh, host).files, "lds.json")[0]
+    chain = next(c for c in outbound["filter_chains"] if c["name"] == "outbound|9000||tcp-echo.default.svc.cluster.local")
+    return chain["filters"][0]["typed_config"]
+
+
+def test_tcp_routes_weighted(envoy_validate):
+    hosts = {**bookinfo_hosts(), **TCP_ECHO_HOSTS}
+    mesh = build(TCP_ECHO_80_20, hosts=hosts)
+    assert _tcp_proxy(mesh, "productpage-v1")["weighted_clusters"] == {"clusters": [
+        {"name": "outbound|9000|v1|tcp-echo.default.svc.cluster.local", "weight": 80},
+        {"name": "outbound|9000|v2|tcp-echo.default.svc.cluster.local", "weight": 20}]}
+    for config in render_all(mesh).values():
+        envoy_validate(config.validation)
+    # without a VirtualService: every tcp-echo host
+    plain = build(hosts=hosts)
+    assert _tcp_proxy(plain, "productpage-v1")["cluster"] == "outbound|9000||tcp-echo.default.svc.cluster.local"
+
+
+def test_tcp_route_match_on_another_port_does_not_apply():
+    hosts = {**bookinfo_hosts(), **TCP_ECHO_HOSTS}
+    mesh = build(TCP_ECHO_80_20.replace("match: [{port: 9000}]", "match: [{port: 9001}]"), hosts=hosts)
+    assert _tcp_proxy(mesh, "productpage-v1")["cluster"] == "outbound|9000||tcp-echo.default.svc.cluster.local"

@@ -72,7 +72,7 @@ def render_host(mesh: Mesh, host: str) -> HostConfig:
         if port.is_http:
             config = routes.inbound(port)
             rds[config["name"]] = config
-    lds = [listeners.outbound(services, workload), listeners.inbound(workload)]
+    lds = [listeners.outbound(mesh, services, workload), listeners.inbound(workload)]
     boot = bootstrap.bootstrap(workload, registry)
     files = {BOOTSTRAP_FILE: dumps(boot), bootstrap.LDS_FILE: _resources(lds), bootstrap.CDS_FILE: _resources(cds)}
     for name, config in rds.items():

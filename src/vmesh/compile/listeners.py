@@ -8,6 +8,7 @@ from typing import Any
 from vmesh.compile import clusters, routes
 from vmesh.compile.envoy_types import (BLACKHOLE, CORS, HCM, HTTP_FAULT, INBOUND_PASSTHROUGH, LISTENER, ORIGINAL_DST, PASSTHROUGH,
                                        ROUTER, access_logs, file_source, socket_address, tcp_proxy, typed)
+from vmesh.istio import Mesh
 from vmesh.registry import Service, Workload
 
 OUTBOUND_PORT = 15001
@@ -61,7 +62,7 @@ def _listener(name: str, port: int, direction: str, chains: list[dict[str, Any]]
     }
 
 
-def outbound(services: list[Service], workload: Workload) -> dict[str, Any]:
+def outbound(mesh: Mesh, services: list[Service], workload: Workload) -> dict[str, Any]:
     """One filter chain per service VIP and port, found by the original destination of the redirected call."""
     chains = []
     for service in services:
@@ -71,7 +72,7 @@ def outbound(services: list[Service], workload: Workload) -> dict[str, Any]:
             if port.is_http:
                 filters = [_hcm(stat_prefix, routes.outbound_name_for(service, port), workload, inbound=False)]
             else:
-                filters = [tcp_proxy(stat_prefix, name)]
+                filters = [routes.tcp_proxy_for(mesh, service, port, workload, stat_prefix)]
             chains.append({"name": name, "filters": filters, "filter_chain_match": {
                 "prefix_ranges": [{"address_prefix": service.vip, "prefix_len": 32}],
                 "destination_port": port.number}})

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from vmesh.compile.clusters import inbound_name, outbound_name
-from vmesh.compile.envoy_types import CORS_POLICY, HTTP_FAULT, PREVIOUS_HOSTS
+from vmesh.compile.envoy_types import CORS_POLICY, HTTP_FAULT, PREVIOUS_HOSTS, TCP_PROXY
 from vmesh.istio import Mesh, selects
 from vmesh.istio.fields import envoy_duration
 from vmesh.istio.virtualservice import (Cors, Destination, Fault, HeaderOps, Headers, HttpMatch, HttpRoute, Mirror,
-                                        Retries)
+                                        Retries, TcpMatch)
 from vmesh.registry import Port, Service, Workload
 
 # Istio's default retry policy for every HTTP route without `retries`.
@@ -64,7 +64,7 @@ def _route_match(match: HttpMatch | None) -> dict[str, Any]:
     return out
 
 
-def _applies(match: HttpMatch, port: Port, client: Workload) -> bool:
+def _applies(match: HttpMatch | TcpMatch, port: Port, client: Workload) -> bool:
     """Matches on the port or on the caller decide per host and port whether the match exists at all."""
     if match.port is not None and match.port != port.number:
         return False
@@ -265,6 +265,25 @@ def outbound(mesh: Mesh, service: Service, port: Port, client: Workload) -> dict
     name = outbound_name_for(service, port)
     return {"name": name, "virtual_hosts": [{"name": f"{service.fqdn}:{port.number}", "domains": ["*"],
                                              "routes": routes}]}
+
+
+def tcp_proxy_for(mesh: Mesh, service: Service, port: Port, client: Workload, stat_prefix: str) -> dict[str, Any]:
+    """A TCP port: the first VirtualService tcp route whose match applies to this caller and port, else all hosts."""
+    vs = mesh.virtual_services.get(service.fqdn)
+    config: dict[str, Any] = {"@type": TCP_PROXY, "stat_prefix": stat_prefix,
+                              "cluster": outbound_name(port.number, None, service.fqdn)}
+    for route in vs.tcp if vs else []:
+        if route.matches and not any(_applies(m, port, client) for m in route.matches):
+            continue
+        weighted = [(outbound_name(_dest_port(mesh, d, port), d.subset, d.host), d.weight)
+                    for d in route.destinations if d.weight > 0]
+        if len(weighted) == 1:
+            config["cluster"] = weighted[0][0]
+        else:
+            del config["cluster"]
+            config["weighted_clusters"] = {"clusters": [{"name": n, "weight": w} for n, w in weighted]}
+        break
+    return {"name": "envoy.filters.network.tcp_proxy", "typed_config": config}
 
 
 def inbound(port: Port) -> dict[str, Any]:

@@ -30,8 +30,8 @@ class Mesh:
 
 
 def _check_destinations(vs: VirtualService, rules: dict[str, DestinationRule]) -> None:
-    for route in vs.http:
-        for dest in list(route.destinations) + list(route.mirrors):
+    for route in list(vs.http) + list(vs.tcp):
+        for dest in list(route.destinations) + list(getattr(route, "mirrors", ())):
             if dest.subset is None:
                 continue
             rule = rules.get(dest.host)

@@ -157,11 +157,25 @@ def _retries(node: Node) -> Retries | None:
     return Retries(attempts, per_try, tuple(conditions), tuple(codes))
 
 
+@dataclasses.dataclass(frozen=True)
+class TcpMatch:
+    port: int | None = None
+    source_labels: tuple[tuple[str, str], ...] = ()
+    source_namespace: str | None = None
+
+
+@dataclasses.dataclass
+class TcpRoute:
+    matches: list[TcpMatch]
+    destinations: list[Destination]
+
+
 @dataclasses.dataclass
 class VirtualService:
     doc: Document
     hosts: list[str]  # FQDNs
     http: list[HttpRoute]
+    tcp: list[TcpRoute] = dataclasses.field(default_factory=list)
 
 
 def _header_matches(node: Node) -> tuple[tuple[str, StringMatch | None], ...]:
@@ -393,8 +407,23 @@ def _http_route(node: Node, registry: Registry, namespace: str) -> HttpRoute:
                      _cors(node.get("corsPolicy")), _headers(node.get("headers")))
 
 
+def _tcp_route(node: Node, registry: Registry, namespace: str) -> TcpRoute:
+    node.mapping(("match", "route"))
+    matches = []
+    for item in node.get("match").items():
+        item.mapping(("port", "sourceLabels", "sourceNamespace"), ("destinationSubnets", "gateways", "sourceSubnet"))
+        matches.append(TcpMatch(item.get("port").integer(minimum=1, maximum=65535),
+                                tuple(sorted(item.get("sourceLabels").string_map().items())),
+                                item.get("sourceNamespace").string()))
+    destinations = _destinations(node.get("route"), registry, namespace)
+    for dest in destinations:
+        if dest.headers != Headers():
+            raise dest.node.error("headers do not apply to tcp routes")
+    return TcpRoute(matches, destinations)
+
+
 def parse(doc: Document, registry: Registry) -> VirtualService:
-    spec = root(doc).mapping(("hosts", "gateways", "http", "exportTo"), ("tcp", "tls"))
+    spec = root(doc).mapping(("hosts", "gateways", "http", "tcp", "exportTo"), ("tls",))
     hosts = []
     for node in spec.get("hosts").items(required=True, non_empty=True):
         name = node.string(required=True)
@@ -410,6 +439,8 @@ def parse(doc: Document, registry: Registry) -> VirtualService:
             raise node.error(f"host {name!r} is listed twice")
         hosts.append(fqdn)
     spec.get("exportTo").strings()
-    http = [_http_route(node, registry, doc.namespace)
-            for node in spec.get("http").items(required=True, non_empty=True)]
-    return VirtualService(doc, hosts, http)
+    http = [_http_route(node, registry, doc.namespace) for node in spec.get("http").items()]
+    tcp = [_tcp_route(node, registry, doc.namespace) for node in spec.get("tcp").items()]
+    if not http and not tcp:
+        raise spec.error("set http or tcp routes")
+    return VirtualService(doc, hosts, http, tcp)
