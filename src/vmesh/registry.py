@@ -25,6 +25,7 @@ MESH_SETTINGS = {
     "vmesh_vip_cidr": "240.240.0.0/16",
     "vmesh_cluster_domain": "cluster.local",
     "vmesh_vips": {},
+    "vmesh_outbound_traffic_policy": "ALLOW_ANY",
 }
 # Per-host settings with their defaults.
 HOST_SETTINGS = {
@@ -88,6 +89,7 @@ class Registry:
     workloads: dict[str, Workload]  # by host
     cluster_domain: str
     vip_cidr: str
+    outbound_policy: str = "ALLOW_ANY"
 
     def fqdn(self, name: str, namespace: str) -> str:
         """Istio's reading of a host name in a document of ``namespace``: short names are relative to it."""
@@ -257,7 +259,11 @@ def build(hosts: dict[str, dict[str, Any]]) -> Registry:
     if not isinstance(pinned, dict):
         raise MeshError("expected a mapping of service name to address", file="inventory", field="vmesh_vips")
     pins = {}
-    reg = Registry(services, workloads, domain, cidr)
+    policy = settings["vmesh_outbound_traffic_policy"]
+    if policy not in ("ALLOW_ANY", "REGISTRY_ONLY"):
+        raise MeshError(f"expected ALLOW_ANY or REGISTRY_ONLY, got {policy!r}", file="inventory",
+                        field="vmesh_outbound_traffic_policy")
+    reg = Registry(services, workloads, domain, cidr, policy)
     for name, ip in pinned.items():
         fqdn = reg.fqdn(str(name), "default")
         try:

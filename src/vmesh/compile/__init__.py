@@ -58,7 +58,7 @@ def render_host(mesh: Mesh, host: str) -> HostConfig:
     workload = registry.workloads.get(host)
     if workload is None:
         raise MeshError(f"host {host!r} is not in the mesh (group vmesh)", file="inventory")
-    services = [registry.services[fqdn] for fqdn in sorted(registry.services)]
+    services = [registry.services[fqdn] for fqdn in mesh.visible_services(host)]
     cds = clusters.catch_all()
     rds: dict[str, dict[str, Any]] = {}
     for service in services:
@@ -72,7 +72,7 @@ def render_host(mesh: Mesh, host: str) -> HostConfig:
         if port.is_http:
             config = routes.inbound(port)
             rds[config["name"]] = config
-    lds = [listeners.outbound(mesh, services, workload), listeners.inbound(workload)]
+    lds = [listeners.outbound(mesh, services, workload, mesh.outbound_policy_for(host)), listeners.inbound(workload)]
     boot = bootstrap.bootstrap(workload, registry)
     files = {BOOTSTRAP_FILE: dumps(boot), bootstrap.LDS_FILE: _resources(lds), bootstrap.CDS_FILE: _resources(cds)}
     for name, config in rds.items():

@@ -62,8 +62,11 @@ def _listener(name: str, port: int, direction: str, chains: list[dict[str, Any]]
     }
 
 
-def outbound(mesh: Mesh, services: list[Service], workload: Workload) -> dict[str, Any]:
-    """One filter chain per service VIP and port, found by the original destination of the redirected call."""
+def outbound(mesh: Mesh, services: list[Service], workload: Workload, policy: str = "ALLOW_ANY") -> dict[str, Any]:
+    """One filter chain per service VIP and port, found by the original destination of the redirected call.
+
+    Anything else passes through to where it was going (ALLOW_ANY) or is refused (REGISTRY_ONLY).
+    """
     chains = []
     for service in services:
         for port in service.ports:
@@ -76,7 +79,8 @@ def outbound(mesh: Mesh, services: list[Service], workload: Workload) -> dict[st
             chains.append({"name": name, "filters": filters, "filter_chain_match": {
                 "prefix_ranges": [{"address_prefix": service.vip, "prefix_len": 32}],
                 "destination_port": port.number}})
-    return _listener("virtualOutbound", OUTBOUND_PORT, "OUTBOUND", chains, PASSTHROUGH)
+    default = PASSTHROUGH if policy == "ALLOW_ANY" else BLACKHOLE
+    return _listener("virtualOutbound", OUTBOUND_PORT, "OUTBOUND", chains, default)
 
 
 def inbound(workload: Workload) -> dict[str, Any]:

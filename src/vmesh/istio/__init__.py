@@ -8,12 +8,12 @@ from typing import Any, Iterable
 from vmesh import registry as registry_mod
 from vmesh.documents import Document, load_sources
 from vmesh.errors import MeshError, MeshErrors
-from vmesh.istio import destinationrule, virtualservice
+from vmesh.istio import destinationrule, sidecar as sidecar_mod, virtualservice
 from vmesh.istio.destinationrule import DestinationRule
 from vmesh.istio.virtualservice import VirtualService
 from vmesh.registry import Registry
 
-SUPPORTED_KINDS = {"VirtualService", "DestinationRule"}
+SUPPORTED_KINDS = {"VirtualService", "DestinationRule", "Sidecar"}
 
 
 @dataclasses.dataclass
@@ -22,6 +22,29 @@ class Mesh:
     virtual_services: dict[str, VirtualService]  # by the service FQDN they route
     destination_rules: dict[str, DestinationRule]  # by host FQDN
     warnings: list[str]
+    sidecars: list[sidecar_mod.Sidecar] = dataclasses.field(default_factory=list)
+    outbound_policy: str = "ALLOW_ANY"  # mesh-wide, vmesh_outbound_traffic_policy
+
+    def sidecar(self, host: str) -> sidecar_mod.Sidecar | None:
+        workload = self.registry.workloads[host]
+        return sidecar_mod.for_host(self.sidecars, workload.namespace, workload.labels)
+
+    def visible_services(self, host: str) -> list[str]:
+        """FQDNs this host's proxy is configured for: its Sidecar's egress hosts, plus what their routes use."""
+        sidecar = self.sidecar(host)
+        if sidecar is None:
+            return sorted(self.registry.services)
+        visible = {fqdn for fqdn, s in self.registry.services.items() if sidecar.allows(fqdn, s.namespace)}
+        needed = set(visible)
+        for fqdn in visible:
+            vs = self.virtual_services.get(fqdn)
+            for route in (list(vs.http) + list(vs.tcp)) if vs else []:
+                needed |= {d.host for d in route.destinations} | {m.host for m in getattr(route, "mirrors", ())}
+        return sorted(needed)
+
+    def outbound_policy_for(self, host: str) -> str:
+        sidecar = self.sidecar(host)
+        return (sidecar.outbound_policy if sidecar and sidecar.outbound_policy else None) or self.outbound_policy
 
     def subset_labels(self, host: str, subset: str | None) -> dict[str, str]:
         if subset is None:
@@ -55,6 +78,7 @@ def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]]) 
     errors: list[MeshError] = []
     rules: dict[str, DestinationRule] = {}
     services: list[VirtualService] = []
+    sidecars: list[sidecar_mod.Sidecar] = []
     for doc in docs:
         if doc.kind not in SUPPORTED_KINDS:
             errors.append(doc.error("kind", f"{doc.kind} is not supported by vmesh yet (see README, 'Not supported')"))
@@ -67,6 +91,8 @@ def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]]) 
                     raise doc.error("spec.host", f"{other.ref} in {other.file} already configures host {rule.host}; "
                                                  "use one DestinationRule per host")
                 rules[rule.host] = rule
+            elif doc.kind == "Sidecar":
+                sidecars.append(sidecar_mod.parse(doc, registry))
             else:
                 services.append(virtualservice.parse(doc, registry))
         except MeshError as exc:
@@ -93,7 +119,12 @@ def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]]) 
             if not any(_selects(subset.labels, w.labels) for w in service.workloads):
                 warnings.append(f"{rule.doc.file}: {rule.doc.ref}: subset {subset.name!r} selects no host yet; "
                                 "traffic sent to it gets 503")
-    return Mesh(registry, by_host, rules, warnings)
+    for ns in {s.doc.namespace for s in sidecars}:
+        defaults = [s for s in sidecars if s.doc.namespace == ns and s.selector is None]
+        if len(defaults) > 1:
+            raise defaults[1].doc.error("spec.workloadSelector", f"{defaults[0].doc.ref} is already the Sidecar of "
+                                                                 f"namespace {ns}; give one a workloadSelector")
+    return Mesh(registry, by_host, rules, warnings, sidecars, registry.outbound_policy)
 
 
 def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
