@@ -183,11 +183,12 @@ def _workload(host: str, hostvars: dict[str, Any]) -> Workload:
         raise _err(host, "vmesh_access_log", f"expected true or false, got {access_log!r}")
     common = {"host": host, "namespace": namespace, "config_dir": config_dir, "access_log": access_log}
     if service is None:
-        for key in ("vmesh_ports", "vmesh_labels"):
-            if hostvars.get(key):
-                raise _err(host, key, "set only on hosts that serve a service: this host has no vmesh_service")
+        if hostvars.get("vmesh_ports"):
+            raise _err(host, "vmesh_ports", "set only on hosts that serve a service: this host has no vmesh_service")
         account = hostvars.get("vmesh_service_account", "default")
-        return Workload(service=None, labels={}, ports=(), service_account=account, address=None, **common)
+        # a pure client's labels still count for sourceLabels matches and Sidecar selectors
+        return Workload(service=None, labels=_labels(host, hostvars.get("vmesh_labels")), ports=(),
+                        service_account=account, address=None, **common)
     if not isinstance(service, str) or not DNS_LABEL.match(service) or len(service) > 63:
         raise _err(host, "vmesh_service", f"expected a DNS label such as 'reviews', got {service!r}")
     address = hostvars.get("vmesh_address", hostvars.get("ansible_host"))
