@@ -23,6 +23,8 @@ HOSTS = {
        for i in (1, 2, 3, 4)},
     "ratings-v1": {"vmesh_service": "ratings", "vmesh_labels": {"version": "v1"}, "vmesh_ports": PORTS},
     "ratings-v2": {"vmesh_service": "ratings", "vmesh_labels": {"version": "v2"}, "vmesh_ports": PORTS},
+    **{f"tcp-echo-v{i}": {"vmesh_service": "tcp-echo", "vmesh_labels": {"version": f"v{i}"},
+                          "vmesh_ports": [{"port": 9000, "protocol": "tcp"}]} for i in (1, 2)},
 }
 RULES = """apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -45,6 +47,8 @@ def mesh(netmesh_module):
         mesh.start_echo(f"reviews-v{i}")
     mesh.start_bookinfo("ratings-v1")
     mesh.start_bookinfo("ratings-v2", env={"BOOKINFO_ERROR_RATE": "1.0"})  # fails every request
+    for i in (1, 2):
+        mesh.start_echo(f"tcp-echo-v{i}", tcp=True)
     return mesh
 
 
@@ -275,3 +279,72 @@ def test_consistent_hash_keeps_a_user_on_one_host(mesh):
         assert len(answers) == 1, (user, answers)
     spread = who(mesh.sample("client", REVIEWS, 40))
     assert len(spread) >= 2, spread  # requests without the header are not pinned
+
+
+def test_tcp_weighted_routing(mesh):
+    """Istio's tcp-echo sample shape: 80 % v1, 20 % v2 over plain TCP."""
+    vs = """apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: tcp-echo}
+spec:
+  host: tcp-echo
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo}
+spec:
+  hosts: [tcp-echo]
+  tcp:
+  - match: [{port: 9000}]
+    route:
+    - destination: {host: tcp-echo, port: {number: 9000}, subset: v1}
+      weight: 80
+    - destination: {host: tcp-echo, port: {number: 9000}, subset: v2}
+      weight: 20
+"""
+    mesh.push([("mesh/rules.yaml", RULES), ("mesh/tcp.yaml", vs)])
+    vip = mesh.resolve("client", "tcp-echo")
+    answers = collections.Counter()
+    for _ in range(200):
+        line = mesh.tcp("client", vip, 9000, "hello").decode()
+        assert line.endswith("hello"), line
+        answers[line.split()[0]] += 1
+    assert set(answers) == {"host=tcp-echo-v1", "host=tcp-echo-v2"}, answers
+    assert 20 <= answers["host=tcp-echo-v2"] <= 60, answers  # 20 % of 200, binomial sd ~ 5.7
+
+
+@pytest.mark.parametrize("policy", ["ALLOW_ANY", "REGISTRY_ONLY"])
+def test_outbound_traffic_policy(mesh, policy):
+    sidecar = f"""apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: istio-system}}
+spec:
+  outboundTrafficPolicy: {{mode: {policy}}}
+"""
+    mesh.push([("mesh/rules.yaml", RULES), ("mesh/sidecar.yaml", sidecar)])
+    # a destination that is not a mesh service name: a host's own address
+    direct = mesh.request("client", f"http://{mesh.address('reviews-v1')}:9080/", timeout=5)
+    if policy == "ALLOW_ANY":
+        assert direct.status == 200 and direct.json()["host"] == "reviews-v1"
+    else:
+        assert direct.status == 0, direct  # refused: no answer at all
+    assert mesh.request("client", REVIEWS).status == 200  # mesh services work either way
+
+
+def test_connection_pool_overflow_gets_503(mesh):
+    from concurrent.futures import ThreadPoolExecutor
+
+    mesh.push([("mesh/rules.yaml", RULES.replace("  subsets:", """  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}
+  subsets:"""))])
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda _: mesh.request("client", REVIEWS + "?delay=2", timeout=15), range(8)))
+    statuses = collections.Counter(a.status for a in answers)
+    overflowed = [a for a in answers if a.status == 503]
+    assert statuses[200] >= 1 and overflowed, statuses
+    assert all(a.headers.get("x-envoy-overloaded") == "true" for a in overflowed), [a.headers for a in overflowed]
