@@ -8,6 +8,7 @@ echo the request) and, for ratings, the Bookinfo stand-in (v2 configured to fail
 from __future__ import annotations
 
 import collections
+from pathlib import Path
 
 import pytest
 
@@ -19,8 +20,8 @@ PORTS = [{"port": 9080, "protocol": "http"}]
 HOSTS = {
     "client": {"vmesh_labels": {"app": "client"}},
     "client-b": {"vmesh_labels": {"app": "other"}},
-    **{f"reviews-v{i}": {"vmesh_service": "reviews", "vmesh_labels": {"version": f"v{i}"}, "vmesh_ports": PORTS}
-       for i in (1, 2, 3, 4)},
+    **{f"reviews-v{i}": {"vmesh_service": "reviews", "vmesh_labels": {"app": "reviews", "version": f"v{i}"},
+                         "vmesh_ports": PORTS} for i in (1, 2, 3, 4)},
     "ratings-v1": {"vmesh_service": "ratings", "vmesh_labels": {"version": "v1"}, "vmesh_ports": PORTS},
     "ratings-v2": {"vmesh_service": "ratings", "vmesh_labels": {"version": "v2"}, "vmesh_ports": PORTS},
     **{f"tcp-echo-v{i}": {"vmesh_service": "tcp-echo", "vmesh_labels": {"version": f"v{i}"},
@@ -348,3 +349,24 @@ def test_connection_pool_overflow_gets_503(mesh):
     overflowed = [a for a in answers if a.status == 503]
     assert statuses[200] >= 1 and overflowed, statuses
     assert all(a.headers.get("x-envoy-overloaded") == "true" for a in overflowed), [a.headers for a in overflowed]
+
+
+def test_local_rate_limit_from_an_envoy_filter(mesh):
+    """Istio's EnvoyFilter form of a local rate limit on reviews' inbound side: 429 and x-local-rate-limit."""
+    limit = (Path(__file__).parent / "data" / "ratelimit" / "local-rate-limit.yaml").read_text()
+    all_v1 = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews, subset: v1}}]
+"""
+    mesh.push([("mesh/rules.yaml", RULES), ("mesh/vs.yaml", all_v1), ("mesh/limit.yaml", limit)])
+    limited = [mesh.request("client", "http://reviews:9080/reviews/1") for _ in range(6)]
+    assert [a.status for a in limited] == [200, 200, 200, 429, 429, 429]
+    assert all(a.headers.get("x-local-rate-limit") == "true" for a in limited[3:])
+    others = [mesh.request("client", REVIEWS).status for _ in range(8)]
+    assert 429 in others and others.count(200) <= 6, others  # the whole route's bucket holds 6 a minute
+    # only reviews is limited: ratings answers as often as asked
+    assert mesh.sample("client", "http://ratings:9080/ratings/0", 10, {"x": "1"})[(200, "v1")] >= 1

@@ -12,7 +12,7 @@ import dataclasses
 import json
 from typing import Any
 
-from vmesh.compile import bootstrap, clusters, listeners, routes
+from vmesh.compile import bootstrap, clusters, listeners, patches, routes
 from vmesh.compile.envoy_types import HCM, ROUTE_CONFIGURATION
 from vmesh.errors import MeshError
 from vmesh.istio import Mesh
@@ -73,6 +73,7 @@ def render_host(mesh: Mesh, host: str) -> HostConfig:
             config = routes.inbound(port)
             rds[config["name"]] = config
     lds = [listeners.outbound(mesh, services, workload, mesh.outbound_policy_for(host)), listeners.inbound(workload)]
+    patches.apply(mesh, workload, lds, rds)
     boot = bootstrap.bootstrap(workload, registry)
     files = {BOOTSTRAP_FILE: dumps(boot), bootstrap.LDS_FILE: _resources(lds), bootstrap.CDS_FILE: _resources(cds)}
     for name, config in rds.items():

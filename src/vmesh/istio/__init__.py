@@ -8,12 +8,12 @@ from typing import Any, Iterable
 from vmesh import registry as registry_mod
 from vmesh.documents import Document, load_sources
 from vmesh.errors import MeshError, MeshErrors
-from vmesh.istio import destinationrule, sidecar as sidecar_mod, virtualservice
+from vmesh.istio import destinationrule, envoyfilter, sidecar as sidecar_mod, virtualservice
 from vmesh.istio.destinationrule import DestinationRule
 from vmesh.istio.virtualservice import VirtualService
 from vmesh.registry import Registry
 
-SUPPORTED_KINDS = {"VirtualService", "DestinationRule", "Sidecar"}
+SUPPORTED_KINDS = {"VirtualService", "DestinationRule", "Sidecar", "EnvoyFilter"}
 
 
 @dataclasses.dataclass
@@ -24,6 +24,7 @@ class Mesh:
     warnings: list[str]
     sidecars: list[sidecar_mod.Sidecar] = dataclasses.field(default_factory=list)
     outbound_policy: str = "ALLOW_ANY"  # mesh-wide, vmesh_outbound_traffic_policy
+    envoy_filters: list[envoyfilter.EnvoyFilter] = dataclasses.field(default_factory=list)
 
     def sidecar(self, host: str) -> sidecar_mod.Sidecar | None:
         workload = self.registry.workloads[host]
@@ -79,6 +80,7 @@ def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]]) 
     rules: dict[str, DestinationRule] = {}
     services: list[VirtualService] = []
     sidecars: list[sidecar_mod.Sidecar] = []
+    envoy_filters: list[envoyfilter.EnvoyFilter] = []
     for doc in docs:
         if doc.kind not in SUPPORTED_KINDS:
             errors.append(doc.error("kind", f"{doc.kind} is not supported by vmesh yet (see README, 'Not supported')"))
@@ -91,6 +93,8 @@ def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]]) 
                     raise doc.error("spec.host", f"{other.ref} in {other.file} already configures host {rule.host}; "
                                                  "use one DestinationRule per host")
                 rules[rule.host] = rule
+            elif doc.kind == "EnvoyFilter":
+                envoy_filters.append(envoyfilter.parse(doc))
             elif doc.kind == "Sidecar":
                 sidecars.append(sidecar_mod.parse(doc, registry))
             else:
@@ -124,7 +128,7 @@ def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]]) 
         if len(defaults) > 1:
             raise defaults[1].doc.error("spec.workloadSelector", f"{defaults[0].doc.ref} is already the Sidecar of "
                                                                  f"namespace {ns}; give one a workloadSelector")
-    return Mesh(registry, by_host, rules, warnings, sidecars, registry.outbound_policy)
+    return Mesh(registry, by_host, rules, warnings, sidecars, registry.outbound_policy, envoy_filters)
 
 
 def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
