@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from conftest import bookinfo_hosts, build, outbound_routes, resources
+from conftest import DATA, bookinfo_hosts, build, outbound_routes, resources
 from vmesh import registry
 from vmesh.compile import render_all, render_host
 
@@ -277,28 +277,7 @@ TCP_ECHO_HOSTS = {
     "tcp-echo-v2": {"vmesh_service": "tcp-echo", "vmesh_labels": {"version": "v2"},
                     "vmesh_ports": [{"port": 9000, "protocol": "tcp"}], "ansible_host": "10.213.0.51"},
 }
-TCP_ECHO_80_20 = """apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: tcp-echo}
-spec:
-  host: tcp-echo
-  subsets:
-  - {name: v1, labels: {version: v1}}
-  - {name: v2, labels: {version: v2}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: tcp-echo}
-spec:
-  hosts: [tcp-echo]
-  tcp:
-  - match: [{port: 9000}]
-    route:
-    - destination: {host: tcp-echo, port: {number: 9000}, subset: v1}
-      weight: 80
-    - destination: {host: tcp-echo, port: {number: 9000}, subset: v2}
-      weight: 20
-"""
+TCP_ECHO_80_20 = (DATA / "tcp-echo" / "tcp-echo-80-20.yaml").read_text()
 
 
 def _tcp_proxy(mesh, host):

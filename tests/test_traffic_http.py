@@ -284,28 +284,7 @@ def test_consistent_hash_keeps_a_user_on_one_host(mesh):
 
 def test_tcp_weighted_routing(mesh):
     """Istio's tcp-echo sample shape: 80 % v1, 20 % v2 over plain TCP."""
-    vs = """apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: tcp-echo}
-spec:
-  host: tcp-echo
-  subsets:
-  - {name: v1, labels: {version: v1}}
-  - {name: v2, labels: {version: v2}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: tcp-echo}
-spec:
-  hosts: [tcp-echo]
-  tcp:
-  - match: [{port: 9000}]
-    route:
-    - destination: {host: tcp-echo, port: {number: 9000}, subset: v1}
-      weight: 80
-    - destination: {host: tcp-echo, port: {number: 9000}, subset: v2}
-      weight: 20
-"""
+    vs = (Path(__file__).parent / "data" / "tcp-echo" / "tcp-echo-80-20.yaml").read_text()
     mesh.push([("mesh/rules.yaml", RULES), ("mesh/tcp.yaml", vs)])
     vip = mesh.resolve("client", "tcp-echo")
     answers = collections.Counter()
