@@ -6,7 +6,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR ?= 0
 
-.PHONY: setup image demo demo-traffic demo-down test test-unit test-netns test-vm clean
+.PHONY: setup image demo demo-traffic demo-down test test-unit lint clean
 
 setup:
 	@scripts/setup.sh
@@ -27,10 +27,13 @@ demo-traffic:
 demo-down: setup
 	vmesh lab down --inventory $(INVENTORY)
 
-## All tests: compiler and CLI (pytest), modules and data path in network namespaces, molecule on test VMs.
-test: image
+## All tests: lint, compiler and CLI (pytest), modules and data path in network namespaces, molecule on test VMs.
+test: image lint
 	pytest -q -p no:cacheprovider tests
 	cd $(CURDIR) && molecule test --all
+
+lint: setup
+	ansible-lint --profile production --offline roles playbooks
 
 test-unit: setup
 	pytest -q -m "not netns and not vm" tests

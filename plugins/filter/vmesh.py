@@ -31,7 +31,7 @@ options:
 EXAMPLES = r"""
 - name: Compile the mesh once for every host
   ansible.builtin.set_fact:
-    vmesh_compiled: "{{ sources | vmesh_compile(hostvars, groups['vmesh']) }}"
+    preflight_compiled: "{{ sources | vmesh_compile(hostvars, groups['vmesh']) }}"
   run_once: true
 """
 

@@ -49,8 +49,8 @@ EXAMPLES = r"""
 - name: Push the Envoy config
   vmesh_envoy_config:
     dest: /etc/vmesh/envoy
-    files: "{{ vmesh_compiled[inventory_hostname].files }}"
-    validation: "{{ vmesh_compiled[inventory_hostname].validation }}"
+    files: "{{ preflight_compiled[inventory_hostname].files }}"
+    validation: "{{ preflight_compiled[inventory_hostname].validation }}"
     envoy: /opt/vmesh/bin/envoy
   notify: Proxy | restart
 """
