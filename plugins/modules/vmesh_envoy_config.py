@@ -112,18 +112,13 @@ def plan(dest, files, bootstrap):
     return current, changed, removed
 
 
-def validate(envoy, staging, validation):
-    path = os.path.join(staging, "validate.json")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(validation)
-    return path
-
-
 def apply(module, dest, files, changed, removed, validation, envoy, mode):
     parent = os.path.dirname(dest.rstrip("/"))
     staging = tempfile.mkdtemp(prefix=".vmesh-staging-", dir=parent)
     try:
-        check = validate(envoy, staging, validation)
+        check = os.path.join(staging, "validate.json")
+        with open(check, "w", encoding="utf-8") as fh:
+            fh.write(validation)
         rc, out, err = module.run_command([envoy, "--mode", "validate", "-c", check, "-l", "critical",
                                            "--use-dynamic-base-id"], environ_update={"LC_ALL": "C"})
         if rc != 0:

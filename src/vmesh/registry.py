@@ -33,7 +33,6 @@ HOST_SETTINGS = {
     "vmesh_config_dir": "/etc/vmesh/envoy",
     "vmesh_access_log": False,
 }
-HOST_VARS = {"vmesh_service", "vmesh_labels", "vmesh_ports", "vmesh_service_account", "vmesh_address"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -120,7 +120,7 @@ def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]]) 
     for rule in rules.values():
         service = registry.services[rule.host]
         for subset in rule.subsets.values():
-            if not any(_selects(subset.labels, w.labels) for w in service.workloads):
+            if not any(selects(subset.labels, w.labels) for w in service.workloads):
                 warnings.append(f"{rule.doc.file}: {rule.doc.ref}: subset {subset.name!r} selects no host yet; "
                                 "traffic sent to it gets 503")
     for ns in {s.doc.namespace for s in sidecars}:
@@ -131,9 +131,9 @@ def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]]) 
     return Mesh(registry, by_host, rules, warnings, sidecars, registry.outbound_policy, envoy_filters)
 
 
-def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    """Whether ``labels`` carry every label of ``selector`` (an empty selector selects everything)."""
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-selects = _selects
 __all__ = ["Mesh", "build", "selects", "Document"]
