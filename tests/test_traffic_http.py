@@ -349,3 +349,34 @@ spec:
     assert 429 in others and others.count(200) <= 6, others  # the whole route's bucket holds 6 a minute
     # only reviews is limited: ratings answers as often as asked
     assert mesh.sample("client", "http://ratings:9080/ratings/0", 10, {"x": "1"})[(200, "v1")] >= 1
+
+
+def test_subset_policy_overrides_the_hosts(mesh):
+    """A tight connection pool on subset v1 only: concurrent calls to v1 overflow, the same calls to v2 do not."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rules = RULES.replace("  - {name: v1, labels: {version: v1}}", """  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      connectionPool:
+        tcp: {maxConnections: 1}
+        http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}""")
+    vs = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{headers: {x-subset: {exact: v1}}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+  - route: [{destination: {host: reviews, subset: v2}}]
+"""
+    mesh.push([("mesh/rules.yaml", rules), ("mesh/vs.yaml", vs)])
+
+    def burst(headers):
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return collections.Counter(pool.map(
+                lambda _: mesh.request("client", REVIEWS + "?delay=2", headers=headers, timeout=15).status, range(8)))
+
+    assert burst({"x-subset": "v1"})[503] >= 1
+    assert burst({"x-subset": "v2"}) == {200: 8}
