@@ -172,19 +172,23 @@ def hash_policy(mesh: Mesh, host: str, subset: str | None, port: int) -> list[di
     return [{"query_parameter": {"name": ch.query_parameter}}]
 
 
-def _forward(mesh: Mesh, route: HttpRoute, port: Port) -> dict[str, Any]:
-    weighted = [(d, outbound_name(_dest_port(mesh, d, port), d.subset, d.host)) for d in route.destinations
-                if d.weight > 0]
-    action: dict[str, Any] = {"timeout": envoy_duration(route.timeout_ns or 0)}
+def _clusters(mesh: Mesh, destinations: list[Destination], port: Port) -> dict[str, Any]:
+    """Where a route sends requests (http) or connections (tcp): one cluster, or clusters by weight (zero-weight
+    destinations left out), each with its destination's header operations."""
+    weighted = [(d, outbound_name(_dest_port(mesh, d, port), d.subset, d.host)) for d in destinations if d.weight > 0]
     if len(weighted) == 1:
-        action["cluster"] = weighted[0][1]
-    else:
-        action["weighted_clusters"] = {"clusters": [{"name": name, "weight": d.weight, **_headers(d.headers)}
-                                                    for d, name in weighted]}
+        return {"cluster": weighted[0][1]}
+    return {"weighted_clusters": {"clusters": [{"name": name, "weight": d.weight, **_headers(d.headers)}
+                                               for d, name in weighted]}}
+
+
+def _forward(mesh: Mesh, route: HttpRoute, port: Port) -> dict[str, Any]:
+    action: dict[str, Any] = {"timeout": envoy_duration(route.timeout_ns or 0),
+                              **_clusters(mesh, route.destinations, port)}
     policy = _retry_policy(route.retries)
     if policy is not None:
         action["retry_policy"] = policy
-    first = weighted[0][0] if weighted else None
+    first = next((d for d in route.destinations if d.weight > 0), None)
     hashing = hash_policy(mesh, first.host, first.subset, _dest_port(mesh, first, port)) if first else []
     if hashing:
         action["hash_policy"] = hashing
@@ -270,20 +274,13 @@ def outbound(mesh: Mesh, service: Service, port: Port, client: Workload) -> dict
 def tcp_proxy_for(mesh: Mesh, service: Service, port: Port, client: Workload, stat_prefix: str) -> dict[str, Any]:
     """A TCP port: the first VirtualService tcp route whose match applies to this caller and port, else all hosts."""
     vs = mesh.virtual_services.get(service.fqdn)
-    config: dict[str, Any] = {"@type": TCP_PROXY, "stat_prefix": stat_prefix,
-                              "cluster": outbound_name(port.number, None, service.fqdn)}
+    target: dict[str, Any] = {"cluster": outbound_name(port.number, None, service.fqdn)}
     for route in vs.tcp if vs else []:
-        if route.matches and not any(_applies(m, port, client) for m in route.matches):
-            continue
-        weighted = [(outbound_name(_dest_port(mesh, d, port), d.subset, d.host), d.weight)
-                    for d in route.destinations if d.weight > 0]
-        if len(weighted) == 1:
-            config["cluster"] = weighted[0][0]
-        else:
-            del config["cluster"]
-            config["weighted_clusters"] = {"clusters": [{"name": n, "weight": w} for n, w in weighted]}
-        break
-    return {"name": "envoy.filters.network.tcp_proxy", "typed_config": config}
+        if not route.matches or any(_applies(m, port, client) for m in route.matches):
+            target = _clusters(mesh, route.destinations, port)  # tcp destinations carry no header operations
+            break
+    return {"name": "envoy.filters.network.tcp_proxy",
+            "typed_config": {"@type": TCP_PROXY, "stat_prefix": stat_prefix, **target}}
 
 
 def inbound(port: Port) -> dict[str, Any]:
