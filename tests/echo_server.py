@@ -22,6 +22,7 @@ One line per request goes to stdout. SIGTERM and SIGINT stop it with exit status
 from __future__ import annotations
 
 import argparse
+import ssl
 import json
 import signal
 import socket
@@ -153,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--bind", default="0.0.0.0")
     parser.add_argument("--mode", choices=("http", "tcp"), default="http")
+    parser.add_argument("--tls-cert", help="serve TLS with this certificate chain (PEM)")
+    parser.add_argument("--tls-key", help="and this private key (PEM)")
     args = parser.parse_args(argv)
 
     attrs = {"host_name": args.host, "version": args.version}
@@ -160,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         server = HttpServer((args.bind, args.port), type("Handler", (EchoHandler,), attrs))
     else:
         server = TcpServer((args.bind, args.port), type("Handler", (TcpHandler,), attrs))
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
 
     def stop(signum: int, frame: object) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()

@@ -164,10 +164,20 @@ import base64, http.client, json, socket, sys, time, urllib.parse
 
 def call(spec):
     url = urllib.parse.urlsplit(spec["url"])
-    if url.scheme != "http":
-        raise ValueError("only http:// URLs, got " + spec["url"])
+    if url.scheme not in ("http", "https"):
+        raise ValueError("only http:// and https:// URLs, got " + spec["url"])
     path = (url.path or "/") + ("?" + url.query if url.query else "")
-    conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=spec["timeout"])
+    if url.scheme == "https":
+        import ssl
+        context = ssl.create_default_context(cafile=spec.get("cafile"))
+        conn = http.client.HTTPSConnection(url.hostname, url.port or 443, timeout=spec["timeout"], context=context)
+    else:
+        conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=spec["timeout"])
+    if spec.get("resolve"):  # like curl --resolve: connect to this address, keep the URL's name (Host, SNI)
+        def connect():
+            sock = socket.create_connection((spec["resolve"], conn.port), conn.timeout)
+            conn.sock = context.wrap_socket(sock, server_hostname=url.hostname) if url.scheme == "https" else sock
+        conn.connect = connect
     started = time.monotonic()
     try:
         body = base64.b64decode(spec["body"]) if spec.get("body") is not None else None
@@ -303,6 +313,7 @@ class _Host:
     artifacts: Path  # tmp_path/hosts/<host>: redirect.json, and a copy of the Envoy files at stop()
     vars: dict[str, Any]
     envoy: subprocess.Popen | None = None
+    outside: bool = False  # netmesh_outside: a host on the network but not in the mesh (no Envoy, no redirect)
     apps: list[tuple[str, subprocess.Popen]] = dataclasses.field(default_factory=list)
 
     # The host's own files live in /run/vmesh-netmesh/<namespace>, not under pytest's tmp_path: Envoy reads them
@@ -325,14 +336,11 @@ class _Host:
 
 
 def _rank(name: str) -> tuple[int, str]:
-    # The config module's order: clusters before the routes that use them, routes before the listeners.
+    # The config module's order: secrets, clusters, the routes that use them, the listeners that use those.
+    order = ("sds", "cds", "rds", "lds")
     if name == BOOTSTRAP_FILE:
         return (0, name)
-    if name.startswith("cds"):
-        return (1, name)
-    if name.startswith("rds"):
-        return (2, name)
-    return (3, name)
+    return (next((i + 1 for i, prefix in enumerate(order) if name.startswith(prefix)), len(order) + 1), name)
 
 
 _RDS_STAT = re.compile(r"\.rds\.(.+)\.update_attempt$")
@@ -409,8 +417,12 @@ class NetMesh:
             variables["ansible_host"] = address
             namespace = f"vm-{name}-{slug}"
             variables["vmesh_config_dir"] = str(RUN_ROOT / namespace / "envoy")
+            for key, value in variables.items():  # "{root}" in a path variable: the host's own folder
+                if key.startswith("vmesh_") and isinstance(value, str):
+                    variables[key] = value.replace("{root}", str(RUN_ROOT / namespace))
             self._hosts[host] = _Host(host, index, namespace, address, f"vmv{index}", slug,
-                                      self.tmp_path / "hosts" / slug, variables)
+                                      self.tmp_path / "hosts" / slug, variables,
+                                      outside=bool(variables.get("netmesh_outside")))
         self.switch = f"vm-{name}-{SWITCH}"
         self._configs = self._compile(self.sources)
 
@@ -435,8 +447,15 @@ class NetMesh:
         raise NetMeshError(f"{name!r} is not in {host}'s /etc/hosts")
 
     def _hosts_file(self, host: _Host) -> str:
-        lines = ["127.0.0.1 localhost", f"{host.address} {host.name}"] + self._configs[host.name].hosts_entries
+        lines = ["127.0.0.1 localhost", f"{host.address} {host.name}"]
+        if not host.outside:
+            lines += self._configs[host.name].hosts_entries
+        lines += list(host.vars.get("netmesh_etc_hosts", []))
         return "\n".join(lines) + "\n"
+
+    def file(self, host: str, relative: str) -> Path:
+        """Where ``netmesh_files`` put ``relative`` on ``host`` (under /run/vmesh-netmesh/<namespace>)."""
+        return self._host(host).root / relative
 
     def host_vars(self, host: str) -> dict[str, Any]:
         """The variables the compiler saw for ``host`` (with the address and config dir the harness set)."""
@@ -462,8 +481,12 @@ class NetMesh:
         return self.logs / f"{self._host(host).slug}.envoy.log"
 
     def _compile(self, sources: Iterable[tuple[str, str]]) -> dict[str, HostConfig]:
-        mesh = istio.build({h.name: h.vars for h in self._hosts.values()}, list(sources))
+        mesh = istio.build({h.name: h.vars for h in self._hosts.values() if not h.outside}, list(sources))
         return render_all(mesh)
+
+    @property
+    def _mesh_hosts(self) -> list[_Host]:
+        return [h for h in self._hosts.values() if not h.outside]
 
     # --- life cycle ---
 
@@ -485,10 +508,10 @@ class NetMesh:
             self._create_network()
             for host in self._hosts.values():
                 self._prepare_host(host)
-            for host in self._hosts.values():
+            for host in self._mesh_hosts:
                 self._start_envoy(host)
             self._wait_ready()
-            self._parallel(self._apply_redirect, self._hosts.values())
+            self._parallel(self._apply_redirect, self._mesh_hosts)
         except BaseException:
             self.stop()
             raise
@@ -520,7 +543,7 @@ class NetMesh:
             # Deleting a namespace drops its tables anyway; removing the rules first is what a VM's uninstall does.
             self._parallel(lambda host: _run(self._in_ns(host, None, [TARGET_PYTHON, str(IPTABLES_CLI), "remove"]),
                                              check=False),
-                           [host for host in self._hosts.values() if host.namespace in existing])
+                           [host for host in self._mesh_hosts if host.namespace in existing])
         for host in self._hosts.values():  # what the Envoys last read, for a look after the test
             if host.config_dir.is_dir():
                 shutil.rmtree(host.artifacts / "envoy", ignore_errors=True)
@@ -585,11 +608,25 @@ class NetMesh:
         for path in (RUN_ROOT, host.root):
             path.mkdir(exist_ok=True)
             os.chmod(path, 0o755)
+        host.artifacts.mkdir(parents=True, exist_ok=True)
+        for relative, content in host.vars.get("netmesh_files", {}).items():
+            # files a test puts on the "VM" (certificates...), readable by the proxy's uid
+            path = host.root / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for parent in [path.parent, *path.parent.parents]:
+                if parent == host.root:
+                    break
+                os.chmod(parent, 0o755)
+            path.write_text(content)
+            os.chmod(path, 0o644)
+        if host.outside:
+            return
         write_config(host.config_dir, self._configs[host.name].files)
         host.run_dir.mkdir(exist_ok=True)
         os.chown(host.run_dir, PROXY_UID, PROXY_UID)
-        host.artifacts.mkdir(parents=True, exist_ok=True)
-        redirect = {"proxy_uid": PROXY_UID, "proxy_gid": PROXY_UID, "exclude_inbound_ports": EXCLUDE_INBOUND_PORTS}
+        # a gateway's own listening ports stay out of capture, as the redirect role does it
+        exclude = sorted(set(EXCLUDE_INBOUND_PORTS) | set(self._configs[host.name].edge_ports))
+        redirect = {"proxy_uid": PROXY_UID, "proxy_gid": PROXY_UID, "exclude_inbound_ports": exclude}
         (host.artifacts / "redirect.json").write_text(json.dumps(redirect, indent=2, sort_keys=True) + "\n")
 
     def _in_ns(self, host: _Host, uid: int | None, argv: Sequence[str]) -> list[str]:
@@ -611,7 +648,7 @@ class NetMesh:
 
     def _wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         waiters = {}
-        for host in self._hosts.values():
+        for host in self._mesh_hosts:
             waiters[host.name] = subprocess.Popen(self._in_ns(host, None, [TARGET_PYTHON, "-I", "-c", _WAIT_READY,
                                                                           str(timeout)]),
                                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -696,14 +733,18 @@ class NetMesh:
                 "--bind", "0.0.0.0"]
         return self.start_app(host, argv, env, name="bookinfo", wait_port=port)
 
-    def start_echo(self, host: str, port: int | None = None, *, tcp: bool = False) -> subprocess.Popen:
-        """``echo_server.py`` on ``port`` (default: the host's first service port), answering as ``host``."""
+    def start_echo(self, host: str, port: int | None = None, *, tcp: bool = False,
+                   tls: tuple[str | Path, str | Path] | None = None) -> subprocess.Popen:
+        """``echo_server.py`` on ``port`` (default: the host's first service port), answering as ``host``;
+        ``tls=(certificate, key)`` serves it over TLS."""
         hostvars = self._host(host).vars
         if port is None:
             port = self._service_port(host)[2]
         version = str((hostvars.get("vmesh_labels") or {}).get("version", ""))
         argv = [TARGET_PYTHON, str(ECHO_SERVER), "--host", host, "--version", version, "--port", str(port),
                 "--bind", "0.0.0.0", "--mode", "tcp" if tcp else "http"]
+        if tls:
+            argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
         return self.start_app(host, argv, name=f"echo-{port}", wait_port=port)
 
     # --- traffic ---
@@ -716,14 +757,18 @@ class NetMesh:
         return json.loads(proc.stdout)
 
     def request(self, host: str, url: str, method: str = "GET", headers: Mapping[str, str] | None = None,
-                body: bytes | str | None = None, timeout: float = 10, *, uid: int = APP_UID) -> Response:
-        """One HTTP request from ``host`` as ``uid``, a new connection, redirects not followed.
+                body: bytes | str | None = None, timeout: float = 10, *, uid: int = APP_UID,
+                cafile: str | Path | None = None, resolve: str | None = None) -> Response:
+        """One HTTP(S) request from ``host`` as ``uid``, a new connection, redirects not followed. An https URL
+        verifies the server against ``cafile`` and the URL's host name (sent as SNI). ``resolve``: connect to this
+        address instead of the URL host's (which still goes in Host and SNI), like ``curl --resolve``.
 
-        A request that gets no answer (refused, reset, timed out) returns status 0 with ``error`` set."""
+        A request that gets no answer (refused, reset, timed out, TLS refused) returns status 0 with ``error`` set."""
         if isinstance(body, str):
             body = body.encode()
         spec = {"url": url, "method": method, "headers": dict(headers or {}), "timeout": timeout,
-                "body": base64.b64encode(body).decode() if body is not None else None}
+                "body": base64.b64encode(body).decode() if body is not None else None,
+                "cafile": str(cafile) if cafile else None, "resolve": resolve}
         out = self._client(host, _REQUEST, spec, uid, timeout + COMMAND_TIMEOUT)
         return Response(out["status"], out["headers"], base64.b64decode(out["body"]), out["elapsed"],
                         out.get("reason", ""), out.get("error"))
@@ -799,10 +844,11 @@ class NetMesh:
             raise NetMeshError("push changes the bootstrap (envoy.json), which needs a restart; not supported here")
         if any(configs[h].hosts_entries != self._configs[h].hosts_entries for h in configs):
             raise NetMeshError("push changes /etc/hosts entries (services come or go); not supported here")
-        before = dict(zip(self._hosts, self._parallel(self._xds_state, self._hosts)))
+        mesh_hosts = [h.name for h in self._mesh_hosts]
+        before = dict(zip(mesh_hosts, self._parallel(self._xds_state, mesh_hosts)))
         previous = self._configs
         changes: dict[str, list[str]] = {}
-        for host in self._hosts.values():
+        for host in self._mesh_hosts:
             changed, removed = write_config(host.config_dir, configs[host.name].files)
             changes[host.name] = changed + removed
         self._configs = configs
@@ -843,5 +889,5 @@ class NetMesh:
                                        f"before {old}, now {now}\n" + _tail(self._envoy_log(host)))
                 time.sleep(0.05)
 
-        self._parallel(settle, self._hosts)
+        self._parallel(settle, mesh_hosts)
         return changes

@@ -63,8 +63,8 @@ CASES = [
     ("duplicate subset", "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: x}\n"
                          "spec: {host: ratings, subsets: [{name: a}, {name: a}]}\n",
      "spec.subsets[1].name: subset 'a' is defined twice"),
-    ("unsupported kind", "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\n",
-     "Gateway/gw: kind: Gateway is not supported by vmesh yet"),
+    ("unsupported kind", "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: we}\n",
+     "WorkloadEntry/we: kind: WorkloadEntry is not supported by vmesh yet"),
     ("wrong type", vs("route: {destination: {host: reviews}}"), "spec.http[0].route: expected a list, got a mapping"),
 ]
 
@@ -107,7 +107,7 @@ def test_every_mistake_is_reported_at_once():
 
 INVENTORY_CASES = [
     ("bad protocol", {"vmesh_ports": [{"port": 9080, "protocol": "htp"}]},
-     "inventory: host reviews-v1: vmesh_ports[0].protocol: expected one of http, http2, grpc, tcp, got 'htp'"),
+     "inventory: host reviews-v1: vmesh_ports[0].protocol: expected one of http, http2, grpc, tcp, tls, got 'htp'"),
     ("bad port", {"vmesh_ports": [{"port": 99999, "protocol": "http"}]}, "vmesh_ports[0].port: expected a port number"),
     ("no ports", {"vmesh_ports": []}, "host reviews-v1: vmesh_ports: a service needs a non-empty list of ports"),
     ("bad address", {"ansible_host": "reviews.example"}, "host reviews-v1: vmesh_address: expected an IPv4 address"),

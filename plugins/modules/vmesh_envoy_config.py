@@ -90,14 +90,14 @@ def _read(path):
 
 
 def _rank(name, bootstrap):
-    # Clusters before the routes that use them, routes before the listeners that use them.
+    # Secrets before the clusters and listeners that use them, clusters before the routes that use them, routes
+    # before the listeners that use them.
     if name == bootstrap:
         return 0
-    if name.startswith("cds"):
-        return 1
-    if name.startswith("rds"):
-        return 2
-    return 3
+    for rank, prefix in enumerate(("sds", "cds", "rds", "lds"), start=1):
+        if name.startswith(prefix):
+            return rank
+    return 5
 
 
 def plan(dest, files, bootstrap):

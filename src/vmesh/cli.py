@@ -13,8 +13,13 @@ from vmesh.errors import MeshError
 
 def _mesh(args: argparse.Namespace) -> istio.Mesh:
     hostvars = inputs.mesh_hostvars(args.inventory)
-    mesh_dir = args.mesh or inputs.default_mesh_dir(args.inventory)
-    return istio.build(hostvars, inputs.mesh_sources(mesh_dir))
+    paths = args.mesh or [inputs.default_mesh_dir(args.inventory)]
+    for path in args.mesh or []:
+        if not os.path.exists(path):
+            raise MeshError("no such file or directory", file=path)
+    sources = [source for path in paths for source in inputs.mesh_sources(path)]
+    # files named one by one apply in order, like kubectl apply -f a -f b: a later object replaces an earlier one
+    return istio.build(hostvars, sources, later_replaces=len(paths) > 1)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -34,8 +39,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
             failed += 1
             print(f"error: {host}: envoy --mode validate refused the config:\n{message}", file=sys.stderr)
     services = len(mesh.registry.services)
-    print(f"{len(configs)} hosts, {services} services, {len(mesh.virtual_services)} VirtualServices, "
-          f"{len(mesh.destination_rules)} DestinationRules: {'valid' if not failed else f'{failed} invalid'}")
+    routed = len({id(vs) for vs in list(mesh.virtual_services.values()) + mesh.gateway_services})
+    print(f"{len(configs)} hosts, {services} services, {routed} VirtualServices, "
+          f"{len(mesh.destination_rules)} DestinationRules, {len(mesh.gateways)} Gateways, "
+          f"{len(mesh.service_entries)} ServiceEntries: {'valid' if not failed else f'{failed} invalid'}")
     return 1 if failed else 0
 
 
@@ -58,7 +65,10 @@ def parser() -> argparse.ArgumentParser:
 
     def mesh_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--inventory", "-i", required=True, help="Ansible inventory (file or directory)")
-        p.add_argument("--mesh", help="directory of Istio YAML (default: <inventory>/mesh)")
+        p.add_argument("--mesh", action="append", metavar="PATH",
+                       help="a file or directory of Istio YAML (default: <inventory>/mesh); give it several times "
+                            "to apply files in order, a later object replacing an earlier one of the same "
+                            "kind/namespace/name")
 
     p = sub.add_parser("validate", help="check inventory + mesh documents and every host's Envoy config")
     mesh_args(p)

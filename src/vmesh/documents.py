@@ -126,16 +126,19 @@ def _document(data: dict[str, Any], file: str, line: int, where: str) -> Documen
     return dataclasses.replace(ref, spec=spec)
 
 
-def load_sources(sources: Iterable[tuple[str, str]]) -> list[Document]:
-    """Load (file name, text) pairs, in the order given, and refuse two objects with one kind/namespace/name."""
-    docs: list[Document] = []
+def load_sources(sources: Iterable[tuple[str, str]], *, later_replaces: bool = False) -> list[Document]:
+    """Load (file name, text) pairs, in the order given.
+
+    Two objects with one kind/namespace/name are refused, unless ``later_replaces`` (files named one by one, as
+    ``kubectl apply -f a.yaml -f b.yaml`` reads them: an object in a later file replaces the earlier one).
+    """
     seen: dict[tuple[str, str, str], Document] = {}
     for file, text in sources:
         for doc in load_text(text, file):
             key = (doc.kind, doc.namespace, doc.name)
-            if key in seen:
-                first = seen[key]
+            first = seen.get(key)
+            if first is not None and (first.file == doc.file or not later_replaces):
                 raise doc.error("metadata.name", f"defined twice; first in {first.file} line {first.line}")
+            seen.pop(key, None)
             seen[key] = doc
-            docs.append(doc)
-    return docs
+    return list(seen.values())

@@ -85,10 +85,13 @@ def _display(path: Path) -> str:
 
 
 def mesh_sources(mesh_dir: str) -> list[tuple[str, str]]:
-    """(path, text) of every *.yaml / *.yml below ``mesh_dir``, in sorted path order."""
-    if not os.path.isdir(mesh_dir):
+    """(path, text) of every *.yaml / *.yml below ``mesh_dir`` in sorted path order, or of the file ``mesh_dir``."""
+    if os.path.isfile(mesh_dir):
+        paths = [Path(mesh_dir)]
+    elif os.path.isdir(mesh_dir):
+        paths = sorted(p for p in Path(mesh_dir).rglob("*") if p.is_file() and p.suffix in MESH_SUFFIXES)
+    else:
         return []
-    paths = sorted(p for p in Path(mesh_dir).rglob("*") if p.is_file() and p.suffix in MESH_SUFFIXES)
     out = []
     for path in paths:
         try:

@@ -14,7 +14,7 @@ from typing import Any
 
 from vmesh.errors import MeshError
 
-PROTOCOLS = ("http", "http2", "grpc", "tcp")
+PROTOCOLS = ("http", "http2", "grpc", "tcp", "tls")
 HTTP_PROTOCOLS = ("http", "http2", "grpc")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
@@ -31,6 +31,7 @@ MESH_SETTINGS = {
 HOST_SETTINGS = {
     "vmesh_namespace": "default",
     "vmesh_config_dir": "/etc/vmesh/envoy",
+    "vmesh_credentials_dir": "/etc/vmesh/credentials",
     "vmesh_access_log": False,
 }
 
@@ -60,6 +61,7 @@ class Workload:
     address: str | None
     config_dir: str
     access_log: bool
+    credentials_dir: str = "/etc/vmesh/credentials"  # a gateway's TLS certificates, one folder per credentialName
 
 
 @dataclasses.dataclass
@@ -68,8 +70,9 @@ class Service:
     namespace: str
     fqdn: str
     ports: tuple[Port, ...]
-    vip: str = ""
+    vip: str = ""  # none for a ServiceEntry host: apps call its real address
     workloads: list[Workload] = dataclasses.field(default_factory=list)
+    entry: Any = None  # the ServiceEntry that defines this host, if it is not an inventory service
 
     def port(self, number: int) -> Port | None:
         return next((p for p in self.ports if p.number == number), None)
@@ -93,7 +96,7 @@ class Registry:
     def fqdn(self, name: str, namespace: str) -> str:
         """Istio's reading of a host name in a document of ``namespace``: short names are relative to it."""
         suffix = f".svc.{self.cluster_domain}"
-        if name.endswith(suffix):
+        if name.endswith(suffix) or (name in self.services and self.services[name].entry is not None):
             return name
         parts = name.split(".")
         if len(parts) == 1:
@@ -177,10 +180,14 @@ def _workload(host: str, hostvars: dict[str, Any]) -> Workload:
     config_dir = hostvars.get("vmesh_config_dir", HOST_SETTINGS["vmesh_config_dir"])
     if not isinstance(config_dir, str) or not config_dir.startswith("/"):
         raise _err(host, "vmesh_config_dir", f"expected an absolute path, got {config_dir!r}")
+    credentials_dir = hostvars.get("vmesh_credentials_dir", HOST_SETTINGS["vmesh_credentials_dir"])
+    if not isinstance(credentials_dir, str) or not credentials_dir.startswith("/"):
+        raise _err(host, "vmesh_credentials_dir", f"expected an absolute path, got {credentials_dir!r}")
     access_log = hostvars.get("vmesh_access_log", HOST_SETTINGS["vmesh_access_log"])
     if not isinstance(access_log, bool):
         raise _err(host, "vmesh_access_log", f"expected true or false, got {access_log!r}")
-    common = {"host": host, "namespace": namespace, "config_dir": config_dir, "access_log": access_log}
+    common = {"host": host, "namespace": namespace, "config_dir": config_dir, "access_log": access_log,
+              "credentials_dir": credentials_dir}
     if service is None:
         if hostvars.get("vmesh_ports"):
             raise _err(host, "vmesh_ports", "set only on hosts that serve a service: this host has no vmesh_service")

@@ -12,7 +12,7 @@ import dataclasses
 import json
 from typing import Any
 
-from vmesh.compile import bootstrap, clusters, listeners, patches, routes
+from vmesh.compile import bootstrap, clusters, gateways, listeners, patches, routes
 from vmesh.compile.envoy_types import HCM, ROUTE_CONFIGURATION
 from vmesh.errors import MeshError
 from vmesh.istio import Mesh
@@ -26,6 +26,8 @@ class HostConfig:
     files: dict[str, str]  # file name in the config dir -> content
     validation: str  # static bootstrap equivalent to ``files``, for envoy --mode validate
     hosts_entries: list[str]  # lines for /etc/hosts: "VIP name name ..."
+    edge_ports: list[int] = dataclasses.field(default_factory=list)  # a gateway's listening ports (not captured)
+    credentials: list[str] = dataclasses.field(default_factory=list)  # credentialNames the gateway reads
 
 
 def dumps(data: Any) -> str:
@@ -42,7 +44,7 @@ def _validation_bundle(boot: dict[str, Any], lds: list[dict[str, Any]], cds: lis
     del bundle["dynamic_resources"]
     listeners_static = copy.deepcopy(lds)
     for listener in listeners_static:
-        for chain in listener["filter_chains"] + [listener["default_filter_chain"]]:
+        for chain in listener["filter_chains"] + ([listener["default_filter_chain"]] if "default_filter_chain" in listener else []):
             for flt in chain["filters"]:
                 config = flt["typed_config"]
                 if config["@type"] == HCM and "rds" in config:
@@ -67,20 +69,31 @@ def render_host(mesh: Mesh, host: str) -> HostConfig:
             if port.is_http:
                 config = routes.outbound(mesh, service, port, workload)
                 rds[config["name"]] = config
+    policy = mesh.outbound_policy_for(host)
+    for number, entries in listeners.port_wide_http(services).items():
+        rds[str(number)] = routes.port_wide(mesh, number, entries, workload, policy)
     cds += clusters.inbound(workload)
     for port in workload.ports:
         if port.is_http:
             config = routes.inbound(port)
             rds[config["name"]] = config
-    lds = [listeners.outbound(mesh, services, workload, mesh.outbound_policy_for(host)), listeners.inbound(workload)]
+    edge = gateways.compile_edge(mesh, workload)
+    clash = sorted(set(edge.ports) & {p.target_port for p in workload.ports})
+    if clash:
+        raise MeshError(f"host {host} serves port {clash[0]} itself and a Gateway selecting it listens there too",
+                        file="inventory", doc=f"host {host}", field="vmesh_ports")
+    rds.update(edge.routes)
+    lds = [listeners.outbound(mesh, services, workload, policy), listeners.inbound(workload)] + edge.listeners
     patches.apply(mesh, workload, lds, rds)
     boot = bootstrap.bootstrap(workload, registry)
     files = {BOOTSTRAP_FILE: dumps(boot), bootstrap.LDS_FILE: _resources(lds), bootstrap.CDS_FILE: _resources(cds)}
     for name, config in rds.items():
         files[listeners.route_file(name)] = _resources([{"@type": ROUTE_CONFIGURATION, **config}])
-    hosts_entries = [f"{s.vip} {' '.join(s.names_for(workload.namespace))}" for s in services]
+    for name, secret in edge.secrets.items():
+        files[name] = _resources([secret])
+    hosts_entries = [f"{s.vip} {' '.join(s.names_for(workload.namespace))}" for s in services if s.vip]
     return HostConfig(host, dict(sorted(files.items())), dumps(_validation_bundle(boot, lds, cds, rds)),
-                      hosts_entries)
+                      hosts_entries, edge.ports, sorted(edge.credentials))
 
 
 def render_all(mesh: Mesh) -> dict[str, HostConfig]:

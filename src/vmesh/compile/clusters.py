@@ -38,10 +38,11 @@ def _circuit_breakers(policy: TrafficPolicy | None = None) -> dict[str, Any]:
         "track_remaining": True}]}
 
 
-def _apply_policy(cluster: dict[str, Any], policy: TrafficPolicy, port: Port | None) -> None:
+def _apply_policy(cluster: dict[str, Any], policy: TrafficPolicy, port: Port | None,
+                  service: Service | None = None) -> None:
     """Istio's DestinationRule traffic policy on one outbound cluster."""
     cluster["circuit_breakers"] = _circuit_breakers(policy)
-    lb = policy.load_balancer
+    lb = policy.load_balancer if cluster.get("type") != "ORIGINAL_DST" else None  # it picks no endpoint itself
     if lb is not None and lb.simple:
         cluster["lb_policy"] = lb.simple
     elif lb is not None and lb.consistent_hash:
@@ -110,6 +111,8 @@ def _apply_policy(cluster: dict[str, Any], policy: TrafficPolicy, port: Port | N
         context: dict[str, Any] = {"@type": UPSTREAM_TLS, "common_tls_context": common}
         if tls.sni:
             context["sni"] = tls.sni
+        elif service is not None and service.entry is not None and "*" not in service.fqdn:
+            context["sni"] = service.fqdn  # an external host expects its own name (Istio does the same)
         cluster["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
@@ -133,6 +136,27 @@ def _static(name: str, endpoints: list[tuple[str, int]], port: Port | None = Non
     return cluster
 
 
+def _external(service: Service, port: Port, labels: dict[str, str], name: str) -> dict[str, Any]:
+    """A ServiceEntry host's cluster: its endpoints (STATIC), names Envoy resolves (DNS), or where the app
+    was going (NONE)."""
+    entry = service.entry
+    if entry.resolution == "NONE":
+        return {"@type": CLUSTER, "name": name, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+                "connect_timeout": CONNECT_TIMEOUT, "circuit_breakers": _circuit_breakers()}
+    endpoints = [(e.address, e.port_for(port), e.weight) for e in entry.endpoints if selects(labels, dict(e.labels))]
+    if not entry.endpoints:  # DNS with no endpoints: the host itself
+        endpoints = [(service.fqdn, port.target_port, None)]
+    cluster = _static(name, [(a, p) for a, p, _ in endpoints], port)
+    for lb_endpoint, (_, _, weight) in zip(cluster["load_assignment"]["endpoints"][0]["lb_endpoints"], endpoints):
+        if weight is not None:
+            lb_endpoint["load_balancing_weight"] = weight
+    if entry.resolution != "STATIC":
+        cluster["type"] = "STRICT_DNS" if entry.resolution == "DNS" else "LOGICAL_DNS"
+        cluster["dns_lookup_family"] = "V4_ONLY"
+        cluster["respect_dns_ttl"] = True
+    return cluster
+
+
 def outbound(mesh: Mesh, service: Service) -> list[dict[str, Any]]:
     rule = mesh.destination_rules.get(service.fqdn)
     subsets = [None] + (sorted(rule.subsets) if rule else [])
@@ -140,10 +164,14 @@ def outbound(mesh: Mesh, service: Service) -> list[dict[str, Any]]:
     for port in service.ports:
         for subset in subsets:
             labels = mesh.subset_labels(service.fqdn, subset)
-            endpoints = [(w.address, port.number) for w in service.workloads if selects(labels, w.labels)]
-            cluster = _static(outbound_name(port.number, subset, service.fqdn), endpoints, port)
+            name = outbound_name(port.number, subset, service.fqdn)
+            if service.entry is not None:
+                cluster = _external(service, port, labels, name)
+            else:
+                endpoints = [(w.address, port.number) for w in service.workloads if selects(labels, w.labels)]
+                cluster = _static(name, endpoints, port)
             if rule is not None:
-                _apply_policy(cluster, rule.policy(subset, port.number), port)
+                _apply_policy(cluster, rule.policy(subset, port.number), port, service)
             clusters.append(cluster)
     return clusters
 

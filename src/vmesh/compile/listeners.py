@@ -6,10 +6,12 @@ import re
 from typing import Any
 
 from vmesh.compile import clusters, routes
-from vmesh.compile.envoy_types import (BLACKHOLE, CORS, HCM, HTTP_FAULT, INBOUND_PASSTHROUGH, LISTENER, ORIGINAL_DST, PASSTHROUGH,
-                                       ROUTER, access_logs, file_source, socket_address, tcp_proxy, typed)
+from vmesh.compile.envoy_types import (BLACKHOLE, CORS, HCM, HTTP_FAULT, INBOUND_PASSTHROUGH, LISTENER, ORIGINAL_DST,
+                                       PASSTHROUGH, ROUTER, TLS_INSPECTOR, access_logs, file_source, socket_address,
+                                       tcp_proxy, typed)
+from vmesh.errors import MeshError
 from vmesh.istio import Mesh
-from vmesh.registry import Service, Workload
+from vmesh.registry import Port, Service, Workload
 
 OUTBOUND_PORT = 15001
 INBOUND_PORT = 15006
@@ -48,39 +50,113 @@ def _hcm(stat_prefix: str, route_name: str | None, workload: Workload, *, inboun
     return typed("envoy.filters.network.http_connection_manager", HCM, **config)
 
 
-def _listener(name: str, port: int, direction: str, chains: list[dict[str, Any]], default: str) -> dict[str, Any]:
+def _listener(name: str, port: int, direction: str, chains: list[dict[str, Any]], default: str,
+              sni_ports: list[int] | None = None) -> dict[str, Any]:
     blackhole = {"name": f"{name}-blackhole", "filter_chain_match": {"destination_port": port},
                  "filters": [tcp_proxy(BLACKHOLE, BLACKHOLE)]}
+    listener_filters = [typed("envoy.filters.listener.original_dst", ORIGINAL_DST)]
+    if sni_ports:
+        # the TLS inspector reads the client hello only on ports routed by SNI: elsewhere it would wait for bytes
+        # a server-first protocol never sends
+        ranges = [{"destination_port_range": {"start": p, "end": p + 1}} for p in sni_ports]
+        on = ranges[0] if len(ranges) == 1 else {"or_match": {"rules": ranges}}
+        listener_filters.append({**typed("envoy.filters.listener.tls_inspector", TLS_INSPECTOR),
+                                 "filter_disabled": {"not_match": on}})
     return {
         "@type": LISTENER,
         "name": name,
         "address": socket_address("0.0.0.0", port),
         "traffic_direction": direction,
-        "listener_filters": [typed("envoy.filters.listener.original_dst", ORIGINAL_DST)],
+        "listener_filters": listener_filters,
         "filter_chains": chains + [blackhole],
         "default_filter_chain": {"name": f"{name}-passthrough", "filters": [tcp_proxy(default, default)]},
     }
 
 
+def edge_hcm(stat_prefix: str, route_name: str, workload: Workload) -> dict[str, Any]:
+    """A Gateway's HTTP connection manager: the edge of the mesh, so it sets X-Forwarded-For itself."""
+    hcm = _hcm(stat_prefix, route_name, workload, inbound=False)
+    hcm["typed_config"].update(use_remote_address=True, strip_any_host_port=True)
+    return hcm
+
+
+def _service_chains(mesh: Mesh, service: Service, port: Port, workload: Workload, match: dict[str, Any],
+                    sni_ports: set[int]) -> list[dict[str, Any]]:
+    """The filter chains of one service port: HTTP routes, TCP routes, or TLS routes by SNI."""
+    name = clusters.outbound_name(port.number, None, service.fqdn)
+    stat_prefix = f"outbound_{service.vip}_{port.number}" if service.vip else name
+    if port.is_http:
+        filters = [_hcm(stat_prefix, routes.outbound_name_for(service, port), workload, inbound=False)]
+        return [{"name": name, "filters": filters, "filter_chain_match": match}]
+    chains = []
+    if port.protocol == "tls":
+        vs = mesh.virtual_services.get(service.fqdn)
+        for names, target in routes.sni_routes(mesh, vs, port, workload):
+            chains.append({"name": f"{name}~{names[0]}", "filter_chain_match": {**match, "server_names": names},
+                           "filters": [routes.tcp_filter(stat_prefix, target)]})
+        if service.vip == "" and not service.entry.addresses:  # no address to tell it by: only its name
+            match = {**match, "server_names": [service.fqdn]}
+        if chains or "server_names" in match:
+            sni_ports.add(port.number)
+    chains.append({"name": name, "filter_chain_match": match,
+                   "filters": [routes.tcp_proxy_for(mesh, service, port, workload, stat_prefix)]})
+    return chains
+
+
 def outbound(mesh: Mesh, services: list[Service], workload: Workload, policy: str = "ALLOW_ANY") -> dict[str, Any]:
     """One filter chain per service VIP and port, found by the original destination of the redirected call.
 
-    Anything else passes through to where it was going (ALLOW_ANY) or is refused (REGISTRY_ONLY).
+    ServiceEntry hosts without addresses are found by port, then by Host header (HTTP: one route table per port
+    lists them all) or TLS server name. Anything else passes through to where it was going (ALLOW_ANY) or is
+    refused (REGISTRY_ONLY).
     """
-    chains = []
+    chains: list[dict[str, Any]] = []
+    sni_ports: set[int] = set()
+    by_port_http: dict[int, list[Service]] = {}
+    by_port_tcp: dict[int, Service] = {}
     for service in services:
         for port in service.ports:
-            name = clusters.outbound_name(port.number, None, service.fqdn)
-            stat_prefix = f"outbound_{service.vip}_{port.number}"
-            if port.is_http:
-                filters = [_hcm(stat_prefix, routes.outbound_name_for(service, port), workload, inbound=False)]
+            if service.vip:
+                prefixes = [{"address_prefix": service.vip, "prefix_len": 32}]
             else:
-                filters = [routes.tcp_proxy_for(mesh, service, port, workload, stat_prefix)]
-            chains.append({"name": name, "filters": filters, "filter_chain_match": {
-                "prefix_ranges": [{"address_prefix": service.vip, "prefix_len": 32}],
-                "destination_port": port.number}})
+                prefixes = [{"address_prefix": cidr.split("/")[0], "prefix_len": int(cidr.split("/")[1])}
+                            for cidr in service.entry.addresses]
+            if prefixes:
+                match = {"prefix_ranges": prefixes, "destination_port": port.number}
+            elif port.is_http:
+                by_port_http.setdefault(port.number, []).append(service)
+                continue
+            else:
+                match = {"destination_port": port.number}
+                if port.protocol == "tcp":
+                    other = by_port_tcp.setdefault(port.number, service)
+                    if other is not service:
+                        doc = service.entry.doc
+                        raise MeshError(f"TCP port {port.number} without addresses is already claimed by "
+                                        f"{other.fqdn} ({other.entry.doc.ref}): give one of them addresses",
+                                        file=doc.file, doc=doc.ref, field="spec.addresses")
+            chains += _service_chains(mesh, service, port, workload, match, sni_ports)
+    for number, entries in sorted(by_port_http.items()):
+        if number in by_port_tcp:
+            doc = entries[0].entry.doc
+            raise MeshError(f"port {number} is HTTP here and TCP in {by_port_tcp[number].entry.doc.ref}; without "
+                            "addresses one port carries one protocol", file=doc.file, doc=doc.ref, field="spec.ports")
+        chains.append({"name": f"0.0.0.0_{number}", "filter_chain_match": {"destination_port": number},
+                       "filters": [_hcm(f"outbound_0.0.0.0_{number}", str(number), workload, inbound=False)]})
     default = PASSTHROUGH if policy == "ALLOW_ANY" else BLACKHOLE
-    return _listener("virtualOutbound", OUTBOUND_PORT, "OUTBOUND", chains, default)
+    return _listener("virtualOutbound", OUTBOUND_PORT, "OUTBOUND", chains, default, sorted(sni_ports))
+
+
+def port_wide_http(services: list[Service]) -> dict[int, list[Service]]:
+    """HTTP ports of ServiceEntry hosts without addresses: one shared route table per port, by Host header."""
+    out: dict[int, list[Service]] = {}
+    for service in services:
+        if service.vip or service.entry.addresses:
+            continue
+        for port in service.ports:
+            if port.is_http:
+                out.setdefault(port.number, []).append(service)
+    return out
 
 
 def inbound(workload: Workload) -> dict[str, Any]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from vmesh.compile.clusters import inbound_name, outbound_name
-from vmesh.compile.envoy_types import CORS_POLICY, HTTP_FAULT, PREVIOUS_HOSTS, TCP_PROXY
+from vmesh.compile.envoy_types import CORS_POLICY, HTTP_FAULT, PASSTHROUGH, PREVIOUS_HOSTS, TCP_PROXY
 from vmesh.istio import Mesh, selects
 from vmesh.istio.fields import envoy_duration
-from vmesh.istio.virtualservice import (Cors, Destination, Fault, HeaderOps, Headers, HttpMatch, HttpRoute, Mirror,
-                                        Retries, TcpMatch)
+from vmesh.istio.virtualservice import (MESH_GATEWAY, Cors, Destination, Fault, HeaderOps, Headers, HttpMatch,
+                                        HttpRoute, Mirror, Retries, TcpMatch, VirtualService)
 from vmesh.registry import Port, Service, Workload
 
 # Istio's default retry policy for every HTTP route without `retries`.
@@ -64,8 +64,10 @@ def _route_match(match: HttpMatch | None) -> dict[str, Any]:
     return out
 
 
-def _applies(match: HttpMatch | TcpMatch, port: Port, client: Workload) -> bool:
-    """Matches on the port or on the caller decide per host and port whether the match exists at all."""
+def _applies(match: HttpMatch | TcpMatch, port: Port, client: Workload, gateway: str = MESH_GATEWAY) -> bool:
+    """Matches on the port, the gateway or the caller decide per host and port whether the match exists at all."""
+    if match.gateways and gateway not in match.gateways:
+        return False
     if match.port is not None and match.port != port.number:
         return False
     if match.source_labels and not selects(dict(match.source_labels), client.labels):
@@ -246,41 +248,92 @@ def outbound_name_for(service: Service, port: Port) -> str:
     return outbound_name(port.number, None, service.fqdn)
 
 
+def default_route(mesh: Mesh, service: Service, port: Port) -> dict[str, Any]:
+    """Every host of the service, with Istio's default retries: the route when no VirtualService applies."""
+    action = {"cluster": outbound_name(port.number, None, service.fqdn), "timeout": "0s", "retry_policy": DEFAULT_RETRY}
+    hashing = hash_policy(mesh, service.fqdn, None, port.number)
+    if hashing:
+        action["hash_policy"] = hashing
+    return {"name": "default", "match": {"prefix": "/"}, "route": action}
+
+
+def http_routes(mesh: Mesh, vs: VirtualService, port: Port, client: Workload,
+                gateway: str = MESH_GATEWAY) -> list[dict[str, Any]]:
+    """A VirtualService's http routes, in order, as ``client`` on ``gateway`` (or the sidecars) sees them."""
+    out = []
+    for index, route in enumerate(vs.http):
+        matches = [m for m in route.matches if _applies(m, port, client, gateway)] if route.matches else [None]
+        if not matches:
+            continue
+        entry = _entry(mesh, route, port)
+        name = route.name or f"{vs.doc.name}.{index}"
+        for match in matches:
+            out.append({"name": name, "match": _route_match(match), **entry})
+    return out
+
+
 def outbound(mesh: Mesh, service: Service, port: Port, client: Workload) -> dict[str, Any]:
     """The routes ``client`` uses for ``service`` on ``port``: its VirtualService in order, else all its hosts."""
     vs = mesh.virtual_services.get(service.fqdn)
-    routes = []
-    if vs is None:
-        action = {"cluster": outbound_name(port.number, None, service.fqdn), "timeout": "0s",
-                  "retry_policy": DEFAULT_RETRY}
-        hashing = hash_policy(mesh, service.fqdn, None, port.number)
-        if hashing:
-            action["hash_policy"] = hashing
-        routes.append({"name": "default", "match": {"prefix": "/"}, "route": action})
-    else:
-        for index, route in enumerate(vs.http):
-            matches = [m for m in route.matches if _applies(m, port, client)] if route.matches else [None]
-            if not matches:
-                continue
-            entry = _entry(mesh, route, port)
-            name = route.name or f"{vs.doc.name}.{index}"
-            for match in matches:
-                routes.append({"name": name, "match": _route_match(match), **entry})
+    routes = http_routes(mesh, vs, port, client) if vs else [default_route(mesh, service, port)]
     name = outbound_name_for(service, port)
     return {"name": name, "virtual_hosts": [{"name": f"{service.fqdn}:{port.number}", "domains": ["*"],
                                              "routes": routes}]}
 
 
-def tcp_proxy_for(mesh: Mesh, service: Service, port: Port, client: Workload, stat_prefix: str) -> dict[str, Any]:
-    """A TCP port: the first VirtualService tcp route whose match applies to this caller and port, else all hosts."""
-    vs = mesh.virtual_services.get(service.fqdn)
-    target: dict[str, Any] = {"cluster": outbound_name(port.number, None, service.fqdn)}
-    for route in vs.tcp if vs else []:
-        if not route.matches or any(_applies(m, port, client) for m in route.matches):
-            target = _clusters(mesh, route.destinations, port)  # tcp destinations carry no header operations
-            break
+def port_wide(mesh: Mesh, number: int, services: list[Service], client: Workload, policy: str) -> dict[str, Any]:
+    """ServiceEntry hosts sharing an HTTP port (no addresses): a virtual host each, told apart by Host header.
+
+    Other hosts on the port pass through to where the app was going (ALLOW_ANY) or get 502 (REGISTRY_ONLY), as in
+    Istio's allow_any / block_all virtual hosts.
+    """
+    vhosts = []
+    for service in services:
+        port = service.port(number)
+        vs = mesh.virtual_services.get(service.fqdn)
+        vhosts.append({"name": f"{service.fqdn}:{number}", "domains": [service.fqdn, f"{service.fqdn}:{number}"],
+                       "routes": http_routes(mesh, vs, port, client) if vs else [default_route(mesh, service, port)]})
+    if policy == "ALLOW_ANY":
+        fallback = {"name": "allow_any", "domains": ["*"], "routes": [
+            {"name": "allow_any", "match": {"prefix": "/"}, "route": {"cluster": PASSTHROUGH, "timeout": "0s"}}]}
+    else:
+        fallback = {"name": "block_all", "domains": ["*"], "routes": [
+            {"name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 502}}]}
+    return {"name": str(number), "virtual_hosts": vhosts + [fallback]}
+
+
+def tcp_filter(stat_prefix: str, target: dict[str, Any]) -> dict[str, Any]:
     return {"name": "envoy.filters.network.tcp_proxy",
             "typed_config": {"@type": TCP_PROXY, "stat_prefix": stat_prefix, **target}}
+
+
+def tcp_target(mesh: Mesh, vs: VirtualService | None, port: Port, client: Workload,
+               gateway: str = MESH_GATEWAY) -> dict[str, Any] | None:
+    """The first VirtualService tcp route whose match applies to this caller, port and gateway."""
+    for route in vs.tcp if vs else []:
+        if not route.matches or any(_applies(m, port, client, gateway) for m in route.matches):
+            return _clusters(mesh, route.destinations, port)  # tcp destinations carry no header operations
+    return None
+
+
+def sni_routes(mesh: Mesh, vs: VirtualService | None, port: Port, client: Workload,
+               gateway: str = MESH_GATEWAY) -> list[tuple[list[str], dict[str, Any]]]:
+    """VirtualService tls routes: (server names, where connections with them go), first match first."""
+    out: list[tuple[list[str], dict[str, Any]]] = []
+    taken: set[str] = set()
+    for route in vs.tls if vs else []:
+        for match in route.matches:
+            names = [n for n in match.sni_hosts if n not in taken]
+            if names and _applies(match, port, client, gateway):
+                taken |= set(names)
+                out.append((names, _clusters(mesh, route.destinations, port)))
+    return out
+
+
+def tcp_proxy_for(mesh: Mesh, service: Service, port: Port, client: Workload, stat_prefix: str) -> dict[str, Any]:
+    """A TCP port: the first VirtualService tcp route that applies, else all the service's hosts."""
+    target = tcp_target(mesh, mesh.virtual_services.get(service.fqdn), port, client)
+    return tcp_filter(stat_prefix, target or {"cluster": outbound_name(port.number, None, service.fqdn)})
 
 
 def inbound(port: Port) -> dict[str, Any]:

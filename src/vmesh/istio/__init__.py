@@ -8,12 +8,15 @@ from typing import Any, Iterable
 from vmesh import registry as registry_mod
 from vmesh.documents import Document, load_sources
 from vmesh.errors import MeshError, MeshErrors
-from vmesh.istio import destinationrule, envoyfilter, sidecar as sidecar_mod, virtualservice
+from vmesh.istio import destinationrule, envoyfilter, gateway as gateway_mod, serviceentry
+from vmesh.istio import sidecar as sidecar_mod, virtualservice
 from vmesh.istio.destinationrule import DestinationRule
+from vmesh.istio.fields import Node
+from vmesh.istio.gateway import Gateway
 from vmesh.istio.virtualservice import VirtualService
 from vmesh.registry import Registry
 
-SUPPORTED_KINDS = {"VirtualService", "DestinationRule", "Sidecar", "EnvoyFilter"}
+SUPPORTED_KINDS = {"VirtualService", "DestinationRule", "Sidecar", "EnvoyFilter", "Gateway", "ServiceEntry"}
 
 
 @dataclasses.dataclass
@@ -25,6 +28,14 @@ class Mesh:
     sidecars: list[sidecar_mod.Sidecar] = dataclasses.field(default_factory=list)
     outbound_policy: str = "ALLOW_ANY"  # mesh-wide, vmesh_outbound_traffic_policy
     envoy_filters: list[envoyfilter.EnvoyFilter] = dataclasses.field(default_factory=list)
+    gateways: dict[str, Gateway] = dataclasses.field(default_factory=dict)  # by namespace/name
+    gateway_services: list[VirtualService] = dataclasses.field(default_factory=list)  # bound to a Gateway
+    service_entries: list[serviceentry.ServiceEntry] = dataclasses.field(default_factory=list)
+
+    def gateways_of(self, host: str) -> list[Gateway]:
+        """The Gateways whose selector picks this host: it runs them as an edge proxy."""
+        labels = self.registry.workloads[host].labels
+        return [g for _, g in sorted(self.gateways.items()) if selects(g.selector, labels)]
 
     def sidecar(self, host: str) -> sidecar_mod.Sidecar | None:
         workload = self.registry.workloads[host]
@@ -37,9 +48,12 @@ class Mesh:
             return sorted(self.registry.services)
         visible = {fqdn for fqdn, s in self.registry.services.items() if sidecar.allows(fqdn, s.namespace)}
         needed = set(visible)
-        for fqdn in visible:
-            vs = self.virtual_services.get(fqdn)
-            for route in (list(vs.http) + list(vs.tcp)) if vs else []:
+        bound = [self.virtual_services.get(fqdn) for fqdn in visible]
+        if self.gateways_of(host):  # an edge proxy also needs what its Gateways' routes send to
+            keys = {g.key for g in self.gateways_of(host)}
+            bound += [vs for vs in self.gateway_services if keys & set(vs.gateways)]
+        for vs in bound:
+            for route in vs.routes() if vs else []:
                 needed |= {d.host for d in route.destinations} | {m.host for m in getattr(route, "mirrors", ())}
         return sorted(needed)
 
@@ -54,7 +68,7 @@ class Mesh:
 
 
 def _check_destinations(vs: VirtualService, rules: dict[str, DestinationRule]) -> None:
-    for route in list(vs.http) + list(vs.tcp):
+    for route in vs.routes():
         for dest in list(route.destinations) + list(getattr(route, "mirrors", ())):
             if dest.subset is None:
                 continue
@@ -69,14 +83,28 @@ def _check_destinations(vs: VirtualService, rules: dict[str, DestinationRule]) -
                                  f"its subsets: {known}")
 
 
-def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]]) -> Mesh:
+def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]], *,
+          later_replaces: bool = False) -> Mesh:
     """Inventory host variables + (file, text) sources of Istio YAML -> the validated Mesh.
 
     Raises MeshError (or MeshErrors with every mistake found) naming file, document and field.
     """
     registry = registry_mod.build(hosts)
-    docs = load_sources(sources)
+    docs = load_sources(sources, later_replaces=later_replaces)
     errors: list[MeshError] = []
+    entries = []
+    gateways: dict[str, Gateway] = {}
+    # ServiceEntries first: every other kind may name their hosts.
+    for doc in docs:
+        try:
+            if doc.kind == "ServiceEntry":
+                entry = serviceentry.parse(doc, registry)
+                serviceentry.register(entry, registry)
+                entries.append(entry)
+            elif doc.kind == "Gateway":
+                gateways[f"{doc.namespace}/{doc.name}"] = gateway_mod.parse(doc)
+        except MeshError as exc:
+            errors.append(exc)
     rules: dict[str, DestinationRule] = {}
     services: list[VirtualService] = []
     sidecars: list[sidecar_mod.Sidecar] = []
@@ -84,6 +112,8 @@ def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]]) 
     for doc in docs:
         if doc.kind not in SUPPORTED_KINDS:
             errors.append(doc.error("kind", f"{doc.kind} is not supported by vmesh yet (see README, 'Not supported')"))
+            continue
+        if doc.kind in ("ServiceEntry", "Gateway"):
             continue
         try:
             if doc.kind == "DestinationRule":
@@ -102,9 +132,13 @@ def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]]) 
         except MeshError as exc:
             errors.append(exc)
     by_host: dict[str, VirtualService] = {}
+    on_gateways: list[VirtualService] = []
     for vs in services:
         try:
             _check_destinations(vs, rules)
+            _check_gateways(vs, gateways, on_gateways)
+            if not vs.on_mesh:
+                continue
             for host in vs.hosts:
                 if host in by_host:
                     other = by_host[host].doc
@@ -119,8 +153,12 @@ def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]]) 
     warnings = []
     for rule in rules.values():
         service = registry.services[rule.host]
+        labels = [w.labels for w in service.workloads] + \
+            [dict(e.labels) for e in (service.entry.endpoints if service.entry else [])]
         for subset in rule.subsets.values():
-            if not any(selects(subset.labels, w.labels) for w in service.workloads):
+            if service.entry is not None and service.entry.resolution == "NONE":
+                continue
+            if not any(selects(subset.labels, have) for have in labels):
                 warnings.append(f"{rule.doc.file}: {rule.doc.ref}: subset {subset.name!r} selects no host yet; "
                                 "traffic sent to it gets 503")
     for ns in {s.doc.namespace for s in sidecars}:
@@ -128,7 +166,36 @@ def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]]) 
         if len(defaults) > 1:
             raise defaults[1].doc.error("spec.workloadSelector", f"{defaults[0].doc.ref} is already the Sidecar of "
                                                                  f"namespace {ns}; give one a workloadSelector")
-    return Mesh(registry, by_host, rules, warnings, sidecars, registry.outbound_policy, envoy_filters)
+    for gw in gateways.values():
+        if not any(selects(gw.selector, w.labels) for w in registry.workloads.values()):
+            selector = ", ".join(f"{k}: {v}" for k, v in gw.selector.items())
+            warnings.append(f"{gw.doc.file}: {gw.doc.ref}: no mesh host has the labels {{{selector}}} yet; "
+                            "give the ingress VM these vmesh_labels")
+    return Mesh(registry, by_host, rules, warnings, sidecars, registry.outbound_policy, envoy_filters, gateways,
+                on_gateways, entries)
+
+
+def _check_gateways(vs: VirtualService, gateways: dict[str, Gateway], on_gateways: list[VirtualService]) -> None:
+    """Every Gateway a VirtualService names exists, and no two VirtualServices route one host's HTTP on one
+    Gateway."""
+    node = Node(vs.doc, "spec.gateways", vs.doc.spec.get("gateways"))
+    named = [(node.path, g) for g in vs.gateways]
+    for kind in ("http", "tcp", "tls"):
+        for i, route in enumerate(getattr(vs, kind)):
+            for j, match in enumerate(route.matches):
+                named += [(f"spec.{kind}[{i}].match[{j}].gateways", g) for g in match.gateways]
+    for path, key in named:
+        if key != virtualservice.MESH_GATEWAY and key not in gateways:
+            known = ", ".join(sorted(gateways)) or "none"
+            raise vs.doc.error(path, f"Gateway {key} is not defined (Gateways: {known})")
+    for key in (g for g in vs.gateways if g != virtualservice.MESH_GATEWAY):
+        for other in on_gateways:
+            if key in other.gateways and vs.http and other.http and set(vs.hosts) & set(other.hosts):
+                host = sorted(set(vs.hosts) & set(other.hosts))[0]
+                raise node.error(f"host {host} on Gateway {key} is already routed by {other.doc.ref} in "
+                                 f"{other.doc.file}")
+    if any(g != virtualservice.MESH_GATEWAY for g in vs.gateways):
+        on_gateways.append(vs)
 
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:

@@ -16,7 +16,8 @@ HTTP_ROUTE_SUPPORTED = ("name", "match", "route", "timeout", "retries", "redirec
 HTTP_ROUTE_UNSUPPORTED = ("delegate", "mirrorPercent", "mirror_percent")
 MATCH_SUPPORTED = ("name", "uri", "headers", "withoutHeaders", "queryParams", "method", "authority", "scheme",
                    "port", "sourceLabels", "sourceNamespace", "ignoreUriCase")
-MATCH_UNSUPPORTED = ("gateways", "statPrefix")
+MATCH_UNSUPPORTED = ("statPrefix",)
+MESH_GATEWAY = "mesh"  # the gateways keyword for every sidecar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,7 @@ class HttpMatch:
     port: int | None = None  # applies only to this service port
     source_labels: tuple[tuple[str, str], ...] = ()  # applies only to calls from hosts with these labels
     source_namespace: str | None = None
+    gateways: tuple[str, ...] = ()  # applies only on these gateways ("mesh": the sidecars)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +164,8 @@ class TcpMatch:
     port: int | None = None
     source_labels: tuple[tuple[str, str], ...] = ()
     source_namespace: str | None = None
+    gateways: tuple[str, ...] = ()
+    sni_hosts: tuple[str, ...] = ()  # tls routes only
 
 
 @dataclasses.dataclass
@@ -173,9 +177,18 @@ class TcpRoute:
 @dataclasses.dataclass
 class VirtualService:
     doc: Document
-    hosts: list[str]  # FQDNs
+    hosts: list[str]  # as Istio reads them: services' FQDNs, other names as written
     http: list[HttpRoute]
     tcp: list[TcpRoute] = dataclasses.field(default_factory=list)
+    tls: list[TcpRoute] = dataclasses.field(default_factory=list)  # by SNI
+    gateways: tuple[str, ...] = (MESH_GATEWAY,)  # "mesh" and/or "namespace/name" of Gateways
+
+    @property
+    def on_mesh(self) -> bool:
+        return MESH_GATEWAY in self.gateways
+
+    def routes(self) -> list:
+        return list(self.http) + list(self.tcp) + list(self.tls)
 
 
 def _header_matches(node: Node) -> tuple[tuple[str, StringMatch | None], ...]:
@@ -184,6 +197,21 @@ def _header_matches(node: Node) -> tuple[tuple[str, StringMatch | None], ...]:
         if name != name.lower():
             raise value.error(f"header name {name!r} must be lower case (Istio compares them lower-cased)")
         out.append((name, string_match(value)))
+    return tuple(out)
+
+
+def _gateway_refs(node: Node, namespace: str) -> tuple[str, ...]:
+    """Gateway names as keys: "mesh", or "namespace/name" (a bare name is in the document's namespace)."""
+    out = []
+    for item in node.items():
+        text = item.string(required=True)
+        if text == MESH_GATEWAY:
+            out.append(text)
+            continue
+        ns, _, name = text.rpartition("/")
+        if not name or "." in name:
+            raise item.error(f"expected 'mesh', a Gateway name or namespace/name, got {text!r}")
+        out.append(f"{ns or namespace}/{name}")
     return tuple(out)
 
 
@@ -204,7 +232,8 @@ def _match(node: Node) -> HttpMatch:
     labels = node.get("sourceLabels").string_map()
     return HttpMatch(uri, tuple(headers), _header_matches(node.get("withoutHeaders")), tuple(query),
                      node.get("ignoreUriCase").boolean(), node.get("port").integer(minimum=1, maximum=65535),
-                     tuple(sorted(labels.items())), node.get("sourceNamespace").string())
+                     tuple(sorted(labels.items())), node.get("sourceNamespace").string(),
+                     _gateway_refs(node.get("gateways"), node.doc.namespace))
 
 
 def _header_ops(node: Node) -> HeaderOps:
@@ -407,14 +436,28 @@ def _http_route(node: Node, registry: Registry, namespace: str) -> HttpRoute:
                      _cors(node.get("corsPolicy")), _headers(node.get("headers")))
 
 
-def _tcp_route(node: Node, registry: Registry, namespace: str) -> TcpRoute:
+def _sni_hosts(node: Node) -> tuple[str, ...]:
+    hosts = []
+    for item in node.items(required=True, non_empty=True):
+        name = item.string(required=True).lower()
+        if "*" in name and not (name == "*" or (name.startswith("*.") and "*" not in name[1:])):
+            raise item.error(f"expected a server name or a leading wildcard such as '*.example.com', got {name!r}")
+        hosts.append(name)
+    return tuple(hosts)
+
+
+def _tcp_route(node: Node, registry: Registry, namespace: str, *, tls: bool = False) -> TcpRoute:
     node.mapping(("match", "route"))
     matches = []
-    for item in node.get("match").items():
-        item.mapping(("port", "sourceLabels", "sourceNamespace"), ("destinationSubnets", "gateways", "sourceSubnet"))
+    known = ("port", "sourceLabels", "sourceNamespace", "gateways") + (("sniHosts",) if tls else ())
+    items = node.get("match").items(required=tls, non_empty=tls)
+    for item in items:
+        item.mapping(known, ("destinationSubnets", "sourceSubnet"))
         matches.append(TcpMatch(item.get("port").integer(minimum=1, maximum=65535),
                                 tuple(sorted(item.get("sourceLabels").string_map().items())),
-                                item.get("sourceNamespace").string()))
+                                item.get("sourceNamespace").string(),
+                                _gateway_refs(item.get("gateways"), namespace),
+                                _sni_hosts(item.get("sniHosts")) if tls else ()))
     destinations = _destinations(node.get("route"), registry, namespace)
     for dest in destinations:
         if dest.headers != Headers():
@@ -423,24 +466,29 @@ def _tcp_route(node: Node, registry: Registry, namespace: str) -> TcpRoute:
 
 
 def parse(doc: Document, registry: Registry) -> VirtualService:
-    spec = root(doc).mapping(("hosts", "gateways", "http", "tcp", "exportTo"), ("tls",))
+    spec = root(doc).mapping(("hosts", "gateways", "http", "tcp", "tls", "exportTo"))
+    gateways = _gateway_refs(spec.get("gateways"), doc.namespace) or (MESH_GATEWAY,)
     hosts = []
     for node in spec.get("hosts").items(required=True, non_empty=True):
-        name = node.string(required=True)
-        gateways = spec.get("gateways").strings()
-        if gateways and gateways != ["mesh"]:
-            raise spec.get("gateways").error("Gateway is not supported by vmesh yet (only 'mesh')")
-        if "*" in name:
-            raise node.error(f"wildcard host {name!r} needs a Gateway, which vmesh does not support yet")
+        name = node.string(required=True).lower()
         fqdn = registry.fqdn(name, doc.namespace)
-        if fqdn not in registry.services:
-            raise node.error(unknown_host(node, registry))
-        if fqdn in hosts:
+        if MESH_GATEWAY in gateways:
+            # the sidecars route services they know; a name that is none of them is a mistake
+            if "*" in name:
+                raise node.error(f"wildcard host {name!r} applies only to Gateways: set gateways to the Gateway "
+                                 "(and leave out 'mesh')")
+            if fqdn not in registry.services:
+                raise node.error(unknown_host(node, registry))
+        elif "*" in name and not (name == "*" or (name.startswith("*.") and "*" not in name[1:])):
+            raise node.error(f"expected a host name or a leading wildcard such as '*.example.com', got {name!r}")
+        host = fqdn if fqdn in registry.services else name
+        if host in hosts:
             raise node.error(f"host {name!r} is listed twice")
-        hosts.append(fqdn)
+        hosts.append(host)
     spec.get("exportTo").strings()
     http = [_http_route(node, registry, doc.namespace) for node in spec.get("http").items()]
     tcp = [_tcp_route(node, registry, doc.namespace) for node in spec.get("tcp").items()]
-    if not http and not tcp:
-        raise spec.error("set http or tcp routes")
-    return VirtualService(doc, hosts, http, tcp)
+    tls = [_tcp_route(node, registry, doc.namespace, tls=True) for node in spec.get("tls").items()]
+    if not http and not tcp and not tls:
+        raise spec.error("set http, tcp or tls routes")
+    return VirtualService(doc, hosts, http, tcp, tls, gateways)

@@ -1,0 +1,32 @@
+"""Test certificates made with the openssl command: a CA and server certificates signed by it."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
+
+
+def make_ca(folder: Path, name: str = "vmesh test CA") -> Path:
+    """``folder/ca.crt`` and ``ca.key``; returns the certificate's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+             "-subj", f"/CN={name}", "-keyout", str(folder / "ca.key"), "-out", str(folder / "ca.crt"))
+    return folder / "ca.crt"
+
+
+def make_server(folder: Path, ca_folder: Path, names: list[str], stem: str) -> tuple[Path, Path]:
+    """``folder/<stem>.crt`` (for ``names``) and ``<stem>.key``, signed by the CA in ``ca_folder``."""
+    key, csr, crt = folder / f"{stem}.key", folder / f"{stem}.csr", folder / f"{stem}.crt"
+    ext = folder / f"{stem}.ext"
+    ext.write_text("subjectAltName=" + ",".join(f"DNS:{n}" for n in names) + "\n")
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj",
+             f"/CN={names[0]}", "-keyout", str(key), "-out", str(csr))
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_folder / "ca.crt"), "-CAkey", str(ca_folder / "ca.key"),
+             "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(crt))
+    for path in (key, crt):
+        path.chmod(0o644)  # read by Envoy's uid in the tests
+    return crt, key
