@@ -14,8 +14,9 @@ setup:
 image: setup
 	vmesh lab image
 
-## The demo: six Bookinfo VMs, the mesh on them, and traffic a person can see. The VMs stay up.
+## The demo: six Bookinfo VMs and an ingress VM, the mesh on them, and traffic a person can see. The VMs stay up.
 demo: image
+	scripts/demo-certs.sh
 	vmesh lab up --inventory $(INVENTORY)
 	ansible-playbook -i $(INVENTORY) playbooks/bookinfo.yml
 	ansible-playbook -i $(INVENTORY) playbooks/site.yml

@@ -37,7 +37,10 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: C({host: {files: {name: text}, validation: text, hosts_entries: [line]}}) plus C(_warnings).
+  description: >-
+    C({host: {files: {name: text}, validation: text, hosts_entries: [line], edge_ports: [port],
+    credentials: [name]}}) plus C(_warnings). C(edge_ports) are the ports a Gateway host listens on (kept out of
+    inbound capture); C(credentials) the Gateway credentialNames whose files the host needs.
   type: dict
 """
 
@@ -74,7 +77,8 @@ def vmesh_compile(sources, hostvars, hosts):
         configs = render_all(mesh)
     except MeshError as exc:
         raise AnsibleFilterError(f"vmesh_compile: {exc}") from exc
-    out = {host: {"files": c.files, "validation": c.validation, "hosts_entries": c.hosts_entries}
+    out = {host: {"files": c.files, "validation": c.validation, "hosts_entries": c.hosts_entries,
+                  "edge_ports": c.edge_ports, "credentials": c.credentials}
            for host, c in configs.items()}
     out["_warnings"] = mesh.warnings
     return out

@@ -30,7 +30,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.skip_envoy:
         results = {host: (True, "not checked by envoy") for host in configs}
     else:
-        results = envoy.validate_many({host: c.validation for host, c in configs.items()})
+        # certificate files named in the config exist on the VMs, maybe not here: stand-ins take their place
+        results = envoy.validate_many({host: c.validation for host, c in configs.items()}, stub_missing=True)
     failed = 0
     for host, (ok, message) in results.items():
         if ok:

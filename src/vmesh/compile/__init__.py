@@ -38,11 +38,35 @@ def _resources(items: list[dict[str, Any]]) -> str:
     return dumps({"resources": items})
 
 
+def _static_secrets(node: Any) -> None:
+    """SDS references read from files become references to the bundle's static secrets (same names)."""
+    if isinstance(node, dict):
+        for key in ("tls_certificate_sds_secret_configs", "validation_context_sds_secret_config"):
+            for ref in node.get(key, []) if isinstance(node.get(key), list) else [node.get(key)]:
+                if isinstance(ref, dict):
+                    ref.pop("sds_config", None)
+        for value in node.values():
+            _static_secrets(value)
+    elif isinstance(node, list):
+        for value in node:
+            _static_secrets(value)
+
+
 def _validation_bundle(boot: dict[str, Any], lds: list[dict[str, Any]], cds: list[dict[str, Any]],
-                       rds: dict[str, dict[str, Any]]) -> dict[str, Any]:
+                       rds: dict[str, dict[str, Any]], secrets: list[dict[str, Any]]) -> dict[str, Any]:
     bundle = copy.deepcopy(boot)
     del bundle["dynamic_resources"]
     listeners_static = copy.deepcopy(lds)
+    _static_secrets(listeners_static)
+    if secrets:
+        static = []
+        for secret in copy.deepcopy(secrets):
+            secret.pop("@type")
+            for part in ("tls_certificate", "validation_context"):
+                if part in secret:
+                    secret[part].pop("watched_directory", None)
+            static.append(secret)
+        bundle["static_resources"]["secrets"] = static
     for listener in listeners_static:
         for chain in listener["filter_chains"] + ([listener["default_filter_chain"]] if "default_filter_chain" in listener else []):
             for flt in chain["filters"]:
@@ -92,7 +116,7 @@ def render_host(mesh: Mesh, host: str) -> HostConfig:
     for name, secret in edge.secrets.items():
         files[name] = _resources([secret])
     hosts_entries = [f"{s.vip} {' '.join(s.names_for(workload.namespace))}" for s in services if s.vip]
-    return HostConfig(host, dict(sorted(files.items())), dumps(_validation_bundle(boot, lds, cds, rds)),
+    return HostConfig(host, dict(sorted(files.items())), dumps(_validation_bundle(boot, lds, cds, rds, list(edge.secrets.values()))),
                       hosts_entries, edge.ports, sorted(edge.credentials))
 
 
