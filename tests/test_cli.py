@@ -44,11 +44,34 @@ def test_validate_the_bookinfo_inventory(inventory):
     assert proc.stdout.count("ok: ") == 7
 
 
-@pytest.mark.parametrize("sample", sorted(p.name for p in SAMPLES.glob("virtual-service-*.yaml")))
-def test_validate_accepts_istio_bookinfo_routing(inventory, sample):
-    shutil.copy(SAMPLES / sample, inventory / "mesh" / sample)
-    proc = run("validate", "--inventory", inventory)
+# Our own copies of the shapes of Istio's Bookinfo networking samples (tests/data/bookinfo).
+ACCEPTED = sorted(p.name for p in SAMPLES.glob("*.yaml") if p.name not in ("destination-rule-all.yaml",
+                                                                            "certmanager-gateway.yaml"))
+
+
+@pytest.mark.parametrize("sample", ACCEPTED)
+def test_validate_accepts_istio_bookinfo_samples(inventory, sample):
+    # as in Istio's tasks: kubectl apply -f destination-rule-all.yaml, then the sample (which may redefine a rule)
+    proc = run("validate", "--inventory", inventory, "--mesh", SAMPLES / "destination-rule-all.yaml",
+               "--mesh", SAMPLES / sample)
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("ok: ") == 7
+
+
+def test_validate_refuses_a_sample_naming_a_service_outside_the_inventory(inventory):
+    proc = run("validate", "--inventory", inventory, "--mesh", SAMPLES / "destination-rule-all.yaml",
+               "--mesh", SAMPLES / "certmanager-gateway.yaml")
+    assert proc.returncode == 1
+    assert "certmanager-gateway.yaml: VirtualService/istio-system/cert-manager: " \
+           "spec.http[0].route[0].destination.host: host 'cert-manager-resolver' " in proc.stderr
+    assert "is not a service in the inventory" in proc.stderr
+
+
+def test_objects_defined_twice_in_one_directory_are_refused(inventory):
+    shutil.copy(SAMPLES / "destination-rule-reviews.yaml", inventory / "mesh" / "reviews.yaml")
+    proc = run("validate", "--inventory", inventory)
+    assert proc.returncode == 1
+    assert "DestinationRule/reviews: metadata.name: defined twice" in proc.stderr
 
 
 def test_validate_refuses_bad_weights_naming_file_document_field(inventory):

@@ -39,8 +39,8 @@ def test_local_rate_limit_patch_lands_on_the_selected_hosts_inbound_side(envoy_v
 
 @pytest.mark.parametrize("change,expected", [
     (("applyTo: HTTP_FILTER", "applyTo: CLUSTER"), "configPatches[0].applyTo: applyTo CLUSTER is not supported by vmesh yet"),
-    (("context: SIDECAR_INBOUND\n      listener", "context: GATEWAY\n      listener"),
-     "configPatches[0].match.context: context GATEWAY is not supported by vmesh yet"),
+    (("context: SIDECAR_INBOUND\n      listener", "context: SIDECAR_INBOND\n      listener"),
+     "configPatches[0].match.context: context SIDECAR_INBOND is not supported by vmesh yet"),
     (("operation: MERGE", "operation: INSERT_FIRST"), "configPatches[1].patch.operation: INSERT_FIRST on HTTP_ROUTE"),
     (("name: envoy.filters.http.local_ratelimit\n", "nam: envoy.filters.http.local_ratelimit\n"),
      "configPatches[0].patch.value.name: an HTTP filter needs a name"),

@@ -198,3 +198,51 @@ def test_mesh_tls_routes_by_sni(mesh, certs):
     other = mesh.request("client", "https://secure.example.test:8443/", resolve=vip, cafile=certs / "ca.crt")
     assert other.status == 200 and other.headers["x-vmesh-host"] in ("secure-v1", "secure-v2"), other
     assert json.loads(other.body)["host"] in ("secure-v1", "secure-v2")
+
+
+RATE_LIMIT = """apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: ingress-rate-limit, namespace: istio-system}
+spec:
+  workloadSelector:
+    labels: {istio: ingressgateway}
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      context: GATEWAY
+      listener:
+        filterChain:
+          filter:
+            name: envoy.filters.network.http_connection_manager
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.local_ratelimit
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+          stat_prefix: ingress_rate_limiter
+          token_bucket: {max_tokens: 5, tokens_per_fill: 5, fill_interval: 60s}
+          filter_enabled:
+            runtime_key: local_rate_limit_enabled
+            default_value: {numerator: 100, denominator: HUNDRED}
+          filter_enforced:
+            runtime_key: local_rate_limit_enforced
+            default_value: {numerator: 100, denominator: HUNDRED}
+          response_headers_to_add:
+          - append_action: OVERWRITE_IF_EXISTS_OR_ADD
+            header: {key: x-local-rate-limit, value: "true"}
+"""
+
+
+def test_rate_limit_at_the_ingress_5_a_minute(mesh):
+    # the seed: 5 requests a minute at the ingress, the 6th gets 429 (one ingress VM: its token bucket is the limit)
+    mesh.push([("mesh/edge.yaml", DOCS), ("mesh/limit.yaml", RATE_LIMIT)])
+    try:
+        statuses = [mesh.request("browser", f"http://{INGRESS}:8080/productpage").status for _ in range(6)]
+        assert statuses == [200] * 5 + [429], statuses
+        limited = mesh.request("browser", f"http://{INGRESS}:8080/productpage")
+        assert limited.status == 429 and limited.headers.get("x-local-rate-limit") == "true", limited
+        # the sidecars are not limited: inside the mesh calls go on
+        assert mesh.request("client", "http://productpage:9080/productpage").status == 200
+    finally:
+        mesh.push([("mesh/edge.yaml", DOCS)])

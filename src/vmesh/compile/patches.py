@@ -33,12 +33,17 @@ def _http_filters(patch: Patch, filters: list[dict[str, Any]]) -> None:
         filters.insert(index if patch.operation == "INSERT_BEFORE" else index + 1, value)
 
 
+def _listener_context(name: str) -> str:
+    return "GATEWAY" if name.startswith("0.0.0.0_") else DIRECTIONS.get(name, "")
+
+
 def _listeners(patch: Patch, lds: list[dict[str, Any]]) -> None:
     for listener in lds:
-        if not _context_ok(patch, DIRECTIONS.get(listener["name"], "")):
+        if not _context_ok(patch, _listener_context(listener["name"])):
             continue
         for chain in listener["filter_chains"]:
-            port = chain.get("filter_chain_match", {}).get("destination_port")
+            port = chain.get("filter_chain_match", {}).get("destination_port",
+                                                           listener["address"]["socket_address"]["port_value"])
             if patch.port is not None and port != patch.port:
                 continue
             for flt in chain["filters"]:
@@ -52,10 +57,14 @@ def _route_action(route: dict[str, Any]) -> str:
 
 def _routes(patch: Patch, rds: dict[str, dict[str, Any]]) -> None:
     for name, config in rds.items():
-        context = "SIDECAR_INBOUND" if name.startswith("inbound|") else "SIDECAR_OUTBOUND"
+        if name.startswith(("http.", "https.")):  # a Gateway's route tables: http.8080, https.443.<server>
+            context, port = "GATEWAY", name.split(".")[1]
+        else:
+            context = "SIDECAR_INBOUND" if name.startswith("inbound|") else "SIDECAR_OUTBOUND"
+            port = name.split("|")[1] if "|" in name else name
         if not _context_ok(patch, context):
             continue
-        if patch.port is not None and name.split("|")[1] != str(patch.port):
+        if patch.port is not None and port != str(patch.port):
             continue
         for vhost in config["virtual_hosts"]:
             if patch.vhost is not None and vhost["name"] != patch.vhost:

@@ -1,7 +1,7 @@
 """EnvoyFilter: Istio's escape hatch, supported for the patches rate limiting needs.
 
 Supported: ``applyTo`` HTTP_FILTER (INSERT_BEFORE, INSERT_AFTER, INSERT_FIRST, ADD, REMOVE relative to a named
-sub-filter) and HTTP_ROUTE / VIRTUAL_HOST (MERGE, REMOVE) in the SIDECAR_INBOUND, SIDECAR_OUTBOUND or ANY
+sub-filter) and HTTP_ROUTE / VIRTUAL_HOST (MERGE, REMOVE) in the SIDECAR_INBOUND, SIDECAR_OUTBOUND, GATEWAY or ANY
 context, matched by listener port, virtual host name and route name/action. Anything else is refused by name.
 Patch values are Envoy configuration; they are merged the way Istio merges protobufs (maps recursively, lists
 appended, scalars replaced) and checked by ``envoy --mode validate`` like everything vmesh renders.
@@ -19,7 +19,7 @@ from vmesh.istio.fields import Node, root
 
 APPLY_TO = {"HTTP_FILTER": ("INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST", "ADD", "REMOVE"),
             "HTTP_ROUTE": ("MERGE", "REMOVE"), "VIRTUAL_HOST": ("MERGE", "REMOVE")}
-CONTEXTS = ("SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "ANY")
+CONTEXTS = ("SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY", "ANY")
 ROUTE_ACTIONS = ("ANY", "ROUTE", "REDIRECT", "DIRECT_RESPONSE")
 HCM_NAMES = ("envoy.filters.network.http_connection_manager", "envoy.http_connection_manager")
 
