@@ -380,3 +380,11 @@ spec:
 
     assert burst({"x-subset": "v1"})[503] >= 1
     assert burst({"x-subset": "v2"}) == {200: 8}
+
+
+def test_round_robin_takes_each_host_in_turn(mesh):
+    # no VirtualService: the DestinationRule's loadBalancer decides; round robin gives every host its exact share
+    mesh.push([("mesh/rules.yaml", RULES.replace("  subsets:", """  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+  subsets:"""))])
+    assert who(mesh.sample("client", REVIEWS, 40)) == {f"reviews-v{i}": 10 for i in (1, 2, 3, 4)}
