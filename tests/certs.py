@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import subprocess
 from pathlib import Path
+from typing import Iterator
 
 
 def _openssl(*args: str) -> None:
@@ -11,11 +14,25 @@ def _openssl(*args: str) -> None:
 
 
 def make_ca(folder: Path, name: str = "vmesh test CA") -> Path:
-    """``folder/ca.crt`` and ``ca.key``; returns the certificate's path."""
+    """``folder/ca.crt`` and ``ca.key``, the folder and certificate readable by every uid; returns the
+    certificate's path."""
     folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o755)
     _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
              "-subj", f"/CN={name}", "-keyout", str(folder / "ca.key"), "-out", str(folder / "ca.crt"))
+    (folder / "ca.crt").chmod(0o644)
     return folder / "ca.crt"
+
+
+@contextlib.contextmanager
+def ca_folder(folder: Path) -> Iterator[Path]:
+    """A fresh ``folder`` with a CA in it (:func:`make_ca`), removed afterwards."""
+    shutil.rmtree(folder, ignore_errors=True)
+    make_ca(folder)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def make_server(folder: Path, ca_folder: Path, names: list[str], stem: str) -> tuple[Path, Path]:

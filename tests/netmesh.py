@@ -40,6 +40,7 @@ import base64
 import collections
 import copy
 import dataclasses
+import importlib.util
 import ipaddress
 import json
 import os
@@ -61,6 +62,7 @@ from vmesh.compile import BOOTSTRAP_FILE, HostConfig, render_all
 
 REPO = Path(__file__).resolve().parents[1]
 IPTABLES_CLI = REPO / "plugins" / "module_utils" / "vmesh_iptables.py"
+CONFIG_MODULE = REPO / "plugins" / "modules" / "vmesh_envoy_config.py"
 BOOKINFO = REPO / "roles" / "bookinfo" / "files" / "bookinfo.py"
 ECHO_SERVER = Path(__file__).resolve().parent / "echo_server.py"
 
@@ -335,12 +337,15 @@ class _Host:
         return self.root / "run"
 
 
-def _rank(name: str) -> tuple[int, str]:
-    # The config module's order: secrets, clusters, the routes that use them, the listeners that use those.
-    order = ("sds", "cds", "rds", "lds")
-    if name == BOOTSTRAP_FILE:
-        return (0, name)
-    return (next((i + 1 for i, prefix in enumerate(order) if name.startswith(prefix)), len(order) + 1), name)
+def _config_module() -> Any:
+    """The vmesh_envoy_config module's own code: the harness swaps files in the order it plans them."""
+    spec = importlib.util.spec_from_file_location("vmesh_envoy_config", CONFIG_MODULE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_CONFIG_MODULE = _config_module()
 
 
 _RDS_STAT = re.compile(r"\.rds\.(.+)\.update_attempt$")
@@ -355,16 +360,11 @@ def write_config(dest: Path, files: Mapping[str, str]) -> tuple[list[str], list[
     """Make ``dest`` hold exactly ``files``, the way the vmesh_envoy_config module does it on a VM.
 
     Each changed file is written to a staging directory beside ``dest`` (same filesystem) and renamed into
-    ``dest`` (Envoy reloads on the move): clusters first, then routes, then ``lds.json``; stale files go last.
+    ``dest`` (Envoy reloads on the move) in the module's own order (:func:`plan`: secrets, clusters, routes,
+    ``lds.json``); stale files go last.
     Returns (changed, removed) file names in the order they were applied.
     """
-    current = {}
-    if dest.is_dir():
-        for path in dest.iterdir():
-            if path.is_file() and path.name.endswith(".json"):
-                current[path.name] = path.read_text(encoding="utf-8")
-    changed = sorted((n for n in files if current.get(n) != files[n]), key=_rank)
-    removed = sorted(n for n in current if n not in files)
+    _, changed, removed = _CONFIG_MODULE.plan(str(dest), files, BOOTSTRAP_FILE)
     dest.mkdir(mode=0o755, parents=True, exist_ok=True)
     os.chmod(dest, 0o755)
     staging = Path(tempfile.mkdtemp(prefix=".vmesh-staging-", dir=dest.parent))

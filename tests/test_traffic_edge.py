@@ -9,12 +9,11 @@ the mesh a client's TLS connections are routed by SNI to subsets.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from certs import make_ca, make_server
+from certs import ca_folder, make_server
 from netmesh import FIRST_HOST_ADDRESS, NETWORK
 from netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
 
@@ -102,15 +101,12 @@ spec:
 
 @pytest.fixture(scope="module")
 def certs():
-    shutil.rmtree(CERTS, ignore_errors=True)
-    CERTS.mkdir(parents=True)
-    CERTS.chmod(0o755)
-    make_ca(CERTS)
-    make_server(CERTS, CERTS, ["bookinfo.example.test"], "bookinfo")
-    make_server(CERTS, CERTS, ["files.example.test"], "files")
-    make_server(CERTS, CERTS, ["secure.example.test", "v1.secure.example.test", "v2.secure.example.test"], "secure")
-    yield CERTS
-    shutil.rmtree(CERTS, ignore_errors=True)
+    with ca_folder(CERTS):
+        make_server(CERTS, CERTS, ["bookinfo.example.test"], "bookinfo")
+        make_server(CERTS, CERTS, ["files.example.test"], "files")
+        make_server(CERTS, CERTS, ["secure.example.test", "v1.secure.example.test", "v2.secure.example.test"],
+                    "secure")
+        yield CERTS
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,11 @@ originates TLS where a DestinationRule says SIMPLE (port-level settings). Anythi
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from certs import make_ca, make_server
+from certs import ca_folder, make_ca, make_server
 from netmesh import FIRST_HOST_ADDRESS, NETWORK
 from netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
 
@@ -88,17 +87,11 @@ spec:
 
 @pytest.fixture(scope="module")
 def certs():
-    shutil.rmtree(CERTS, ignore_errors=True)
-    CERTS.mkdir(parents=True)
-    CERTS.chmod(0o755)
-    make_ca(CERTS)
-    make_ca(CERTS / "untrusted", "some other CA")
-    (CERTS / "untrusted").chmod(0o755)
-    (CERTS / "untrusted" / "ca.crt").chmod(0o644)
-    for name in ("api", "other", "tls"):
-        make_server(CERTS, CERTS, [f"{name}.example.test"], name)
-    yield CERTS
-    shutil.rmtree(CERTS, ignore_errors=True)
+    with ca_folder(CERTS):
+        make_ca(CERTS / "untrusted", "some other CA")
+        for name in ("api", "other", "tls"):
+            make_server(CERTS, CERTS, [f"{name}.example.test"], name)
+        yield CERTS
 
 
 @pytest.fixture(scope="module")

@@ -112,7 +112,7 @@ def outbound(mesh: Mesh, services: list[Service], workload: Workload, policy: st
     """
     chains: list[dict[str, Any]] = []
     sni_ports: set[int] = set()
-    by_port_http: dict[int, list[Service]] = {}
+    by_port_http = port_wide_http(services)
     by_port_tcp: dict[int, Service] = {}
     for service in services:
         for port in service.ports:
@@ -124,8 +124,7 @@ def outbound(mesh: Mesh, services: list[Service], workload: Workload, policy: st
             if prefixes:
                 match = {"prefix_ranges": prefixes, "destination_port": port.number}
             elif port.is_http:
-                by_port_http.setdefault(port.number, []).append(service)
-                continue
+                continue  # in the port's shared chain below
             else:
                 match = {"destination_port": port.number}
                 if port.protocol == "tcp":

@@ -49,9 +49,8 @@ class Mesh:
         visible = {fqdn for fqdn, s in self.registry.services.items() if sidecar.allows(fqdn, s.namespace)}
         needed = set(visible)
         bound = [self.virtual_services.get(fqdn) for fqdn in visible]
-        if self.gateways_of(host):  # an edge proxy also needs what its Gateways' routes send to
-            keys = {g.key for g in self.gateways_of(host)}
-            bound += [vs for vs in self.gateway_services if keys & set(vs.gateways)]
+        keys = {g.key for g in self.gateways_of(host)}  # an edge proxy also needs what its Gateways route to
+        bound += [vs for vs in self.gateway_services if keys & set(vs.gateways)]
         for vs in bound:
             for route in vs.routes() if vs else []:
                 needed |= {d.host for d in route.destinations} | {m.host for m in getattr(route, "mirrors", ())}
