@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -47,3 +48,37 @@ def make_server(folder: Path, ca_folder: Path, names: list[str], stem: str) -> t
     for path in (key, crt):
         path.chmod(0o644)  # read by Envoy's uid in the tests
     return crt, key
+
+
+def make_workload(folder: Path, ca_folder: Path, identity: str, *, days: int = 2, bundle: str | None = None) -> Path:
+    """A workload's mesh identity in ``folder`` as the certs role lays it out: ``cert-chain.pem`` (URI SAN
+    ``identity``), ``key.pem`` and ``root-cert.pem`` (the CA in ``ca_folder``), symlinks into a versioned
+    folder that ``..data`` points to; ``bundle`` (PEM) replaces that CA as the trust bundle. A second call swaps ``..data`` in one rename, which Envoy's SDS
+    ``watched_directory`` reloads on. Returns ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o755)
+    version = Path(tempfile.mkdtemp(prefix="..test.", dir=folder))
+    version.chmod(0o755)
+    key, csr, crt, ext = (version / n for n in ("key.pem", "csr.pem", "cert-chain.pem", "ext.cnf"))
+    ext.write_text(f"subjectAltName=critical,URI:{identity}\nextendedKeyUsage=serverAuth,clientAuth\n"
+                   "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n")
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj",
+             "/O=vmesh-test", "-keyout", str(key), "-out", str(csr))
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_folder / "ca.crt"), "-CAkey", str(ca_folder / "ca.key"),
+             "-CAcreateserial", "-days", str(days), "-extfile", str(ext), "-out", str(crt))
+    (version / "root-cert.pem").write_text(bundle or (ca_folder / "ca.crt").read_text())
+    for path in (key, crt, version / "root-cert.pem"):
+        path.chmod(0o644)  # read by Envoy's uid in the tests
+    csr.unlink()
+    ext.unlink()
+    data, staged = folder / "..data", folder / "..data_tmp"
+    old = data.resolve() if data.is_symlink() else None
+    staged.unlink(missing_ok=True)
+    staged.symlink_to(version.name)
+    staged.rename(data)
+    for name in ("cert-chain.pem", "key.pem", "root-cert.pem"):
+        if not (folder / name).is_symlink():
+            (folder / name).symlink_to(f"..data/{name}")
+    if old is not None and old != version.resolve():
+        shutil.rmtree(old, ignore_errors=True)
+    return folder

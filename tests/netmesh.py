@@ -56,6 +56,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import certs
 from vmesh import envoy as envoy_mod
 from vmesh import istio
 from vmesh.compile import BOOTSTRAP_FILE, HostConfig, render_all
@@ -219,7 +220,7 @@ print(json.dumps(counts))
 """
 
 _TCP = r"""
-import base64, json, socket, sys
+import base64, json, socket, sys, time
 spec = json.loads(sys.argv[1])
 try:
     conn = socket.create_connection((spec["address"], spec["port"]), timeout=spec["timeout"])
@@ -230,6 +231,7 @@ data = b""
 error = None
 try:
     conn.sendall(base64.b64decode(spec["payload"]))
+    time.sleep(spec["pause"])
     conn.shutdown(socket.SHUT_WR)
     while len(data) < 1 << 20:
         chunk = conn.recv(65536)
@@ -417,6 +419,7 @@ class NetMesh:
             variables["ansible_host"] = address
             namespace = f"vm-{name}-{slug}"
             variables["vmesh_config_dir"] = str(RUN_ROOT / namespace / "envoy")
+            variables.setdefault("vmesh_certs_dir", "{root}/certs")  # its mesh certificate (see issue())
             for key, value in variables.items():  # "{root}" in a path variable: the host's own folder
                 if key.startswith("vmesh_") and isinstance(value, str):
                     variables[key] = value.replace("{root}", str(RUN_ROOT / namespace))
@@ -482,6 +485,7 @@ class NetMesh:
 
     def _compile(self, sources: Iterable[tuple[str, str]]) -> dict[str, HostConfig]:
         mesh = istio.build({h.name: h.vars for h in self._hosts.values() if not h.outside}, list(sources))
+        self._registry = mesh.registry
         return render_all(mesh)
 
     @property
@@ -621,6 +625,7 @@ class NetMesh:
             os.chmod(path, 0o644)
         if host.outside:
             return
+        self.issue(host.name)
         write_config(host.config_dir, self._configs[host.name].files)
         host.run_dir.mkdir(exist_ok=True)
         os.chown(host.run_dir, PROXY_UID, PROXY_UID)
@@ -628,6 +633,26 @@ class NetMesh:
         exclude = sorted(set(EXCLUDE_INBOUND_PORTS) | set(self._configs[host.name].edge_ports))
         redirect = {"proxy_uid": PROXY_UID, "proxy_gid": PROXY_UID, "exclude_inbound_ports": exclude}
         (host.artifacts / "redirect.json").write_text(json.dumps(redirect, indent=2, sort_keys=True) + "\n")
+
+    @property
+    def ca_dir(self) -> Path:
+        """The mesh's test CA (``ca.crt``, ``ca.key``), made at the first :meth:`issue`."""
+        return self.tmp_path / "mesh-ca"
+
+    def identity(self, host: str) -> str:
+        """The SPIFFE id the compiler gives ``host``."""
+        return self._registry.identity(self._registry.workloads[host])
+
+    def issue(self, host: str, identity: str | None = None, *, ca_dir: Path | None = None,
+              bundle: str | None = None) -> Path:
+        """Put a mesh certificate for ``identity`` (default: the host's own) into the host's certs dir, signed by
+        the mesh's test CA or the one in ``ca_dir``, trusting that CA or the PEM ``bundle``; returns the dir.
+        Envoy reads it through SDS."""
+        if not (self.ca_dir / "ca.crt").exists():
+            certs.make_ca(self.ca_dir, "vmesh netmesh CA")
+        workload = self._registry.workloads[host]
+        return certs.make_workload(Path(workload.certs_dir), ca_dir or self.ca_dir, identity or self.identity(host),
+                                   bundle=bundle)
 
     def _in_ns(self, host: _Host, uid: int | None, argv: Sequence[str]) -> list[str]:
         """argv run in the host's namespace, as ``uid`` (None: root, like the VM's own admin tools)."""
@@ -788,14 +813,15 @@ class NetMesh:
         return collections.Counter({tuple(json.loads(key)): n for key, n in out.items()})
 
     def tcp(self, host: str, address: str, port: int, payload: bytes | str, *, timeout: float = 5,
-            uid: int = APP_UID) -> bytes:
-        """Connect from ``host`` as ``uid``, send ``payload``, close the sending side, return all that came back.
+            uid: int = APP_UID, pause: float = 0.0) -> bytes:
+        """Connect from ``host`` as ``uid``, send ``payload``, close the sending side (``pause`` seconds later),
+        return all that came back.
 
         Raises ConnectionError when no connection could be made."""
         if isinstance(payload, str):
             payload = payload.encode()
         spec = {"address": address, "port": port, "payload": base64.b64encode(payload).decode(),
-                "timeout": timeout}
+                "timeout": timeout, "pause": pause}
         out = self._client(host, _TCP, spec, uid, timeout * 2 + COMMAND_TIMEOUT)
         if "data" not in out:
             raise ConnectionError(f"{host} -> {address}:{port}: {out['error']}")

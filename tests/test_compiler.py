@@ -10,7 +10,7 @@ import pytest
 
 from conftest import DATA, bookinfo_hosts, build, outbound_routes, resources
 from vmesh import registry
-from vmesh.compile import render_all, render_host
+from vmesh.compile import mtls, render_all, render_host
 
 VS_ALL_V1 = """
 apiVersion: networking.istio.io/v1
@@ -214,8 +214,11 @@ def test_inbound_only_for_served_ports_and_client_has_none():
     mesh = build()
     lds = resources(render_host(mesh, "reviews-v1").files, "lds.json")
     inbound = next(listener for listener in lds if listener["name"] == "virtualInbound")
-    assert [c["filter_chain_match"] for c in inbound["filter_chains"]] == [{"destination_port": 9080},
-                                                                          {"destination_port": 15006}]
+    # PERMISSIVE (Istio's default): mesh mTLS told by ALPN, plaintext, and a client's own TLS
+    assert [c["filter_chain_match"] for c in inbound["filter_chains"]] == [
+        {"destination_port": 9080, "transport_protocol": "tls", "application_protocols": mtls.ISTIO_ALPNS},
+        {"destination_port": 9080}, {"destination_port": 9080, "transport_protocol": "tls"},
+        {"destination_port": 15006}]
     hosts = bookinfo_hosts()
     hosts["client"] = {}
     files = render_host(build(hosts=hosts), "client").files

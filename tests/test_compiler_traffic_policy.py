@@ -103,7 +103,8 @@ def test_consistent_hash_sets_the_route_hash_policy(kind, expected):
 
 @pytest.mark.parametrize("body,expected", [
     ("  trafficPolicy:\n    loadBalancer: {simple: FASTEST}\n", "spec.trafficPolicy.loadBalancer.simple: expected one of"),
-    ("  trafficPolicy:\n    tls: {mode: ISTIO_MUTUAL}\n", "spec.trafficPolicy.tls.mode: ISTIO_MUTUAL is not supported by vmesh yet"),
+    ("  trafficPolicy:\n    tls: {mode: ISTIO_MUTUAL, caCertificates: /etc/ca.pem}\n",
+     "spec.trafficPolicy.tls.caCertificates: caCertificates does not go with ISTIO_MUTUAL"),
     ("  trafficPolicy:\n    outlierDetection: {interval: 10}\n", "spec.trafficPolicy.outlierDetection.interval: expected a duration"),
     ("  trafficPolicy:\n    connectionPool: {tcp: {maxConnection: 1}}\n",
      "spec.trafficPolicy.connectionPool.tcp.maxConnection: unknown field; did you mean 'maxConnections'?"),

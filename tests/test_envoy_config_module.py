@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from certs import make_ca, make_workload
 from conftest import bookinfo_hosts, build
 from vmesh import envoy
 from vmesh.compile import render_host
@@ -32,9 +33,14 @@ spec:
 
 
 def compiled(config_dir: Path, *docs: str):
+    """productpage's config, its mesh certificate beside the config dir (Envoy validates with the real files)."""
+    certs = config_dir.parent / "certs"
+    if not (certs / "key.pem").exists():
+        make_workload(certs, make_ca(config_dir.parent / "ca").parent, "spiffe://cluster.local/ns/default/sa/productpage")
     hosts = bookinfo_hosts()
     for h in hosts.values():
         h["vmesh_config_dir"] = str(config_dir)
+        h["vmesh_certs_dir"] = str(certs)
     return render_host(build(*docs, hosts=hosts), "productpage-v1")
 
 

@@ -17,6 +17,7 @@ from vmesh.errors import MeshError
 PROTOCOLS = ("http", "http2", "grpc", "tcp", "tls")
 HTTP_PROTOCOLS = ("http", "http2", "grpc")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+TRUST_DOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 
@@ -26,12 +27,14 @@ MESH_SETTINGS = {
     "vmesh_cluster_domain": "cluster.local",
     "vmesh_vips": {},
     "vmesh_outbound_traffic_policy": "ALLOW_ANY",
+    "vmesh_trust_domain": "cluster.local",
 }
 # Per-host settings with their defaults.
 HOST_SETTINGS = {
     "vmesh_namespace": "default",
     "vmesh_config_dir": "/etc/vmesh/envoy",
     "vmesh_credentials_dir": "/etc/vmesh/credentials",
+    "vmesh_certs_dir": "/etc/vmesh/certs",
     "vmesh_access_log": False,
 }
 
@@ -62,6 +65,7 @@ class Workload:
     config_dir: str
     access_log: bool
     credentials_dir: str = "/etc/vmesh/credentials"  # a gateway's TLS certificates, one folder per credentialName
+    certs_dir: str = "/etc/vmesh/certs"  # the workload's own certificate, key and trust bundle (mesh mTLS)
 
 
 @dataclasses.dataclass
@@ -92,6 +96,11 @@ class Registry:
     cluster_domain: str
     vip_cidr: str
     outbound_policy: str = "ALLOW_ANY"
+    trust_domain: str = "cluster.local"
+
+    def identity(self, workload: Workload) -> str:
+        """The workload's SPIFFE id, the URI in its certificate."""
+        return f"spiffe://{self.trust_domain}/ns/{workload.namespace}/sa/{workload.service_account}"
 
     def fqdn(self, name: str, namespace: str) -> str:
         """Istio's reading of a host name in a document of ``namespace``: short names are relative to it."""
@@ -180,18 +189,22 @@ def _workload(host: str, hostvars: dict[str, Any]) -> Workload:
     config_dir = hostvars.get("vmesh_config_dir", HOST_SETTINGS["vmesh_config_dir"])
     if not isinstance(config_dir, str) or not config_dir.startswith("/"):
         raise _err(host, "vmesh_config_dir", f"expected an absolute path, got {config_dir!r}")
-    credentials_dir = hostvars.get("vmesh_credentials_dir", HOST_SETTINGS["vmesh_credentials_dir"])
-    if not isinstance(credentials_dir, str) or not credentials_dir.startswith("/"):
-        raise _err(host, "vmesh_credentials_dir", f"expected an absolute path, got {credentials_dir!r}")
+    paths = {}
+    for key in ("vmesh_credentials_dir", "vmesh_certs_dir"):
+        paths[key] = hostvars.get(key, HOST_SETTINGS[key])
+        if not isinstance(paths[key], str) or not paths[key].startswith("/"):
+            raise _err(host, key, f"expected an absolute path, got {paths[key]!r}")
     access_log = hostvars.get("vmesh_access_log", HOST_SETTINGS["vmesh_access_log"])
     if not isinstance(access_log, bool):
         raise _err(host, "vmesh_access_log", f"expected true or false, got {access_log!r}")
     common = {"host": host, "namespace": namespace, "config_dir": config_dir, "access_log": access_log,
-              "credentials_dir": credentials_dir}
+              "credentials_dir": paths["vmesh_credentials_dir"], "certs_dir": paths["vmesh_certs_dir"]}
     if service is None:
         if hostvars.get("vmesh_ports"):
             raise _err(host, "vmesh_ports", "set only on hosts that serve a service: this host has no vmesh_service")
         account = hostvars.get("vmesh_service_account", "default")
+        if not isinstance(account, str) or not DNS_LABEL.match(account):
+            raise _err(host, "vmesh_service_account", f"expected a DNS label, got {account!r}")
         # a pure client's labels still count for sourceLabels matches and Sidecar selectors
         return Workload(service=None, labels=_labels(host, hostvars.get("vmesh_labels")), ports=(),
                         service_account=account, address=None, **common)
@@ -270,7 +283,11 @@ def build(hosts: dict[str, dict[str, Any]]) -> Registry:
     if policy not in ("ALLOW_ANY", "REGISTRY_ONLY"):
         raise MeshError(f"expected ALLOW_ANY or REGISTRY_ONLY, got {policy!r}", file="inventory",
                         field="vmesh_outbound_traffic_policy")
-    reg = Registry(services, workloads, domain, cidr, policy)
+    trust_domain = settings["vmesh_trust_domain"]
+    if not isinstance(trust_domain, str) or not TRUST_DOMAIN.match(trust_domain):
+        raise MeshError(f"expected a trust domain such as cluster.local, got {trust_domain!r}", file="inventory",
+                        field="vmesh_trust_domain")
+    reg = Registry(services, workloads, domain, cidr, policy, trust_domain)
     for name, ip in pinned.items():
         fqdn = reg.fqdn(str(name), "default")
         try:

@@ -12,7 +12,7 @@ import dataclasses
 import json
 from typing import Any
 
-from vmesh.compile import bootstrap, clusters, gateways, listeners, patches, routes
+from vmesh.compile import bootstrap, clusters, gateways, listeners, mtls, patches, routes
 from vmesh.compile.envoy_types import HCM, ROUTE_CONFIGURATION
 from vmesh.errors import MeshError
 from vmesh.istio import Mesh
@@ -75,7 +75,9 @@ def _validation_bundle(boot: dict[str, Any], lds: list[dict[str, Any]], cds: lis
                     config["route_config"] = rds[config.pop("rds")["route_config_name"]]
     strip = [{k: v for k, v in item.items() if k != "@type"} for item in listeners_static]
     bundle["static_resources"]["listeners"] += strip
-    bundle["static_resources"]["clusters"] += [{k: v for k, v in c.items() if k != "@type"} for c in cds]
+    clusters_static = copy.deepcopy(cds)
+    _static_secrets(clusters_static)
+    bundle["static_resources"]["clusters"] += [{k: v for k, v in c.items() if k != "@type"} for c in clusters_static]
     return bundle
 
 
@@ -88,7 +90,7 @@ def render_host(mesh: Mesh, host: str) -> HostConfig:
     cds = clusters.catch_all()
     rds: dict[str, dict[str, Any]] = {}
     for service in services:
-        cds += clusters.outbound(mesh, service)
+        cds += clusters.outbound(mesh, service, workload)
         for port in service.ports:
             if port.is_http:
                 config = routes.outbound(mesh, service, port, workload)
@@ -107,16 +109,17 @@ def render_host(mesh: Mesh, host: str) -> HostConfig:
         raise MeshError(f"host {host} serves port {clash[0]} itself and a Gateway selecting it listens there too",
                         file="inventory", doc=f"host {host}", field="vmesh_ports")
     rds.update(edge.routes)
-    lds = [listeners.outbound(mesh, services, workload, policy), listeners.inbound(workload)] + edge.listeners
+    lds = [listeners.outbound(mesh, services, workload, policy), listeners.inbound(mesh, workload)] + edge.listeners
     patches.apply(mesh, workload, lds, rds)
     boot = bootstrap.bootstrap(workload, registry)
     files = {BOOTSTRAP_FILE: dumps(boot), bootstrap.LDS_FILE: _resources(lds), bootstrap.CDS_FILE: _resources(cds)}
     for name, config in rds.items():
         files[listeners.route_file(name)] = _resources([{"@type": ROUTE_CONFIGURATION, **config}])
-    for name, secret in edge.secrets.items():
+    secrets = {**mtls.secrets(workload), **edge.secrets}
+    for name, secret in secrets.items():
         files[name] = _resources([secret])
     hosts_entries = [f"{s.vip} {' '.join(s.names_for(workload.namespace))}" for s in services if s.vip]
-    return HostConfig(host, dict(sorted(files.items())), dumps(_validation_bundle(boot, lds, cds, rds, list(edge.secrets.values()))),
+    return HostConfig(host, dict(sorted(files.items())), dumps(_validation_bundle(boot, lds, cds, rds, list(secrets.values()))),
                       hosts_entries, edge.ports, sorted(edge.credentials))
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from vmesh.compile import mtls
 from vmesh.compile.envoy_types import (BLACKHOLE, CLUSTER, HTTP_PROTOCOL_OPTIONS, INBOUND_PASSTHROUGH,
-                                       PASSTHROUGH, UNLIMITED, UPSTREAM_TLS, socket_address)
+                                       PASSTHROUGH, RAW_BUFFER, UNLIMITED, UPSTREAM_TLS, socket_address)
 from vmesh.istio import Mesh, selects
 from vmesh.istio.fields import envoy_duration
-from vmesh.istio.trafficpolicy import TrafficPolicy
+from vmesh.istio.trafficpolicy import Tls, TrafficPolicy
 from vmesh.registry import Port, Service, Workload
 
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"  # Debian's bundle: SIMPLE TLS with no caCertificates
@@ -157,7 +158,41 @@ def _external(service: Service, port: Port, labels: dict[str, str], name: str) -
     return cluster
 
 
-def outbound(mesh: Mesh, service: Service) -> list[dict[str, Any]]:
+def _mesh_tls(cluster: dict[str, Any], mesh: Mesh, client: Workload, port: Port, subset: str | None,
+              service: Service, servers: list[Workload], tls: Tls | None) -> None:
+    """Mesh mTLS to a service's hosts. DestinationRule ISTIO_MUTUAL asks for it, DISABLE refuses it; without
+    either, Istio's auto mTLS: mTLS to each host whose PeerAuthentication accepts it (all but DISABLE)."""
+    if tls is not None and tls.mode in ("SIMPLE", "MUTUAL", "DISABLE"):
+        return
+    sni = mtls.sni(port.number, subset, service.fqdn)
+    if service.entry is not None:  # only when asked: an external host has no mesh certificate
+        if tls is not None:
+            cluster["transport_socket"] = mtls.upstream(client, list(tls.subject_alt_names), sni)
+        return
+    if tls is not None:
+        secured = servers
+    else:
+        secured = [w for w in servers if mesh.mtls_mode(w, port.target_port) != "DISABLE"]
+    if not secured:
+        return
+    identities = list(tls.subject_alt_names) if tls is not None and tls.subject_alt_names else \
+        [mesh.registry.identity(w) for w in secured]
+    socket = mtls.upstream(client, identities, sni)
+    if len(secured) == len(servers):
+        cluster["transport_socket"] = socket
+        return
+    # some hosts take mTLS and some do not: Envoy picks the socket by each endpoint's metadata
+    cluster["transport_socket_matches"] = [
+        {"name": "tlsMode-istio", "match": {"tlsMode": "istio"}, "transport_socket": socket},
+        {"name": "tlsMode-disabled", "match": {},
+         "transport_socket": {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {"@type": RAW_BUFFER}}}]
+    addresses = {w.address for w in secured}
+    for lb_endpoint in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]:
+        if lb_endpoint["endpoint"]["address"]["socket_address"]["address"] in addresses:
+            lb_endpoint["metadata"] = {"filter_metadata": {"envoy.transport_socket_match": {"tlsMode": "istio"}}}
+
+
+def outbound(mesh: Mesh, service: Service, client: Workload) -> list[dict[str, Any]]:
     rule = mesh.destination_rules.get(service.fqdn)
     subsets = [None] + (sorted(rule.subsets) if rule else [])
     clusters = []
@@ -165,13 +200,15 @@ def outbound(mesh: Mesh, service: Service) -> list[dict[str, Any]]:
         for subset in subsets:
             labels = mesh.subset_labels(service.fqdn, subset)
             name = outbound_name(port.number, subset, service.fqdn)
+            servers = [w for w in service.workloads if selects(labels, w.labels)]
             if service.entry is not None:
                 cluster = _external(service, port, labels, name)
             else:
-                endpoints = [(w.address, port.number) for w in service.workloads if selects(labels, w.labels)]
-                cluster = _static(name, endpoints, port)
-            if rule is not None:
-                _apply_policy(cluster, rule.policy(subset, port.number), port, service)
+                cluster = _static(name, [(w.address, port.number) for w in servers], port)
+            policy = rule.policy(subset, port.number) if rule is not None else None
+            if policy is not None:
+                _apply_policy(cluster, policy, port, service)
+            _mesh_tls(cluster, mesh, client, port, subset, service, servers, policy.tls if policy else None)
             clusters.append(cluster)
     return clusters
 

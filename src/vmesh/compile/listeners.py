@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
-from vmesh.compile import clusters, routes
+from vmesh.compile import clusters, mtls, routes
 from vmesh.compile.envoy_types import (BLACKHOLE, CORS, HCM, HTTP_FAULT, INBOUND_PASSTHROUGH, LISTENER, ORIGINAL_DST,
                                        PASSTHROUGH, ROUTER, TLS_INSPECTOR, access_logs, file_source, socket_address,
                                        tcp_proxy, typed)
@@ -52,6 +53,7 @@ def _hcm(stat_prefix: str, route_name: str | None, workload: Workload, *, inboun
 
 def _listener(name: str, port: int, direction: str, chains: list[dict[str, Any]], default: str,
               sni_ports: list[int] | None = None) -> dict[str, Any]:
+    """``sni_ports``: the destination ports where the TLS inspector reads the client hello (SNI, ALPN)."""
     blackhole = {"name": f"{name}-blackhole", "filter_chain_match": {"destination_port": port},
                  "filters": [tcp_proxy(BLACKHOLE, BLACKHOLE)]}
     listener_filters = [typed("envoy.filters.listener.original_dst", ORIGINAL_DST)]
@@ -158,18 +160,55 @@ def port_wide_http(services: list[Service]) -> dict[int, list[Service]]:
     return out
 
 
-def inbound(workload: Workload) -> dict[str, Any]:
-    """One filter chain per port this host serves; anything else passes through to where it was going."""
+def _inbound_filters(workload: Workload, port: Port, stat_prefix: str, *, secure: bool) -> list[dict[str, Any]]:
+    name = clusters.inbound_name(port.number)
+    if not port.is_http:
+        return [tcp_proxy(stat_prefix, name)]
+    hcm = _hcm(stat_prefix, name, workload, inbound=True)
+    # the app learns its caller's identity from X-Forwarded-Client-Cert; a plaintext caller cannot forge it
+    hcm["typed_config"]["forward_client_cert_details"] = "APPEND_FORWARD" if secure else "SANITIZE"
+    if secure:
+        hcm["typed_config"]["set_current_client_cert_details"] = {"uri": True}
+    return [hcm]
+
+
+def inbound(mesh: Mesh, workload: Workload) -> dict[str, Any]:
+    """Filter chains per port this host serves, by its PeerAuthentication mode: mTLS from mesh clients (told by
+    their ALPN), plaintext, or both (PERMISSIVE). Undeclared ports pass through to where the call was going,
+    unless the workload is STRICT, where only mesh clients get in and they only call declared ports."""
     chains = []
+    inspected = []
     for port in workload.ports:
         name = clusters.inbound_name(port.number)
         stat_prefix = f"inbound_0.0.0.0_{port.number}"
-        if port.is_http:
-            filters = [_hcm(stat_prefix, name, workload, inbound=True)]
-        else:
-            filters = [tcp_proxy(stat_prefix, name)]
-        chains.append({"name": name, "filters": filters, "filter_chain_match": {"destination_port": port.number}})
-    return _listener("virtualInbound", INBOUND_PORT, "INBOUND", chains, INBOUND_PASSTHROUGH)
+        mode = mesh.mtls_mode(workload, port.target_port)
+        match: dict[str, Any] = {"destination_port": port.number}
+        if mode != "DISABLE":
+            inspected.append(port.number)
+            chains.append({"name": f"{name}~mtls", "transport_socket": mtls.downstream(workload, mesh.registry,
+                                                                                        port.is_http),
+                           "filter_chain_match": {**match, "transport_protocol": "tls",
+                                                  "application_protocols": mtls.ISTIO_ALPNS},
+                           "filters": _inbound_filters(workload, port, stat_prefix, secure=True)})
+        if mode == "STRICT":
+            refused = [tcp_proxy(f"{stat_prefix}_plaintext_refused", BLACKHOLE)]
+            chains.append({"name": f"{name}~refused", "filter_chain_match": match, "filters": refused})
+            chains.append({"name": f"{name}~refused-tls", "filter_chain_match": {**match, "transport_protocol": "tls"},
+                           "filters": refused})
+            continue
+        plaintext = _inbound_filters(workload, port, stat_prefix, secure=False)
+        chains.append({"name": name, "filter_chain_match": match, "filters": plaintext})
+        if mode == "PERMISSIVE":  # a client's own TLS (not the mesh's) reaches the app as it is
+            chains.append({"name": f"{name}~tls", "filter_chain_match": {**match, "transport_protocol": "tls"},
+                           "filters": copy.deepcopy(plaintext)})
+    strict = mesh.mtls_mode(workload, None) == "STRICT"
+    listener = _listener("virtualInbound", INBOUND_PORT, "INBOUND", chains,
+                         BLACKHOLE if strict else INBOUND_PASSTHROUGH, inspected)
+    if inspected:
+        # a server-first protocol under PERMISSIVE sends nothing to inspect: after a second it is plaintext
+        listener["listener_filters_timeout"] = "1s"
+        listener["continue_on_listener_filters_timeout"] = True
+    return listener
 
 
 def _admin_proxy(name: str, port: int, path: str, target: str, workload: Workload) -> dict[str, Any]:

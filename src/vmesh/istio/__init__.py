@@ -9,14 +9,15 @@ from vmesh import registry as registry_mod
 from vmesh.documents import Document, load_sources
 from vmesh.errors import MeshError, MeshErrors
 from vmesh.istio import destinationrule, envoyfilter, gateway as gateway_mod, serviceentry
-from vmesh.istio import sidecar as sidecar_mod, virtualservice
+from vmesh.istio import peerauthentication, sidecar as sidecar_mod, virtualservice
 from vmesh.istio.destinationrule import DestinationRule
 from vmesh.istio.fields import Node
 from vmesh.istio.gateway import Gateway
 from vmesh.istio.virtualservice import VirtualService
 from vmesh.registry import Registry
 
-SUPPORTED_KINDS = {"VirtualService", "DestinationRule", "Sidecar", "EnvoyFilter", "Gateway", "ServiceEntry"}
+SUPPORTED_KINDS = {"VirtualService", "DestinationRule", "Sidecar", "EnvoyFilter", "Gateway", "ServiceEntry",
+                   "PeerAuthentication"}
 
 
 @dataclasses.dataclass
@@ -31,6 +32,13 @@ class Mesh:
     gateways: dict[str, Gateway] = dataclasses.field(default_factory=dict)  # by namespace/name
     gateway_services: list[VirtualService] = dataclasses.field(default_factory=list)  # bound to a Gateway
     service_entries: list[serviceentry.ServiceEntry] = dataclasses.field(default_factory=list)
+    peer_authentications: list[peerauthentication.PeerAuthentication] = dataclasses.field(default_factory=list)
+
+    def mtls_mode(self, workload: registry_mod.Workload, port: int | None) -> str:
+        """DISABLE, PERMISSIVE or STRICT for one workload port (the port its app listens on); ``None``: the
+        workload-wide mode, which also holds for ports it does not declare."""
+        return peerauthentication.mode_for(self.peer_authentications, workload.namespace, workload.labels,
+                                           port if port is not None else 0)
 
     def gateways_of(self, host: str) -> list[Gateway]:
         """The Gateways whose selector picks this host: it runs them as an edge proxy."""
@@ -108,6 +116,7 @@ def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]], 
     services: list[VirtualService] = []
     sidecars: list[sidecar_mod.Sidecar] = []
     envoy_filters: list[envoyfilter.EnvoyFilter] = []
+    peer_auths: list[peerauthentication.PeerAuthentication] = []
     for doc in docs:
         if doc.kind not in SUPPORTED_KINDS:
             errors.append(doc.error("kind", f"{doc.kind} is not supported by vmesh yet (see README, 'Not supported')"))
@@ -126,6 +135,8 @@ def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]], 
                 envoy_filters.append(envoyfilter.parse(doc))
             elif doc.kind == "Sidecar":
                 sidecars.append(sidecar_mod.parse(doc, registry))
+            elif doc.kind == "PeerAuthentication":
+                peer_auths.append(peerauthentication.parse(doc))
             else:
                 services.append(virtualservice.parse(doc, registry))
         except MeshError as exc:
@@ -147,6 +158,13 @@ def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]], 
                 by_host[host] = vs
         except MeshError as exc:
             errors.append(exc)
+    try:
+        peerauthentication.check(peer_auths)
+        for workload in registry.workloads.values():
+            for port in (None,) + tuple(p.target_port for p in workload.ports):
+                peerauthentication.mode_for(peer_auths, workload.namespace, workload.labels, port or 0)
+    except MeshError as exc:
+        errors.append(exc)
     if errors:
         raise errors[0] if len(errors) == 1 else MeshErrors(errors)
     warnings = []
@@ -171,7 +189,7 @@ def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]], 
             warnings.append(f"{gw.doc.file}: {gw.doc.ref}: no mesh host has the labels {{{selector}}} yet; "
                             "give the ingress VM these vmesh_labels")
     return Mesh(registry, by_host, rules, warnings, sidecars, registry.outbound_policy, envoy_filters, gateways,
-                on_gateways, entries)
+                on_gateways, entries, peer_auths)
 
 
 def _check_gateways(vs: VirtualService, gateways: dict[str, Gateway], on_gateways: list[VirtualService]) -> None:

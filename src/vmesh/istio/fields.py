@@ -124,7 +124,8 @@ class Node:
         if self.value is None:
             return iter(())
         self._expect(dict)
-        return ((str(k), self.get(str(k))) for k in self.value)
+        # YAML gives 8080 as an int key: the child keeps the value, the path says the key as written
+        return ((str(k), Node(self.doc, self.child_path(str(k)), v)) for k, v in self.value.items())
 
 
 def root(doc: Document) -> Node:

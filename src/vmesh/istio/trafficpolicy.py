@@ -183,7 +183,10 @@ def _tls(node: Node) -> Tls | None:
     if mode not in TLS_MODES:
         raise node.get("mode").error(f"expected one of {', '.join(TLS_MODES)}, got {mode!r}")
     if mode == "ISTIO_MUTUAL":
-        raise node.get("mode").error("ISTIO_MUTUAL is not supported by vmesh yet (it comes with mesh mTLS)")
+        for field in ("caCertificates", "clientCertificate", "privateKey"):
+            if node.get(field).present:
+                raise node.get(field).error(f"{field} does not go with ISTIO_MUTUAL: the workload's own mesh "
+                                            "certificate is used (use MUTUAL for certificates of your own)")
     for unsupported in ("credentialName", "caCrl"):
         if node.get(unsupported).present:
             raise node.get(unsupported).error(f"{unsupported} is not supported by vmesh yet; give file paths")
