@@ -222,7 +222,9 @@ def _workload(host: str, hostvars: dict[str, Any]) -> Workload:
     account = hostvars.get("vmesh_service_account", service)
     if not isinstance(account, str) or not DNS_LABEL.match(account):
         raise _err(host, "vmesh_service_account", f"expected a DNS label, got {account!r}")
-    return Workload(service=service, labels=_labels(host, hostvars.get("vmesh_labels")),
+    # Kubernetes workloads carry app: <name>, and Istio documents select on it (AuthorizationPolicy, Sidecar...)
+    labels = {"app": service, **_labels(host, hostvars.get("vmesh_labels"))}
+    return Workload(service=service, labels=labels,
                     ports=_ports(host, hostvars.get("vmesh_ports")), service_account=account, address=address,
                     **common)
 

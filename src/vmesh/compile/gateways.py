@@ -142,7 +142,8 @@ def _chains(mesh: Mesh, gateway: Gateway, index: int, server: Server, workload: 
                                 file=gateway.doc.file, doc=gateway.doc.ref, field="spec.servers")
             known |= set(vhost["domains"])
             config["virtual_hosts"].append(vhost)
-        chain = {"name": route_name, "filters": [listeners.edge_hcm(stat_prefix, route_name, workload)]}
+        authorization = listeners.authorization_filters(mesh, workload, port)
+        chain = {"name": route_name, "filters": [listeners.edge_hcm(stat_prefix, route_name, workload, authorization)]}
         if server.terminates_tls:
             chain["filter_chain_match"] = _server_names(server)
             chain["transport_socket"] = _downstream_tls(server, workload, edge)
@@ -154,11 +155,13 @@ def _chains(mesh: Mesh, gateway: Gateway, index: int, server: Server, workload: 
         if server.protocol == "TLS" and not server.terminates_tls:  # PASSTHROUGH: by SNI
             for sni, target in routes.sni_routes(mesh, vs, port, workload, gateway.key):
                 chains.append({"name": f"{stat_prefix}~{sni[0]}", "filter_chain_match": {"server_names": sni},
-                               "filters": [routes.tcp_filter(stat_prefix, target)]})
+                               "filters": listeners.authorization_filters(mesh, workload, port)
+                               + [routes.tcp_filter(stat_prefix, target)]})
             continue
         target = routes.tcp_target(mesh, vs, port, workload, gateway.key)
         if target is not None:
-            chain = {"name": stat_prefix, "filters": [routes.tcp_filter(stat_prefix, target)]}
+            chain = {"name": stat_prefix, "filters": listeners.authorization_filters(mesh, workload, port)
+                     + [routes.tcp_filter(stat_prefix, target)]}
             if server.terminates_tls:
                 chain["filter_chain_match"] = _server_names(server)
                 chain["transport_socket"] = _downstream_tls(server, workload, edge)

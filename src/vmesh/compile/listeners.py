@@ -6,7 +6,7 @@ import copy
 import re
 from typing import Any
 
-from vmesh.compile import clusters, mtls, routes
+from vmesh.compile import clusters, mtls, rbac, routes
 from vmesh.compile.envoy_types import (BLACKHOLE, CORS, HCM, HTTP_FAULT, INBOUND_PASSTHROUGH, LISTENER, ORIGINAL_DST,
                                        PASSTHROUGH, ROUTER, TLS_INSPECTOR, access_logs, file_source, socket_address,
                                        tcp_proxy, typed)
@@ -75,10 +75,13 @@ def _listener(name: str, port: int, direction: str, chains: list[dict[str, Any]]
     }
 
 
-def edge_hcm(stat_prefix: str, route_name: str, workload: Workload) -> dict[str, Any]:
-    """A Gateway's HTTP connection manager: the edge of the mesh, so it sets X-Forwarded-For itself."""
+def edge_hcm(stat_prefix: str, route_name: str, workload: Workload,
+             authorization: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    """A Gateway's HTTP connection manager: the edge of the mesh, so it sets X-Forwarded-For itself; the
+    AuthorizationPolicies selecting the gateway host apply here (before routing)."""
     hcm = _hcm(stat_prefix, route_name, workload, inbound=False)
-    hcm["typed_config"].update(use_remote_address=True, strip_any_host_port=True)
+    hcm["typed_config"].update(use_remote_address=True, strip_any_host_port=True, normalize_path=True)
+    hcm["typed_config"]["http_filters"][0:0] = list(authorization)
     return hcm
 
 
@@ -160,11 +163,27 @@ def port_wide_http(services: list[Service]) -> dict[int, list[Service]]:
     return out
 
 
-def _inbound_filters(workload: Workload, port: Port, stat_prefix: str, *, secure: bool) -> list[dict[str, Any]]:
+def authorization_filters(mesh: Mesh, workload: Workload, port: Port) -> list[dict[str, Any]]:
+    """The RBAC filters of the AuthorizationPolicies that apply to ``workload``, for one of its ports: HTTP
+    filters on an HTTP port, network filters otherwise."""
+    policies = mesh.authorization_for(workload)
+    if not policies:
+        return []
+    build = rbac.http_filters if port.is_http else rbac.network_filters
+    return build(policies, port, mesh.registry.trust_domain)
+
+
+def _inbound_filters(mesh: Mesh, workload: Workload, port: Port, stat_prefix: str, *,
+                     secure: bool) -> list[dict[str, Any]]:
     name = clusters.inbound_name(port.number)
+    authorization = authorization_filters(mesh, workload, port)
     if not port.is_http:
-        return [tcp_proxy(stat_prefix, name)]
+        return authorization + [tcp_proxy(stat_prefix, name)]
     hcm = _hcm(stat_prefix, name, workload, inbound=True)
+    filters = hcm["typed_config"]["http_filters"]
+    filters[-1:-1] = authorization  # before the router
+    # Istio's default path normalization: /a/../admin is /admin for the policies and the app alike
+    hcm["typed_config"]["normalize_path"] = True
     # the app learns its caller's identity from X-Forwarded-Client-Cert; a plaintext caller cannot forge it
     hcm["typed_config"]["forward_client_cert_details"] = "APPEND_FORWARD" if secure else "SANITIZE"
     if secure:
@@ -189,14 +208,14 @@ def inbound(mesh: Mesh, workload: Workload) -> dict[str, Any]:
                                                                                         port.is_http),
                            "filter_chain_match": {**match, "transport_protocol": "tls",
                                                   "application_protocols": mtls.ISTIO_ALPNS},
-                           "filters": _inbound_filters(workload, port, stat_prefix, secure=True)})
+                           "filters": _inbound_filters(mesh, workload, port, stat_prefix, secure=True)})
         if mode == "STRICT":
             refused = [tcp_proxy(f"{stat_prefix}_plaintext_refused", BLACKHOLE)]
             chains.append({"name": f"{name}~refused", "filter_chain_match": match, "filters": refused})
             chains.append({"name": f"{name}~refused-tls", "filter_chain_match": {**match, "transport_protocol": "tls"},
                            "filters": refused})
             continue
-        plaintext = _inbound_filters(workload, port, stat_prefix, secure=False)
+        plaintext = _inbound_filters(mesh, workload, port, stat_prefix, secure=False)
         chains.append({"name": name, "filter_chain_match": match, "filters": plaintext})
         if mode == "PERMISSIVE":  # a client's own TLS (not the mesh's) reaches the app as it is
             chains.append({"name": f"{name}~tls", "filter_chain_match": {**match, "transport_protocol": "tls"},

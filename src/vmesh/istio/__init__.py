@@ -9,7 +9,7 @@ from vmesh import registry as registry_mod
 from vmesh.documents import Document, load_sources
 from vmesh.errors import MeshError, MeshErrors
 from vmesh.istio import destinationrule, envoyfilter, gateway as gateway_mod, serviceentry
-from vmesh.istio import peerauthentication, sidecar as sidecar_mod, virtualservice
+from vmesh.istio import authorizationpolicy, peerauthentication, sidecar as sidecar_mod, virtualservice
 from vmesh.istio.destinationrule import DestinationRule
 from vmesh.istio.fields import Node
 from vmesh.istio.gateway import Gateway
@@ -17,7 +17,7 @@ from vmesh.istio.virtualservice import VirtualService
 from vmesh.registry import Registry
 
 SUPPORTED_KINDS = {"VirtualService", "DestinationRule", "Sidecar", "EnvoyFilter", "Gateway", "ServiceEntry",
-                   "PeerAuthentication"}
+                   "PeerAuthentication", "AuthorizationPolicy"}
 
 
 @dataclasses.dataclass
@@ -33,6 +33,10 @@ class Mesh:
     gateway_services: list[VirtualService] = dataclasses.field(default_factory=list)  # bound to a Gateway
     service_entries: list[serviceentry.ServiceEntry] = dataclasses.field(default_factory=list)
     peer_authentications: list[peerauthentication.PeerAuthentication] = dataclasses.field(default_factory=list)
+    authorization_policies: list[authorizationpolicy.AuthorizationPolicy] = dataclasses.field(default_factory=list)
+
+    def authorization_for(self, workload: registry_mod.Workload) -> list[authorizationpolicy.AuthorizationPolicy]:
+        return authorizationpolicy.for_workload(self.authorization_policies, workload.namespace, workload.labels)
 
     def mtls_mode(self, workload: registry_mod.Workload, port: int | None) -> str:
         """DISABLE, PERMISSIVE or STRICT for one workload port (the port its app listens on); ``None``: the
@@ -117,6 +121,7 @@ def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]], 
     sidecars: list[sidecar_mod.Sidecar] = []
     envoy_filters: list[envoyfilter.EnvoyFilter] = []
     peer_auths: list[peerauthentication.PeerAuthentication] = []
+    authz: list[authorizationpolicy.AuthorizationPolicy] = []
     for doc in docs:
         if doc.kind not in SUPPORTED_KINDS:
             errors.append(doc.error("kind", f"{doc.kind} is not supported by vmesh yet (see README, 'Not supported')"))
@@ -137,6 +142,8 @@ def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]], 
                 sidecars.append(sidecar_mod.parse(doc, registry))
             elif doc.kind == "PeerAuthentication":
                 peer_auths.append(peerauthentication.parse(doc))
+            elif doc.kind == "AuthorizationPolicy":
+                authz.append(authorizationpolicy.parse(doc))
             else:
                 services.append(virtualservice.parse(doc, registry))
         except MeshError as exc:
@@ -189,7 +196,7 @@ def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]], 
             warnings.append(f"{gw.doc.file}: {gw.doc.ref}: no mesh host has the labels {{{selector}}} yet; "
                             "give the ingress VM these vmesh_labels")
     return Mesh(registry, by_host, rules, warnings, sidecars, registry.outbound_policy, envoy_filters, gateways,
-                on_gateways, entries, peer_auths)
+                on_gateways, entries, peer_auths, authz)
 
 
 def _check_gateways(vs: VirtualService, gateways: dict[str, Gateway], on_gateways: list[VirtualService]) -> None:
