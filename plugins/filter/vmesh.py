@@ -39,8 +39,9 @@ RETURN = r"""
 _value:
   description: >-
     C({host: {files: {name: text}, validation: text, hosts_entries: [line], edge_ports: [port],
-    credentials: [name]}}) plus C(_warnings). C(edge_ports) are the ports a Gateway host listens on (kept out of
-    inbound capture); C(credentials) the Gateway credentialNames whose files the host needs.
+    credentials: [name], identity: spiffe-uri, certs_dir: path}}) plus C(_warnings). C(edge_ports) are the ports a
+    Gateway host listens on (kept out of inbound capture); C(credentials) the Gateway credentialNames whose files
+    the host needs; C(identity) the SPIFFE id its mesh certificate must carry, read by Envoy from C(certs_dir).
   type: dict
 """
 
@@ -78,7 +79,8 @@ def vmesh_compile(sources, hostvars, hosts):
     except MeshError as exc:
         raise AnsibleFilterError(f"vmesh_compile: {exc}") from exc
     out = {host: {"files": c.files, "validation": c.validation, "hosts_entries": c.hosts_entries,
-                  "edge_ports": c.edge_ports, "credentials": c.credentials}
+                  "edge_ports": c.edge_ports, "credentials": c.credentials, "identity": c.identity,
+                  "certs_dir": c.certs_dir}
            for host, c in configs.items()}
     out["_warnings"] = mesh.warnings
     return out
