@@ -11,7 +11,7 @@ HTTP mode answers every request (any method, any path) with JSON
 outlier-detection tests:
 
 - ``?status=503`` answers with that status (100-599; 1xx/204/304 carry no body);
-- ``?delay=2`` waits that many seconds (at most 60) before answering.
+- ``?delay=2`` waits that many seconds (at most 60) before answering (``--delay`` adds to every answer).
 
 TCP mode answers each connection with one line ``host=<host> version=<version>`` followed by every byte the peer
 sent, once the peer has closed its side (or 64 KiB arrived, or 10 s passed), then closes.
@@ -67,11 +67,13 @@ class EchoHandler(BaseHTTPRequestHandler):
     sys_version = ""
     host_name = ""
     version = ""
+    base_delay = 0.0  # --delay: a slow host, whatever the request asks
 
     def _handle(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query)
         status, delay = _knobs(query)
+        delay += self.base_delay
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
@@ -156,9 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("http", "tcp"), default="http")
     parser.add_argument("--tls-cert", help="serve TLS with this certificate chain (PEM)")
     parser.add_argument("--tls-key", help="and this private key (PEM)")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds every HTTP answer waits (a slow host)")
     args = parser.parse_args(argv)
 
-    attrs = {"host_name": args.host, "version": args.version}
+    attrs = {"host_name": args.host, "version": args.version, "base_delay": min(max(args.delay, 0.0), MAX_DELAY)}
     if args.mode == "http":
         server = HttpServer((args.bind, args.port), type("Handler", (EchoHandler,), attrs))
     else:

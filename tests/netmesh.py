@@ -205,18 +205,20 @@ print(json.dumps(call(json.loads(sys.argv[1]))))
 """
 
 _SAMPLE = _HTTP_COMMON + r"""
+from concurrent.futures import ThreadPoolExecutor
 spec = json.loads(sys.argv[1])
 deadline = time.monotonic() + spec["budget"]
-counts = {}
-for _ in range(spec["count"]):
+
+def one(_):
     if time.monotonic() > deadline:
-        key = (0, "harness: sample budget exhausted")
-    else:
-        answer = call(spec)
-        who = answer["headers"].get("x-vmesh-host") or answer["headers"].get("x-bookinfo-version")
-        key = (answer["status"], who if answer["status"] else answer.get("error", "").split(":")[0])
-    counts[json.dumps(key)] = counts.get(json.dumps(key), 0) + 1
-print(json.dumps(counts))
+        return (0, "harness: sample budget exhausted")
+    answer = call(spec)
+    who = answer["headers"].get("x-vmesh-host") or answer["headers"].get("x-bookinfo-version")
+    return (answer["status"], who if answer["status"] else answer.get("error", "").split(":")[0])
+
+with ThreadPoolExecutor(spec["concurrency"]) as pool:
+    keys = list(pool.map(one, range(spec["count"])))
+print(json.dumps(keys))
 """
 
 _TCP = r"""
@@ -759,9 +761,9 @@ class NetMesh:
         return self.start_app(host, argv, env, name="bookinfo", wait_port=port)
 
     def start_echo(self, host: str, port: int | None = None, *, tcp: bool = False,
-                   tls: tuple[str | Path, str | Path] | None = None) -> subprocess.Popen:
+                   tls: tuple[str | Path, str | Path] | None = None, delay: float = 0.0) -> subprocess.Popen:
         """``echo_server.py`` on ``port`` (default: the host's first service port), answering as ``host``;
-        ``tls=(certificate, key)`` serves it over TLS."""
+        ``tls=(certificate, key)`` serves it over TLS; ``delay`` seconds before every answer (a slow host)."""
         hostvars = self._host(host).vars
         if port is None:
             port = self._service_port(host)[2]
@@ -770,6 +772,8 @@ class NetMesh:
                 "--bind", "0.0.0.0", "--mode", "tcp" if tcp else "http"]
         if tls:
             argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+        if delay:
+            argv += ["--delay", str(delay)]
         return self.start_app(host, argv, name=f"echo-{port}", wait_port=port)
 
     # --- traffic ---
@@ -799,18 +803,29 @@ class NetMesh:
                         out.get("reason", ""), out.get("error"))
 
     def sample(self, host: str, url: str, count: int, headers: Mapping[str, str] | None = None, *,
-               method: str = "GET", timeout: float = 10, uid: int = APP_UID) -> collections.Counter:
-        """``count`` requests (each on a new connection) in one process: Counter of (status, who answered).
+               method: str = "GET", timeout: float = 10, uid: int = APP_UID,
+               concurrency: int = 1) -> collections.Counter:
+        """``count`` requests (each on a new connection) in one process, ``concurrency`` at a time: Counter of
+        (status, who answered).
 
         Who answered is ``x-vmesh-host`` or else ``x-bookinfo-version`` (None when neither); for a request with
         no answer the key is (0, error class name)."""
+        return collections.Counter(self.sequence(host, url, count, headers, method=method, timeout=timeout, uid=uid,
+                                                 concurrency=concurrency))
+
+    def sequence(self, host: str, url: str, count: int, headers: Mapping[str, str] | None = None, *,
+                 method: str = "GET", timeout: float = 10, uid: int = APP_UID,
+                 concurrency: int = 1) -> list[tuple[int, str | None]]:
+        """Like :meth:`sample`, but the (status, who answered) of each request, in the order they were sent."""
         if not 0 < count <= 10000:
             raise NetMeshError(f"sample: count {count} out of range 1-10000")
-        budget = min(count * timeout, 300.0)
+        if not 0 < concurrency <= 64:
+            raise NetMeshError(f"sample: concurrency {concurrency} out of range 1-64")
+        budget = min(count * timeout / concurrency, 300.0)
         spec = {"url": url, "method": method, "headers": dict(headers or {}), "timeout": timeout, "body": None,
-                "count": count, "budget": budget}
+                "count": count, "budget": budget, "concurrency": concurrency}
         out = self._client(host, _SAMPLE, spec, uid, budget + timeout + COMMAND_TIMEOUT)
-        return collections.Counter({tuple(json.loads(key)): n for key, n in out.items()})
+        return [tuple(key) for key in out]
 
     def tcp(self, host: str, address: str, port: int, payload: bytes | str, *, timeout: float = 5,
             uid: int = APP_UID, pause: float = 0.0) -> bytes:

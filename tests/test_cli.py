@@ -40,7 +40,8 @@ def run(*args, cwd=None):
 def test_validate_the_bookinfo_inventory(inventory):
     proc = run("validate", "--inventory", inventory)
     assert proc.returncode == 0, proc.stderr
-    assert "7 hosts, 4 services, 1 VirtualServices, 4 DestinationRules, 1 Gateways, 0 ServiceEntries: valid" in proc.stdout
+    assert ("7 hosts, 4 services, 1 VirtualServices, 4 DestinationRules, 1 Gateways, 0 ServiceEntries, "
+            "1 PeerAuthentications, 5 AuthorizationPolicies: valid") in proc.stdout
     assert proc.stdout.count("ok: ") == 7
 
 

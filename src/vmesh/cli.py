@@ -43,7 +43,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     routed = len({id(vs) for vs in list(mesh.virtual_services.values()) + mesh.gateway_services})
     print(f"{len(configs)} hosts, {services} services, {routed} VirtualServices, "
           f"{len(mesh.destination_rules)} DestinationRules, {len(mesh.gateways)} Gateways, "
-          f"{len(mesh.service_entries)} ServiceEntries: {'valid' if not failed else f'{failed} invalid'}")
+          f"{len(mesh.service_entries)} ServiceEntries, {len(mesh.peer_authentications)} PeerAuthentications, "
+          f"{len(mesh.authorization_policies)} AuthorizationPolicies: {'valid' if not failed else f'{failed} invalid'}")
     return 1 if failed else 0
 
 
