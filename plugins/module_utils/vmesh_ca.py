@@ -4,7 +4,8 @@
 """The mesh CA: a root, an optional intermediate, roots kept during a rotation, and signing of workload CSRs.
 
 Runs where the CA lives (the Ansible controller by default, or a designated CA host) and uses the
-``cryptography`` library (42 or later). Users: the ``vmesh_ca`` and ``vmesh_ca_sign`` modules.
+``cryptography`` library (42 or later). Users: the ``vmesh_ca``, ``vmesh_ca_sign`` and
+``vmesh_ca_sign_intermediate`` modules (the last one for the online CA server, whose key is born on its host).
 
 Layout of the CA directory (0700)::
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import re
 import secrets
 import tempfile
 import traceback
@@ -543,6 +545,21 @@ def results(ca):
 # --- signing -----------------------------------------------------------------------------------------------------
 
 
+def _load_csr(csr_pem):
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode("ascii", "replace"))
+    except ValueError as exc:
+        raise CAError("csr: not a PEM certificate signing request: %s" % exc) from None
+    if not csr.is_signature_valid:
+        raise CAError("csr: its signature is invalid; refused")
+    public_key = csr.public_key()
+    if not isinstance(public_key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
+        raise CAError("csr: only EC and RSA keys are supported")
+    if isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size < 2048:
+        raise CAError("csr: RSA key of %d bits; at least 2048 are needed" % public_key.key_size)
+    return csr
+
+
 def sign(path, csr_pem, identity, lifetime_hours=24, signer_key_content=None, now=None):
     """Sign ``csr_pem`` for ``identity`` with the CA in ``path`` (the intermediate when there is one).
 
@@ -568,17 +585,8 @@ def sign(path, csr_pem, identity, lifetime_hours=24, signer_key_content=None, no
         raise CAError("no signing key: %s is absent and signer_key_content is not given"
                       % os.path.join(path, CA_KEY if ca.inter is not None else ROOT_KEY))
 
-    try:
-        csr = x509.load_pem_x509_csr(csr_pem.encode("ascii", "replace"))
-    except ValueError as exc:
-        raise CAError("csr: not a PEM certificate signing request: %s" % exc) from None
-    if not csr.is_signature_valid:
-        raise CAError("csr: its signature is invalid; refused")
+    csr = _load_csr(csr_pem)
     public_key = csr.public_key()
-    if isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size < 2048:
-        raise CAError("csr: RSA key of %d bits; at least 2048 are needed" % public_key.key_size)
-    if not isinstance(public_key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
-        raise CAError("csr: only EC and RSA keys are supported")
     try:
         names = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
     except x509.ExtensionNotFound:
@@ -613,3 +621,117 @@ def sign(path, csr_pem, identity, lifetime_hours=24, signer_key_content=None, no
     leaf = cert_pem(cert).decode("ascii")
     return {"certificate": leaf, "chain": leaf + ca.chain(), "serial": format(cert.serial_number, "x"),
             "not_after": iso(cert.not_valid_after_utc)}
+
+
+# --- the online CA's intermediate ----------------------------------------------------------------------------------
+
+#: Who the CA server's intermediate is: O=<trust domain>, CN=<this>, unless the caller names it.
+ONLINE_CA_NAME = "vmesh CA server (%s)"
+
+
+def _wanted_constraints(trust_domain, name_constraints):
+    """The NameConstraints extension the intermediate carries: URIs of the trust domain only, or none."""
+    if not name_constraints:
+        return None
+    # RFC 5280 4.2.1.10: a URI constraint names the host part; spiffe://<trust domain>/... has the trust domain.
+    return x509.NameConstraints(permitted_subtrees=[x509.UniformResourceIdentifier(trust_domain)],
+                                excluded_subtrees=None)
+
+
+def _constraints_of(cert):
+    try:
+        return cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _path_length(cert):
+    try:
+        value = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return False, None
+    return value.ca, value.path_length
+
+
+def intermediate_reasons(current, root, public_key, subject, constraints, now):
+    """Why ``current`` (a certificate, or None) cannot stay the intermediate for ``public_key``: ``missing``,
+    ``issuer`` (not issued by ``root``, e.g. after a root rotation), ``key`` (another key than the CSR's),
+    ``subject``, ``constraints`` (not CA:TRUE pathlen 0, or other name constraints), ``expiring`` (less than a
+    fifth of its lifetime left, as for the intermediate vmesh_ca makes). Empty when it can stay."""
+    if current is None:
+        return ["missing"]
+    reasons = []
+    if not issued_by(current, root):
+        reasons.append("issuer")
+    if _spki(current.public_key()) != _spki(public_key):
+        reasons.append("key")
+    if current.subject != subject:
+        reasons.append("subject")
+    if _path_length(current) != (True, 0) or _constraints_of(current) != constraints:
+        reasons.append("constraints")
+    if _expiring(current, now):
+        reasons.append("expiring")
+    return reasons
+
+
+def sign_intermediate(path, csr_pem, trust_domain="cluster.local", common_name=None, days=365,
+                      name_constraints=False, current=None, signer_key_content=None, check_mode=False, now=None):
+    """Sign the CSR of an intermediate CA whose key was born elsewhere (the CA server's) with the ROOT in ``path``.
+
+    The certificate: subject ``O=<trust domain>, CN=<common name>`` (the CSR's subject and extensions are not
+    copied), basicConstraints CA:TRUE pathlen 0 (critical), keyUsage keyCertSign, cRLSign, digitalSignature
+    (critical), subject and authority key identifiers, and with ``name_constraints`` a critical NameConstraints
+    permitting only URIs of the trust domain. Valid from 5 minutes ago for ``days`` (never beyond the root).
+
+    ``current`` is the PEM of the certificate in use now; when :func:`intermediate_reasons` finds nothing wrong
+    with it, it is returned as it is and nothing is signed, which keeps a play idempotent. In ``check_mode``
+    nothing is signed either. Returns certificate (PEM; empty when one would be issued in check mode), issued
+    (bool), reasons, serial (hex), not_after (ISO 8601 UTC), fingerprint and trust_bundle (the CA's roots)."""
+    now = now or _now()
+    if not re.match(r"^[a-z0-9._-]+$", trust_domain or ""):
+        raise CAError("trust_domain %r: use lower-case letters, digits, '.', '-' and '_' (a SPIFFE trust domain)"
+                      % (trust_domain,))
+    if days <= 0:
+        raise CAError("days must be positive, got %s" % days)
+    common_name = common_name or ONLINE_CA_NAME % trust_domain
+    ca = load_ca(path)
+    if ca.root is None:
+        raise CAError("no CA in %s (%s is missing); run vmesh_ca first" % (path, ROOT_CERT))
+    root_file = os.path.join(path, ROOT_CERT)
+    is_ca_root, root_path_length = _path_length(ca.root)
+    if not is_ca_root or (root_path_length is not None and root_path_length < 1):
+        raise CAError("%s may not issue intermediates (basicConstraints: CA:%s, pathlen:%s)"
+                      % (root_file, is_ca_root, root_path_length))
+    csr = _load_csr(csr_pem)
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain),
+                         x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    constraints = _wanted_constraints(trust_domain, name_constraints)
+    current_cert = load_cert(current.encode("ascii", "replace"), "current") if (current or "").strip() else None
+    reasons = intermediate_reasons(current_cert, ca.root, csr.public_key(), subject, constraints, now)
+    result = {"issued": bool(reasons), "reasons": reasons, "trust_bundle": ca.bundle()}
+    if not reasons or check_mode:
+        kept = current_cert if not reasons else None
+        return dict(result, certificate=cert_pem(kept).decode("ascii") if kept is not None else "",
+                    serial=format(kept.serial_number, "x") if kept is not None else "",
+                    not_after=iso(kept.not_valid_after_utc) if kept is not None else "",
+                    fingerprint=fingerprint(kept) if kept is not None else "")
+
+    root_key = ca.root_key
+    if signer_key_content:
+        root_key = load_key(signer_key_content.encode("ascii", "replace"), "signer_key_content")
+        if not key_matches(root_key, ca.root):
+            raise CAError("signer_key_content does not match %s (give the root's key)" % root_file)
+    if root_key is None:
+        raise CAError("no root key: %s is absent and signer_key_content is not given"
+                      % os.path.join(path, ROOT_KEY))
+    if ca.root.not_valid_after_utc <= now:
+        raise CAError("%s expired on %s; rotate the root (vmesh_ca rotate=true)"
+                      % (root_file, iso(ca.root.not_valid_after_utc)))
+    not_after = min(now + datetime.timedelta(days=days), ca.root.not_valid_after_utc)
+    builder = (_ca_builder(subject, ca.root.subject, csr.public_key(), now - CLOCK_SKEW, not_after, 0)
+               .add_extension(_aki_for(ca.root), critical=False))
+    if constraints is not None:
+        builder = builder.add_extension(constraints, critical=True)
+    cert = builder.sign(root_key, hashes.SHA256())
+    return dict(result, certificate=cert_pem(cert).decode("ascii"), serial=format(cert.serial_number, "x"),
+                not_after=iso(cert.not_valid_after_utc), fingerprint=fingerprint(cert))

@@ -6,8 +6,10 @@
 This file runs on the VM with plain ``python3`` and imports the standard library only; all cryptography is done
 by the ``openssl`` command line (OpenSSL 3.0 on Debian bookworm; 1.1.1 prints the same fields). Users:
 
-* the ``vmesh_workload_key`` and ``vmesh_workload_cert`` Ansible modules;
-* later, a renewal agent on the VM, through :func:`state` and the same functions.
+* the ``vmesh_workload_key``, ``vmesh_workload_cert`` and ``vmesh_node_key`` Ansible modules;
+* the renewal agent on the VM (``vmesh-renew`` in roles/identity/files), through :func:`state`,
+  :func:`renewal_reasons`, :func:`prepare_pending`, :func:`plan_install` and :func:`install`;
+* the online CA (``vmesh-ca-server`` in roles/ca_server/files), which checks and signs with :class:`Openssl`.
 
 Layout of a certificate directory (Kubernetes' atomic-writer layout, which Envoy's SDS ``watched_directory``
 reloads on without a restart)::
@@ -225,6 +227,14 @@ class Openssl:
             raise CertError("%sopenssl %s failed (rc=%d): %s" % (what + ": " if what else "", args[0], rc, message))
         return out
 
+    def command(self, args, data=None, what=None):
+        """stdout of ``openssl <args>`` (stdin ``data``); raises :class:`CertError` with openssl's message."""
+        return self._check(args, data, what)
+
+    def run(self, args, data=None):
+        """(rc, stdout, stderr) of ``openssl <args>``, not checked: for commands whose exit code is not the answer."""
+        return self._run([self._bin] + list(args), data)
+
     def info(self, pem, what="certificate"):
         """:class:`CertInfo` of the first certificate in ``pem``."""
         out = self._check(["x509", "-noout", "-serial", "-startdate", "-enddate", "-nameopt", "RFC2253", "-subject",
@@ -270,6 +280,31 @@ class Openssl:
                 self._check(args + [paths["leaf"]], None, what)
             except CertError as exc:
                 raise CertError(str(exc).replace(tmp + "/", "")) from None
+
+    def sign(self, key_path, data, what="signature"):
+        """Detached signature (DER bytes, ``openssl dgst -sha256 -sign``) of ``data`` (bytes) by the key in
+        ``key_path``. Used by the renewal agent to sign its requests with the node key."""
+        with tempfile.TemporaryDirectory(prefix="vmesh-sign-") as tmp:
+            data_path, sig_path = os.path.join(tmp, "data"), os.path.join(tmp, "sig")
+            with open(data_path, "wb") as handle:
+                handle.write(data)
+            self._check(["dgst", "-sha256", "-sign", key_path, "-out", sig_path, data_path], None, what)
+            with open(sig_path, "rb") as handle:
+                return handle.read()
+
+    def signature_valid(self, public_key_pem, data, signature):
+        """Whether ``signature`` (bytes) is a valid :meth:`sign` signature of ``data`` (bytes) by the public key
+        ``public_key_pem`` (SPKI PEM). Never raises for a bad signature or key: the answer is then False."""
+        with tempfile.TemporaryDirectory(prefix="vmesh-verify-") as tmp:
+            paths = {}
+            for name, content in (("pub", public_key_pem.encode("ascii", "replace")), ("data", data),
+                                  ("sig", signature)):
+                paths[name] = os.path.join(tmp, name)
+                with open(paths[name], "wb") as handle:
+                    handle.write(content)
+            rc, out, _ = self._run([self._bin, "dgst", "-sha256", "-verify", paths["pub"], "-signature",
+                                    paths["sig"], paths["data"]], None)
+            return rc == 0 and "Verified OK" in (out or "")
 
 
 # --- owners and atomic writes ---------------------------------------------------------------------------------
