@@ -1,0 +1,520 @@
+"""Automatic renewal of workload certificates on the VM: the CA server's checks (roles/ca_server/files/
+vmesh-ca-server), the agent end to end (roles/identity/files/vmesh-renew), and the modules behind them
+(vmesh_node_key, vmesh_ca_sign_intermediate).
+
+The server and the agent run as subprocesses with the system python3 (standard library only, as on a VM), the
+project's vmesh_certs.py found through VMESH_LIB, on 127.0.0.1 only. The CA is made with the project's modules,
+run through ansible-playbook on localhost as the ca_server role chains them. Every wait and request is bounded.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from test_pki_modules import GROUP, IDENTITY, OWNER, ROOT, assert_no_private_key, count_certs, ext, mode, ok, play
+from test_pki_modules import _user_root, openssl
+
+SERVER = ROOT / "roles" / "ca_server" / "files" / "vmesh-ca-server"
+AGENT = ROOT / "roles" / "identity" / "files" / "vmesh-renew"
+LIB = ROOT / "plugins" / "module_utils"
+# What runs on the VMs and the CA server: the system python3, like there.
+TARGET_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+ENV = dict(os.environ, VMESH_LIB=str(LIB), LC_ALL="C")
+OTHER = "spiffe://cluster.local/ns/default/sa/ratings"
+SERVER_ID = "spiffe://cluster.local/ns/istio-system/sa/vmesh-ca"
+
+
+# --- the CA, as the ca_server role makes it ------------------------------------------------------------------------
+
+
+def write_server_config(path: Path, state: Path, port: int = 0, **settings) -> Path:
+    path.write_text(json.dumps({"listen": "127.0.0.1", "port": port or 1, "state_dir": str(state),
+                                "server_names": ["127.0.0.1"], **settings}))
+    return path
+
+
+def server_cli(config: Path, *command: str) -> subprocess.CompletedProcess:
+    return subprocess.run([TARGET_PYTHON, str(SERVER), "--config", str(config), *command], capture_output=True,
+                          text=True, env=ENV, timeout=60)
+
+
+def ca_server_tasks(ca: Path, state: Path, config: Path) -> list[dict]:
+    """The ca_server role's steps on one host: root (r0), the intermediate's key born in the state dir (r1), its
+    CSR and the certificate in force (r2), the root signs (r3), the certificate and the bundle installed (r4, r5)."""
+    request = "(r2.stdout | from_json)"
+    return [
+        {"vmesh_ca": {"path": str(ca)}},
+        {"vmesh_node_key": {"path": str(state / "intermediate-key.pem"), "owner": OWNER, "group": GROUP}},
+        {"ansible.builtin.command": {"argv": [TARGET_PYTHON, str(SERVER), "--config", str(config),
+                                              "intermediate-request"]},
+         "environment": {"VMESH_LIB": str(LIB)}, "changed_when": False, "check_mode": False},
+        {"vmesh_ca_sign_intermediate": {"path": str(ca), "csr": "{{ %s.csr }}" % request,
+                                        "current": "{{ %s.current }}" % request, "name_constraints": True}},
+        {"ansible.builtin.copy": {"content": "{{ r3.certificate }}", "dest": str(state / "intermediate-cert.pem"),
+                                  "mode": "0644"}},
+        {"ansible.builtin.copy": {"content": "{{ r3.trust_bundle }}", "dest": str(state / "root-cert.pem"),
+                                  "mode": "0644"}},
+    ]
+
+
+@dataclass
+class Pki:
+    base: Path
+    ca: Path
+    state: Path
+    config: Path
+    bundle: Path
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    base = tmp_path_factory.mktemp("pki")
+    ca, state = base / "ca", base / "state"
+    state.mkdir(mode=0o700)
+    (state / "nodes").mkdir(mode=0o700)
+    config = write_server_config(base / "server.json", state)
+    results = [ok(r) for r in play(base, ca_server_tasks(ca, state, config))]
+    assert results[3]["issued"] is True and results[3]["reasons"] == ["missing"]
+    tls = server_cli(config, "tls")
+    assert tls.returncode == 0 and tls.stdout == "issued: missing\n", tls.stderr
+    return Pki(base=base, ca=ca, state=state, config=config, bundle=state / "root-cert.pem")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Running:
+    port: int
+    log: Path
+    state: Path
+    bundle: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+    def signed(self) -> int:
+        return self.log_text().count(" signed serial=")
+
+
+def tls_context(bundle: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(bundle))
+
+
+def call(running: Running, method: str, path: str, body: bytes | None = None,
+         declared_length: int | None = None) -> tuple[int, dict]:
+    """(status, JSON answer) of one request; ``declared_length`` sends only headers announcing that many bytes."""
+    conn = http.client.HTTPSConnection("127.0.0.1", running.port, context=tls_context(running.bundle), timeout=10)
+    try:
+        if declared_length is None:
+            conn.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
+        else:
+            conn.putrequest(method, path)
+            conn.putheader("Content-Length", str(declared_length))
+            conn.endheaders()
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def ca_server(pki: Pki, state: Path | None = None, **settings):
+    """The server on 127.0.0.1:<free port> with ``state`` (the shared one by default), stopped afterwards."""
+    state = state or pki.state
+    port = free_port()
+    config = write_server_config(state.parent / f"server-{port}.json", state, port, **settings)
+    log = state.parent / f"server-{port}.log"
+    with open(log, "w") as handle:
+        proc = subprocess.Popen([TARGET_PYTHON, str(SERVER), "--config", str(config), "serve"], stdout=handle,
+                                stderr=subprocess.STDOUT, env=ENV)
+    running = Running(port=port, log=log, state=state, bundle=state / "root-cert.pem")
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert proc.poll() is None, log.read_text()
+            with contextlib.suppress(OSError):
+                if call(running, "GET", "/healthz")[0] == 200:
+                    break
+            assert time.monotonic() < deadline, "the CA server did not answer within 15 s: " + log.read_text()
+            time.sleep(0.1)
+        yield running
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(pki):
+    with ca_server(pki) as running:
+        yield running
+
+
+# --- nodes and requests, made here independently of the agent ----------------------------------------------------
+
+
+def new_key(path: Path) -> str:
+    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(path))
+    return openssl("pkey", "-in", str(path), "-pubout")
+
+
+def register(state: Path, node: str, identity: str, public_key: str) -> None:
+    (state / "nodes" / f"{node}.json").write_text(json.dumps({"identity": identity, "public_key": public_key}))
+
+
+def new_csr(folder: Path, identity: str, extra: str = "") -> str:
+    key = folder / f"csr-key-{secrets.token_hex(4)}.pem"
+    return openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+                   str(key), "-subj", "/O=cluster.local", "-addext", f"subjectAltName=URI:{identity}{extra}")
+
+
+def body(node: str, key: Path, csr: str, *, when: float | None = None, nonce: str | None = None,
+         payload: bytes | None = None) -> bytes:
+    """POST /v1/sign's body: the request signed with ``key`` (``openssl dgst -sha256 -sign``)."""
+    payload = payload or json.dumps({"node": node, "csr": csr, "time": int(time.time() if when is None else when),
+                                     "nonce": nonce or secrets.token_hex(16)}).encode()
+    signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(key)], input=payload,
+                               capture_output=True, check=True, timeout=30).stdout
+    return json.dumps({"request": base64.b64encode(payload).decode(),
+                       "signature": base64.b64encode(signature).decode()}).encode()
+
+
+@dataclass
+class Node:
+    name: str
+    key: Path
+    identity: str
+
+
+@pytest.fixture
+def node(pki, request) -> Node:
+    """A node registered on the shared server for IDENTITY, named after the test (requests per node are capped)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)[:60]
+    key = pki.base / f"{name}.key"
+    register(pki.state, name, IDENTITY, new_key(key))
+    return Node(name=name, key=key, identity=IDENTITY)
+
+
+def leaf_of(chain: str) -> str:
+    return re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----\n", chain, re.S)[0]
+
+
+def verify_chain(chain: str, bundle: Path, folder: Path) -> subprocess.CompletedProcess:
+    (folder / "chain.pem").write_text(chain)
+    (folder / "leaf.pem").write_text(leaf_of(chain))
+    return subprocess.run(["openssl", "verify", "-CAfile", str(bundle), "-untrusted", str(folder / "chain.pem"),
+                           str(folder / "leaf.pem")], capture_output=True, text=True, timeout=30)
+
+
+# --- the server ----------------------------------------------------------------------------------------------------
+
+
+def test_server_signs_the_registered_identity_of_a_node(pki, server, node, tmp_path):
+    csr = new_csr(tmp_path, IDENTITY)
+    status, answer = call(server, "POST", "/v1/sign", body(node.name, node.key, csr))
+    assert status == 200, answer
+    chain = answer["chain"]
+    assert count_certs(chain) == 2 and chain.endswith((pki.state / "intermediate-cert.pem").read_text())
+    assert verify_chain(chain, pki.bundle, tmp_path).returncode == 0
+    leaf = leaf_of(chain)
+    assert f"URI:{IDENTITY}" in ext(leaf, "subjectAltName")
+    assert ext(leaf, "subjectAltName").count("URI:") == 1
+    usage = ext(leaf, "keyUsage,extendedKeyUsage,basicConstraints")
+    assert "CA:FALSE" in usage and "TLS Web Server Authentication, TLS Web Client Authentication" in usage
+    # the certificate is for the CSR's key, lives 24 h (+ 5 minutes of clock skew), and the log says so
+    assert openssl("x509", "-noout", "-pubkey", data=leaf) == openssl("req", "-noout", "-pubkey", data=csr)
+    dates = openssl("x509", "-noout", "-startdate", "-enddate", "-serial", data=leaf)
+    start, end = (time.mktime(time.strptime(d, "%b %d %H:%M:%S %Y GMT"))
+                  for d in re.findall(r"=(\w+ +\d+ [\d:]+ \d+ GMT)", dates))
+    assert end - start == 24 * 3600 + 300
+    serial = re.search(r"serial=(\w+)", dates).group(1).lower().lstrip("0")
+    assert f"node={node.name} signed serial={serial} identity={IDENTITY}" in server.log_text()
+    # the intermediate that signed it: born on the CA server, CA:TRUE pathlen 0, URIs of the trust domain only
+    intermediate = (pki.state / "intermediate-cert.pem").read_text()
+    constraints = ext(intermediate, "basicConstraints,nameConstraints")
+    assert "CA:TRUE, pathlen:0" in constraints and "URI:cluster.local" in constraints
+    status, ca = call(server, "GET", "/v1/ca")
+    assert status == 200 and ca["chain"] == intermediate
+
+
+@pytest.mark.parametrize("case", ["unknown node", "bad signature", "wrong identity", "stale time", "future time",
+                                  "replayed nonce", "CSR signature", "two names", "not JSON", "too large",
+                                  "revoked"])
+def test_server_refuses(pki, server, node, tmp_path, case):
+    """Each refusal: the right 4xx, a one-line reason to the client and in the journal, and nothing signed."""
+    good_csr = new_csr(tmp_path, IDENTITY)
+    if case == "unknown node":
+        request, expected = body("nobody", node.key, good_csr), (403, "node nobody is not registered")
+    elif case == "bad signature":
+        stranger = tmp_path / "stranger.key"
+        new_key(stranger)
+        request = body(node.name, stranger, good_csr)
+        expected = 403, f"the signature does not verify with the key registered for node {node.name}"
+    elif case == "wrong identity":
+        request = body(node.name, node.key, new_csr(tmp_path, OTHER))
+        expected = 403, f"csr: asks for subjectAltName URI:{OTHER}, but this node may only have URI:{IDENTITY}"
+    elif case == "stale time":
+        request, expected = body(node.name, node.key, good_csr, when=time.time() - 400), (403, "s off this server")
+    elif case == "future time":
+        request, expected = body(node.name, node.key, good_csr, when=time.time() + 400), (403, "s off this server")
+    elif case == "replayed nonce":
+        request = body(node.name, node.key, good_csr)
+        assert call(server, "POST", "/v1/sign", request)[0] == 200
+        expected = 403, f"was already used by node {node.name} (a replayed request)"
+    elif case == "CSR signature":
+        der = bytearray(base64.b64decode("".join(good_csr.strip().splitlines()[1:-1])))
+        der[-1] ^= 0x01
+        tampered = "-----BEGIN CERTIFICATE REQUEST-----\n%s\n-----END CERTIFICATE REQUEST-----\n" % "\n".join(
+            re.findall(".{1,64}", base64.b64encode(bytes(der)).decode()))
+        request, expected = body(node.name, node.key, tampered), (400, "csr: its self-signature does not verify")
+    elif case == "two names":
+        request = body(node.name, node.key, new_csr(tmp_path, IDENTITY, ",DNS:reviews.default.svc"))
+        expected = 403, "DNS:reviews.default.svc"
+    elif case == "not JSON":
+        request, expected = b"{nope", (400, "the body is not JSON")
+    elif case == "too large":  # declared only: the server answers before reading a byte of it
+        request, expected = None, (413, "larger than 65536 bytes")
+    else:  # revoked: the node's registration deleted, as renewal_absent.yml does
+        request = body(node.name, node.key, good_csr)
+        (pki.state / "nodes" / f"{node.name}.json").unlink()
+        expected = 403, f"node {node.name} is not registered"
+    before = server.signed()
+    status, answer = call(server, "POST", "/v1/sign", request, declared_length=70000 if request is None else None)
+    assert (status, "chain" in answer) == (expected[0], False), answer
+    assert expected[1] in answer["error"] and "\n" not in answer["error"]
+    assert server.signed() == before
+    assert re.search(r"refused %d: .*%s" % (expected[0], re.escape(expected[1])), server.log_text())
+
+
+def test_server_caps_requests_per_node(pki, tmp_path):
+    state = tmp_path / "state"
+    shutil.copytree(pki.state, state, ignore=shutil.ignore_patterns("nonces.json"))
+    key = tmp_path / "node.key"
+    register(state, "busy", IDENTITY, new_key(key))
+    with ca_server(pki, state, max_requests_per_node=2) as running:
+        answers = [call(running, "POST", "/v1/sign", body("busy", key, new_csr(tmp_path, IDENTITY)))
+                   for _ in range(3)]
+        assert [status for status, _ in answers] == [200, 200, 429]
+        assert "made 2 requests in the last 600 s (at most 2)" in answers[2][1]["error"]
+        assert running.signed() == 2
+    # nonces outlive a restart: the first request replayed to a new server process is refused
+    replay = body("busy", key, new_csr(tmp_path, IDENTITY))
+    with ca_server(pki, state, max_requests_per_node=5) as running:
+        assert call(running, "POST", "/v1/sign", replay)[0] == 200
+    with ca_server(pki, state, max_requests_per_node=5) as running:
+        status, answer = call(running, "POST", "/v1/sign", replay)
+        assert status == 403 and "a replayed request" in answer["error"] and running.signed() == 0
+
+
+def test_server_tls_certificate_names_the_ca_server(pki, server, tmp_path):
+    conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=tls_context(pki.bundle), timeout=10)
+    try:
+        conn.connect()
+        names = conn.sock.getpeercert()["subjectAltName"]
+    finally:
+        conn.close()
+    assert ("URI", SERVER_ID) in names and ("IP Address", "127.0.0.1") in names
+    assert server_cli(pki.config, "tls").stdout == "ok\n"  # nothing due: nothing issued again
+    # a client that trusts another root (another mesh) refuses the server at the handshake
+    other_root, _ = _user_root(tmp_path / "other")
+    other = ssl.create_default_context(cafile=str(other_root))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=other, timeout=10)
+        try:
+            conn.connect()
+        finally:
+            conn.close()
+
+
+# --- the agent, end to end -------------------------------------------------------------------------------------
+
+
+def issue_with_ansible(pki: Pki, certs: Path, lifetime: int) -> list[dict]:
+    """A certificate the way the identity role issues one today (key and CSR here, the root signs, one swap)."""
+    return [ok(r) for r in play(pki.base, [
+        {"vmesh_ca": {"path": str(pki.ca)}},
+        {"vmesh_workload_key": {"path": str(certs), "identity": IDENTITY, "owner": OWNER, "group": GROUP,
+                                "force": True}},
+        {"vmesh_ca_sign": {"path": str(pki.ca), "csr": "{{ r1.csr }}", "identity": IDENTITY,
+                           "lifetime_hours": lifetime}},
+        {"vmesh_workload_cert": {"path": str(certs), "chain": "{{ r2.chain }}", "trust_bundle": "{{ r0.trust_bundle }}",
+                                 "owner": OWNER, "group": GROUP}},
+    ])]
+
+
+def agent(config: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([TARGET_PYTHON, str(AGENT), "--config", str(config), *args], capture_output=True,
+                          text=True, env=ENV, timeout=120)
+
+
+def agent_config(folder: Path, running: Running, certs: Path, node: Node, **settings) -> Path:
+    path = folder / f"renew-{secrets.token_hex(3)}.json"
+    path.write_text(json.dumps({"server": f"https://127.0.0.1:{running.port}", "node": node.name,
+                                "cert_dir": str(certs), "identity": node.identity, "node_key": str(node.key),
+                                "owner": OWNER, "group": GROUP, **settings}))
+    return path
+
+
+def in_force(certs: Path) -> dict:
+    return {"version": os.readlink(certs / "..data"), "chain": (certs / "cert-chain.pem").read_text(),
+            "key": (certs / "key.pem").read_text(), "bundle": (certs / "root-cert.pem").read_text()}
+
+
+def test_agent_renews_a_due_certificate_then_finds_nothing_due(pki, server, tmp_path):
+    # a 1-hour certificate from the root, as Ansible issues them today: due with renew_ratio 0.99, and not from
+    # the CA server's intermediate
+    certs = tmp_path / "certs"
+    issued = issue_with_ansible(pki, certs, lifetime=1)
+    before = in_force(certs)
+    # the node key made by the module and registered, as renewal.yml does
+    node = Node(name="vm-e2e", key=tmp_path / "node" / "node-key.pem", identity=IDENTITY)
+    (made,) = play(pki.base, [{"vmesh_node_key": {"path": str(node.key), "owner": OWNER, "group": GROUP}}])
+    register(pki.state, node.name, IDENTITY, ok(made)["public_key"])
+    config = agent_config(tmp_path, server, certs, node, renew_ratio=0.99)
+
+    first = agent(config)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("renewed: serial ")
+    assert "(was %s; expiring, issuer)" % issued[3]["serial"] in first.stdout
+    after = in_force(certs)
+    # a new version through the ..data swap: new serial and key, same identity, same bundle, verifies
+    assert after["version"] != before["version"] and re.fullmatch(r"\.\.\d{8}T\d{6}\.[0-9a-f]{6}", after["version"])
+    assert after["chain"] != before["chain"] and after["key"] != before["key"] and after["bundle"] == before["bundle"]
+    assert {n: os.readlink(certs / n) for n in ("cert-chain.pem", "key.pem", "root-cert.pem")} == {
+        n: f"..data/{n}" for n in ("cert-chain.pem", "key.pem", "root-cert.pem")}
+    assert sorted(p.name for p in certs.iterdir()) == sorted(
+        [after["version"], "..data", "cert-chain.pem", "key.pem", "root-cert.pem"])  # pending/ and old version gone
+    assert f"URI:{IDENTITY}" in ext(after["chain"], "subjectAltName")
+    assert openssl("pkey", "-in", str(certs / "key.pem"), "-pubout") == openssl(
+        "x509", "-noout", "-pubkey", "-in", str(certs / "cert-chain.pem"))
+    assert verify_chain(after["chain"], certs / "root-cert.pem", tmp_path).returncode == 0
+    assert mode(certs / "key.pem") == 0o600 and mode(certs / "cert-chain.pem") == 0o644 and mode(certs) == 0o750
+    serial = re.search(r"renewed: serial (\w+)", first.stdout).group(1)
+    assert f"node={node.name} signed serial={serial}" in server.log_text()
+
+    second = agent(config)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.startswith(f"ok: serial {serial} valid until ") and "due " in second.stdout
+    assert in_force(certs) == after
+    assert_no_private_key(pki.base, certs / "key.pem", node.key, pki.state / "intermediate-key.pem")
+
+
+def test_agent_fails_clearly_and_changes_nothing(pki, server, node, tmp_path):
+    certs = tmp_path / "certs"
+    issue_with_ansible(pki, certs, lifetime=1)
+    before = in_force(certs)
+    # the node asks for an identity it is not registered for: refused, nothing installed
+    moved = agent(agent_config(tmp_path, server, certs, Node(node.name, node.key, OTHER)))
+    assert moved.returncode == 1 and moved.stdout == ""
+    assert f"refused (403): csr: asks for subjectAltName URI:{OTHER}, but this node may only have" in moved.stderr
+    assert in_force(certs) == before
+    # a server the installed bundle does not trust (another mesh's root): refused at the handshake
+    version = certs / before["version"]
+    os.chmod(version / "root-cert.pem", 0o644)
+    (version / "root-cert.pem").write_text(_user_root(tmp_path / "other")[0].read_text())
+    untrusted = agent(agent_config(tmp_path, server, certs, node, renew_ratio=0.99))
+    assert untrusted.returncode == 1 and "does not verify against the trust bundle" in untrusted.stderr
+    # nothing due and the server unreachable: a warning, exit 0
+    (version / "root-cert.pem").write_text(before["bundle"])
+    quiet = agent(agent_config(tmp_path, Running(free_port(), server.log, server.state, server.bundle), certs, node))
+    assert quiet.returncode == 0 and quiet.stdout.startswith("ok: ") and "not reachable" in quiet.stdout
+    assert "warning: cannot ask the CA server for its intermediate" in quiet.stderr
+    assert os.readlink(certs / "..data") == before["version"]
+
+
+# --- the modules ---------------------------------------------------------------------------------------------------
+
+
+def test_node_key_four_steps(tmp_path):
+    key = tmp_path / "node" / "node-key.pem"
+    task = [{"vmesh_node_key": {"path": str(key), "owner": OWNER, "group": GROUP}}]
+    (checked,) = play(tmp_path, task, check=True)
+    assert ok(checked)["changed"] is True and checked["reason"] == "missing" and checked["public_key"] == ""
+    assert not key.parent.exists()
+    (applied,) = play(tmp_path, task)
+    assert ok(applied)["changed"] is True and applied["reason"] == "missing"
+    assert mode(key) == 0o600 and mode(key.parent) == 0o700
+    assert applied["public_key"] == openssl("pkey", "-in", str(key), "-pubout").strip()
+    assert "prime256v1" in openssl("pkey", "-in", str(key), "-noout", "-text_pub")
+    assert len(applied["fingerprint"]) == 64
+    content = key.read_bytes()
+    for check in (True, False):
+        (again,) = play(tmp_path, task, check=check)
+        assert ok(again)["changed"] is False and again["public_key"] == applied["public_key"]
+    assert key.read_bytes() == content
+    # a wrong mode is corrected, the key kept; force makes a new one
+    os.chmod(key, 0o644)
+    (fixed,) = play(tmp_path, task)
+    assert ok(fixed)["reason"] == "attributes" and mode(key) == 0o600 and key.read_bytes() == content
+    (forced,) = play(tmp_path, [{"vmesh_node_key": {"path": str(key), "owner": OWNER, "group": GROUP, "force": True}}])
+    assert ok(forced)["changed"] is True and forced["public_key"] != applied["public_key"]
+    key.write_text("not a key\n")
+    (broken,) = play(tmp_path, task)
+    assert broken["failed"] is True and "not a private key openssl can read" in broken["msg"]
+    assert_no_private_key(tmp_path)
+
+
+def test_sign_intermediate_four_steps_and_after_a_root_rotation(tmp_path):
+    ca, state = tmp_path / "ca", tmp_path / "state"
+    state.mkdir(mode=0o700)
+    config = write_server_config(tmp_path / "server.json", state)
+    tasks = ca_server_tasks(ca, state, config)
+    key_tasks = tasks[:3]
+    made = [ok(r) for r in play(tmp_path, key_tasks)]  # the root and the intermediate's key exist from here
+    assert made[1]["changed"] is True and "BEGIN CERTIFICATE REQUEST" in made[2]["stdout"]
+
+    checked = play(tmp_path, key_tasks + [tasks[3]], check=True)[3]
+    assert ok(checked)["changed"] is True and checked["issued"] is True and checked["certificate"] == ""
+    assert checked["reasons"] == ["missing"] and checked["diff"]["after"]["fingerprint"] == "(new)"
+
+    applied = [ok(r) for r in play(tmp_path, tasks)]
+    signed = applied[3]
+    assert signed["changed"] is True and signed["issued"] is True and count_certs(signed["certificate"]) == 1
+    assert signed["trust_bundle"] == (ca / "root-cert.pem").read_text()
+    details = ext(signed["certificate"], "basicConstraints,keyUsage,nameConstraints")
+    assert "critical" in details and "CA:TRUE, pathlen:0" in details and "Certificate Sign, CRL Sign" in details
+    assert "Permitted:" in details and "URI:cluster.local" in details
+    subject = openssl("x509", "-noout", "-nameopt", "RFC2253", "-subject", "-issuer", data=signed["certificate"])
+    assert "subject=CN=vmesh CA server (cluster.local),O=cluster.local" in subject
+    assert "issuer=CN=vmesh root CA (cluster.local),O=cluster.local" in subject
+    # its key is the one born in the state directory
+    assert openssl("x509", "-noout", "-pubkey", data=signed["certificate"]) == openssl(
+        "pkey", "-in", str(state / "intermediate-key.pem"), "-pubout")
+
+    for check in (True, False):
+        again = [ok(r) for r in play(tmp_path, tasks, check=check)]
+        assert [r["changed"] for r in again] == [False] * 6
+        assert again[3]["issued"] is False and again[3]["certificate"] == signed["certificate"]
+    assert (state / "intermediate-cert.pem").read_text() == signed["certificate"]
+
+    # after a root rotation the same key gets a certificate from the new root
+    rotated = [ok(r) for r in play(tmp_path, [{"vmesh_ca": {"path": str(ca), "rotate": True}}] + tasks[1:])]
+    assert rotated[3]["changed"] is True and rotated[3]["reasons"] == ["issuer"]
+    assert count_certs(rotated[3]["trust_bundle"]) == 2
+    assert openssl("x509", "-noout", "-pubkey", data=rotated[3]["certificate"]) == openssl(
+        "pkey", "-in", str(state / "intermediate-key.pem"), "-pubout")
+    assert_no_private_key(tmp_path, ca / "root-key.pem", state / "intermediate-key.pem")
