@@ -423,6 +423,23 @@ def test_agent_renews_a_due_certificate_then_finds_nothing_due(pki, server, tmp_
     assert_no_private_key(pki.base, certs / "key.pem", node.key, pki.state / "intermediate-key.pem")
 
 
+def test_two_agents_at_once_renew_once(pki, server, tmp_path):
+    """The timer's run and one started by Ansible at the same moment: one renews, the other waits for it and
+    then finds nothing due (they share pending/, so they must not interleave)."""
+    certs = tmp_path / "certs"
+    issue_with_ansible(pki, certs, lifetime=1)
+    node = Node(name="vm-twice", key=tmp_path / "node" / "node-key.pem", identity=IDENTITY)
+    (made,) = play(pki.base, [{"vmesh_node_key": {"path": str(node.key), "owner": OWNER, "group": GROUP}}])
+    register(pki.state, node.name, IDENTITY, ok(made)["public_key"])
+    config = agent_config(tmp_path, server, certs, node, renew_ratio=0.99)
+    runs = [subprocess.Popen([TARGET_PYTHON, str(AGENT), "--config", str(config)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=ENV) for _ in range(2)]
+    outs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outs
+    assert sorted(out.split(":")[0] for out, _ in outs) == ["ok", "renewed"], outs
+    assert verify_chain(in_force(certs)["chain"], certs / "root-cert.pem", tmp_path).returncode == 0
+
+
 def test_agent_fails_clearly_and_changes_nothing(pki, server, node, tmp_path):
     certs = tmp_path / "certs"
     issue_with_ansible(pki, certs, lifetime=1)
