@@ -14,7 +14,7 @@ setup:
 image: setup
 	vmesh lab image
 
-## The demo: six Bookinfo VMs and an ingress VM, the mesh on them, and traffic a person can see. The VMs stay up.
+## The demo: six Bookinfo VMs, an ingress VM and the online CA VM, the mesh (STRICT mTLS) on them, and traffic a person can see. The VMs stay up.
 demo: image
 	scripts/demo-certs.sh
 	vmesh lab up --inventory $(INVENTORY)
