@@ -1,0 +1,292 @@
+"""Canary rollouts driven from the inventory: the stages, and the judgement of each stage from what the sidecars
+measured.
+
+The inventory declares a rollout per service (mesh-wide ``vmesh_rollouts``)::
+
+    vmesh_rollouts:
+      reviews:
+        stable: v1            # the version label of the hosts that serve now
+        canary: v3            # the version label of the new hosts
+        steps: [5, 25, 50, 100]
+        step_seconds: 60
+        mirror: 20            # optional first stage: copies of 20 % of requests to the canary, answers discarded
+        match:                # optional stage: only these requests reach the canary (dark launch)
+          - headers: {end-user: {exact: jason}}
+        analysis: {success_rate: 99, p99_ms: 500, min_requests: 20, max_failed_checks: 1}
+
+Pure Python, no I/O: the canary playbook reads Envoy's statistics on the client hosts and hands them here.
+Metrics are those of the client-side sidecars: the subset clusters ``outbound|PORT|SUBSET|FQDN`` count every
+request sent to each version (``upstream_rq_completed``, ``upstream_rq_5xx``) and time it
+(``upstream_rq_time``, a histogram in milliseconds). A stage is judged on the difference between two snapshots,
+so counts from before the stage never blur it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Iterable, Mapping
+
+from vmesh.errors import MeshError
+from vmesh.registry import Registry
+
+# Flagger's defaults: request success rate at least 99 %, p99 latency at most 500 ms.
+DEFAULT_ANALYSIS = {"success_rate": 99.0, "p99_ms": 500.0, "min_requests": 20, "max_failed_checks": 1}
+DEFAULT_STEPS = (5, 25, 50, 100)
+DEFAULT_STEP_SECONDS = 60
+SETTINGS = ("stable", "canary", "steps", "step_seconds", "mirror", "match", "analysis", "label")
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    success_rate: float  # percent of non-5xx answers, at least
+    p99_ms: float  # 99th percentile of the request time, at most
+    min_requests: int  # fewer requests than this to the canary in a stage: the stage cannot be judged (a failed check)
+    max_failed_checks: int  # this many failed checks roll back
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+    service: str  # the inventory's vmesh_service
+    fqdn: str
+    label: str  # the label that tells versions apart
+    stable: str
+    canary: str
+    steps: tuple[int, ...]
+    step_seconds: int
+    mirror: int | None
+    match: tuple[dict[str, Any], ...]
+    analysis: Analysis
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str  # "mirror 20%", "match", "5%", ... as the report shows it
+    weight: int  # percent of the default route that goes to the canary
+    mirror: int  # percent of requests copied to the canary
+    match: tuple[dict[str, Any], ...]  # requests that go to the canary whatever the weight
+
+
+def _err(field: str, message: str) -> MeshError:
+    return MeshError(message, file="inventory", field=field)
+
+
+def _number(value: Any, field: str, *, minimum: float, maximum: float | None = None, integer: bool = False) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise _err(field, f"expected {'a whole number' if integer else 'a number'}, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"{minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+        raise _err(field, f"expected {bound}, got {value!r}")
+    return value
+
+
+def _analysis(value: Any, field: str) -> Analysis:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise _err(field, "expected a mapping such as {success_rate: 99, p99_ms: 500}")
+    unknown = sorted(set(value) - set(DEFAULT_ANALYSIS))
+    if unknown:
+        raise _err(f"{field}.{unknown[0]}", f"unknown setting (known: {', '.join(DEFAULT_ANALYSIS)})")
+    merged = {**DEFAULT_ANALYSIS, **value}
+    return Analysis(
+        float(_number(merged["success_rate"], f"{field}.success_rate", minimum=0, maximum=100)),
+        float(_number(merged["p99_ms"], f"{field}.p99_ms", minimum=0)),
+        _number(merged["min_requests"], f"{field}.min_requests", minimum=1, integer=True),
+        _number(merged["max_failed_checks"], f"{field}.max_failed_checks", minimum=1, integer=True))
+
+
+def _steps(value: Any, field: str) -> tuple[int, ...]:
+    if value is None:
+        return DEFAULT_STEPS
+    if not isinstance(value, list) or not value:
+        raise _err(field, "expected a list of canary weights in percent, such as [5, 25, 50, 100]")
+    steps = tuple(_number(v, f"{field}[{i}]", minimum=1, maximum=100, integer=True) for i, v in enumerate(value))
+    for i in range(1, len(steps)):
+        if steps[i] <= steps[i - 1]:
+            raise _err(f"{field}[{i}]", f"weights must grow step by step ({steps[i - 1]} then {steps[i]})")
+    if steps[-1] != 100:
+        raise _err(field, f"the last step must be 100 (the canary takes all traffic before promotion), got {steps[-1]}")
+    return steps
+
+
+def parse(settings: Any, registry: Registry) -> dict[str, Rollout]:
+    """``vmesh_rollouts`` -> {service name: Rollout}, or MeshError naming the setting."""
+    if settings is None:
+        return {}
+    if not isinstance(settings, dict):
+        raise _err("vmesh_rollouts", "expected a mapping of service name to rollout, such as {reviews: {stable: v1, "
+                                     "canary: v3}}")
+    rollouts = {}
+    for name, value in sorted(settings.items()):
+        field = f"vmesh_rollouts.{name}"
+        services = [s for s in registry.services.values() if s.entry is None and s.name == name]
+        if not services:
+            known = ", ".join(sorted({s.name for s in registry.services.values() if s.entry is None})) or "none"
+            raise _err(field, f"{name!r} is not a service in the inventory (services: {known})")
+        if len(services) > 1:
+            raise _err(field, f"{name!r} is a service in several namespaces; vmesh rolls out one at a time")
+        service = services[0]
+        if not isinstance(value, dict):
+            raise _err(field, "expected a mapping with stable, canary and steps")
+        unknown = sorted(set(value) - set(SETTINGS))
+        if unknown:
+            raise _err(f"{field}.{unknown[0]}", f"unknown setting (known: {', '.join(SETTINGS)})")
+        label = value.get("label", "version")
+        if not isinstance(label, str) or not label:
+            raise _err(f"{field}.label", f"expected a label name, got {label!r}")
+        versions = {w.labels.get(label) for w in service.workloads}
+        for role in ("stable", "canary"):
+            version = value.get(role)
+            if not isinstance(version, str) or not version:
+                raise _err(f"{field}.{role}", f"expected the {label} label of the {role} hosts, such as v1")
+            if version not in versions:
+                have = ", ".join(sorted(v for v in versions if v)) or "none"
+                raise _err(f"{field}.{role}", f"no host of {name} has {label}: {version} (they have: {have}); "
+                                              f"provision the {role} hosts first")
+        if value["stable"] == value["canary"]:
+            raise _err(f"{field}.canary", f"the canary is the stable version ({value['canary']}): nothing to roll out")
+        mirror = value.get("mirror")
+        if mirror is not None:
+            mirror = _number(mirror, f"{field}.mirror", minimum=1, maximum=100, integer=True)
+        match = value.get("match") or []
+        if not isinstance(match, list) or not all(isinstance(m, dict) and m for m in match):
+            raise _err(f"{field}.match", "expected a list of Istio HTTP match blocks, such as "
+                                         "[{headers: {end-user: {exact: jason}}}]")
+        seconds = _number(value.get("step_seconds", DEFAULT_STEP_SECONDS), f"{field}.step_seconds", minimum=1,
+                          integer=True)
+        rollouts[name] = Rollout(name, service.fqdn, label, value["stable"], value["canary"],
+                                 _steps(value.get("steps"), f"{field}.steps"), seconds, mirror, tuple(match),
+                                 _analysis(value.get("analysis"), f"{field}.analysis"))
+    return rollouts
+
+
+def stages(rollout: Rollout) -> list[Stage]:
+    """Mirror first, then the matched requests alone, then the weights; the matched requests keep going to the
+    canary through the weighted steps."""
+    out = []
+    if rollout.mirror:
+        out.append(Stage(f"mirror {rollout.mirror}%", 0, rollout.mirror, ()))
+    if rollout.match:
+        out.append(Stage("match", 0, 0, rollout.match))
+    out += [Stage(f"{weight}%", weight, 0, rollout.match) for weight in rollout.steps]
+    return out
+
+
+# --- what the sidecars measured -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Measure:
+    """Requests one version got, from all client sidecars together: counts and the request-time histogram
+    (cumulative counts per upper bound in ms)."""
+
+    requests: int = 0
+    errors: int = 0  # 5xx answers
+    buckets: tuple[tuple[float, int], ...] = ()
+
+    def __sub__(self, earlier: Measure) -> Measure:
+        before = dict(earlier.buckets)
+        return Measure(self.requests - earlier.requests, self.errors - earlier.errors,
+                       tuple((bound, count - before.get(bound, 0)) for bound, count in self.buckets))
+
+    def __add__(self, other: Measure) -> Measure:
+        merged: dict[float, int] = dict(self.buckets)
+        for bound, count in other.buckets:
+            merged[bound] = merged.get(bound, 0) + count
+        return Measure(self.requests + other.requests, self.errors + other.errors, tuple(sorted(merged.items())))
+
+    @property
+    def success_rate(self) -> float | None:
+        return None if self.requests <= 0 else 100.0 * (self.requests - self.errors) / self.requests
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile of the request time in ms, interpolated inside its bucket (as Prometheus does)."""
+        total = self.buckets[-1][1] if self.buckets else 0
+        if total <= 0:
+            return None
+        rank = q * total
+        lower_bound, lower_count = 0.0, 0
+        for bound, count in self.buckets:
+            if count >= rank:
+                if count == lower_count:
+                    return bound
+                return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
+            lower_bound, lower_count = bound, count
+        return math.inf  # beyond Envoy's largest bound
+
+
+def cluster_name(rollout: Rollout, port: int, version: str) -> str:
+    """The client-side cluster of one version: the subset named after the version (the canary playbook keeps
+    subsets named like the versions, as Bookinfo's rules do)."""
+    return f"outbound|{port}|{version}|{rollout.fqdn}"
+
+
+def measure(stats: Iterable[Mapping[str, Any]], cluster: str) -> Measure:
+    """One version's Measure from the ``/stats?format=json&histogram_buckets=cumulative`` answers of several
+    sidecars (counters Envoy has not created yet count as 0)."""
+    total = Measure()
+    prefix = f"cluster.{cluster}."
+    for answer in stats:
+        counters: dict[str, int] = {}
+        buckets: tuple[tuple[float, int], ...] = ()
+        for item in answer.get("stats", []):
+            if "name" in item and str(item["name"]).startswith(prefix):
+                counters[item["name"][len(prefix):]] = int(item.get("value", 0))
+            for histogram in (item.get("histograms") or []) if isinstance(item.get("histograms"), list) else []:
+                if histogram.get("name") == prefix + "upstream_rq_time":
+                    buckets = tuple((float(b["upper_bound"]), int(b["cumulative"])) for b in histogram["buckets"])
+        total = total + Measure(counters.get("upstream_rq_completed", 0), counters.get("upstream_rq_5xx", 0), buckets)
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    name: str  # "requests", "success rate", "p99 latency"
+    value: float | None
+    threshold: float
+    passed: bool
+
+    def describe(self) -> str:
+        if self.value is None:
+            shown = "none"
+        else:
+            shown = f"{self.value:.1f}" if isinstance(self.value, float) else str(self.value)
+        relation = {"requests": ">=", "success rate": ">=", "p99 latency": "<="}[self.name]
+        unit = {"requests": "", "success rate": " %", "p99 latency": " ms"}[self.name]
+        return f"{self.name} {shown}{unit} (needs {relation} {self.threshold:g}{unit})"
+
+
+def judge(canary: Measure, analysis: Analysis) -> list[Check]:
+    """The checks of one stage, on what the canary got in it."""
+    rate, p99 = canary.success_rate, canary.quantile(0.99)
+    return [
+        Check("requests", canary.requests, analysis.min_requests, canary.requests >= analysis.min_requests),
+        Check("success rate", rate, analysis.success_rate, rate is not None and rate >= analysis.success_rate),
+        Check("p99 latency", p99, analysis.p99_ms, p99 is not None and p99 <= analysis.p99_ms),
+    ]
+
+
+def report(history: list[Mapping[str, Any]]) -> str:
+    """The steps as a table: one row per stage, with each version's numbers and the verdict."""
+    header = ("stage", "canary rq", "canary ok %", "canary p99 ms", "stable rq", "stable ok %", "stable p99 ms",
+              "verdict")
+    rows = [header]
+    for entry in history:
+        cells = [entry["stage"]]
+        for side in ("canary", "stable"):
+            numbers = entry.get(side, {})
+            cells += [str(numbers.get("requests", "")), _cell(numbers.get("success_rate")),
+                      _cell(numbers.get("p99_ms"))]
+        cells.append(entry.get("verdict", ""))
+        rows.append(tuple(cells))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _cell(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "inf" if value == math.inf else f"{value:.1f}"
