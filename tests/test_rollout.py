@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from conftest import bookinfo_hosts
-from vmesh import registry as registry_mod
-from vmesh import rollout
+from conftest import DATA, bookinfo_hosts, destination_rules, resources
+from vmesh import istio, registry as registry_mod, rollout
+from vmesh.compile import render_host
 from vmesh.errors import MeshError
 
 REGISTRY = registry_mod.build(bookinfo_hosts())
@@ -123,3 +123,64 @@ def test_report_is_a_table_of_the_steps():
     assert lines[0].split()[:3] == ["stage", "canary", "rq"] and set(lines[1]) <= {"-", " "}
     assert lines[2].split() == ["5%", "21", "100.0", "12.5", "400", "100.0", "9.9", "passed"]
     assert lines[3].split() == ["25%", "100", "80.0", "inf", "300", "-", "-", "failed:", "success", "rate"]
+
+
+# --- a stage's routing, compiled -------------------------------------------------------------------------------------
+
+JASON = {"headers": {"end-user": {"exact": "jason"}}}
+ALL_V1 = (DATA / "bookinfo" / "virtual-service-all-v1.yaml").read_text()
+
+
+def compiled_routes(stage_index: int, *docs: str, with_rules: bool = True, **settings) -> list[dict]:
+    r = parse({"reviews": {"stable": "v1", "canary": "v3", "steps": [25, 100], **settings}})["reviews"]
+    stage = rollout.stages(r)[stage_index]
+    sources = ([destination_rules()] if with_rules else []) + [(f"mesh/doc{i}.yaml", t) for i, t in enumerate(docs)]
+    mesh = istio.build(bookinfo_hosts(), sources, rollouts={"reviews": (r, stage)})
+    (config,) = resources(render_host(mesh, "productpage-v1").files, f"rds_outbound_9080__{FQDN}.json")
+    return config["virtual_hosts"][0]["routes"]
+
+
+def clusters_of(route: dict) -> dict[str, int]:
+    target = route["route"]
+    if "weighted_clusters" in target:
+        return {c["name"].split("|")[2]: c["weight"] for c in target["weighted_clusters"]["clusters"]}
+    return {target["cluster"].split("|")[2]: 100}
+
+
+def test_a_weighted_stage_replaces_the_services_own_routes():
+    (route,) = compiled_routes(0, ALL_V1)  # the user's all-v1 rule goes aside while the rollout runs
+    assert clusters_of(route) == {"v1": 75, "v3": 25}
+    (route,) = compiled_routes(1, ALL_V1)
+    assert clusters_of(route) == {"v3": 100}
+
+
+def test_match_and_mirror_stages():
+    mirror, match, first, last = (compiled_routes(i, mirror=20, match=[JASON]) for i in range(4))
+    (route,) = mirror
+    assert clusters_of(route) == {"v1": 100}
+    (policy,) = route["route"]["request_mirror_policies"]
+    assert policy["cluster"] == f"outbound|9080|v3|{FQDN}"
+    assert policy["runtime_fraction"]["default_value"] == {"numerator": 200000, "denominator": "MILLION"}  # 20 %
+    jason, rest = match
+    assert jason["match"]["headers"][0]["name"] == "end-user" and clusters_of(jason) == {"v3": 100}
+    assert clusters_of(rest) == {"v1": 100}
+    assert clusters_of(first[0]) == {"v3": 100} and clusters_of(first[1]) == {"v1": 75, "v3": 25}
+
+
+def test_subsets_are_added_when_there_is_no_destination_rule():
+    (route,) = compiled_routes(0, with_rules=False)
+    assert clusters_of(route) == {"v1": 75, "v3": 25}
+
+
+def test_a_subset_named_after_a_version_must_select_it():
+    wrong = """apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+  - {name: v3, labels: {version: v2}}
+"""
+    expected = "DestinationRule/reviews: spec.subsets: subset 'v3' does not select version: v3"
+    with pytest.raises(MeshError, match=expected):
+        compiled_routes(0, wrong, with_rules=False)

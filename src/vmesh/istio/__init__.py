@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from vmesh import registry as registry_mod
+from vmesh import rollout as rollout_mod
 from vmesh.documents import Document, load_sources
 from vmesh.errors import MeshError, MeshErrors
 from vmesh.istio import destinationrule, envoyfilter, gateway as gateway_mod, serviceentry
@@ -95,13 +96,17 @@ def _check_destinations(vs: VirtualService, rules: dict[str, DestinationRule]) -
 
 
 def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]], *,
-          later_replaces: bool = False) -> Mesh:
+          later_replaces: bool = False, rollouts: Mapping[str, tuple[Any, Any]] | None = None) -> Mesh:
     """Inventory host variables + (file, text) sources of Istio YAML -> the validated Mesh.
 
+    ``rollouts``: {service: (Rollout, Stage)} of the canary rollouts under way; their stages' routing replaces
+    those services' own (see :func:`vmesh.rollout.override`).
     Raises MeshError (or MeshErrors with every mistake found) naming file, document and field.
     """
     registry = registry_mod.build(hosts)
     docs = load_sources(sources, later_replaces=later_replaces)
+    if rollouts:
+        docs = rollout_mod.override(docs, rollouts, registry)
     errors: list[MeshError] = []
     entries = []
     gateways: dict[str, Gateway] = {}
