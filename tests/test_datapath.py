@@ -124,31 +124,3 @@ def test_the_proxy_users_own_connections_are_not_captured_again(mesh):
     with pytest.raises(ConnectionError):
         mesh.tcp("client", mesh.resolve("client", "reviews"), 9080, b"", timeout=1, uid=1337)
 
-
-ALL_MTLS = ("mesh/destination-rule-all-mtls.yaml", (DATA / "bookinfo" / "destination-rule-all-mtls.yaml").read_text())
-STRICT = ("mesh/strict.yaml", """apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: istio-system}
-spec:
-  mtls: {mode: STRICT}
-""")
-
-
-def test_bookinfo_with_istios_all_mtls_rules_and_strict_mtls(netmesh_module):
-    """Istio's destination-rule-all-mtls.yaml (ISTIO_MUTUAL to every service) with mesh-wide STRICT: the page
-    comes together over mTLS on every hop, and a host outside the mesh gets nothing in plaintext."""
-    hosts = bookinfo_hosts()
-    hosts["outside"] = {"netmesh_outside": True}
-    mesh = netmesh_module(hosts, [ALL_MTLS, STRICT])
-    for host in bookinfo_hosts():
-        mesh.start_bookinfo(host)
-    handshakes = "listener.0.0.0.0_15006.ssl.handshake"
-    before = {host: _counter(mesh, host, handshakes) for host in bookinfo_hosts()}
-    pages = mesh.sample("productpage-v1", "http://productpage:9080/productpage", 12)
-    assert {status for status, _ in pages} == {200}, pages
-    page = mesh.request("productpage-v1", "http://productpage:9080/productpage?u=normal")
-    assert "Book Details" in page.text and "Reviews served by" in page.text, page
-    grown = {host for host in bookinfo_hosts() if _counter(mesh, host, handshakes) > before[host]}
-    assert grown == set(bookinfo_hosts()), grown  # every server, ratings included, took mTLS
-    refused = mesh.request("outside", f"http://{mesh.address('reviews-v1')}:9080/reviews/0")
-    assert refused.status == 0, refused
