@@ -39,9 +39,9 @@ RETURN = r"""
 _value:
   description: >-
     C({host: {files: {name: text}, validation: text, hosts_entries: [line], edge_ports: [port],
-    credentials: [name], identity: spiffe-uri, certs_dir: path}}) plus C(_warnings). C(edge_ports) are the ports a
-    Gateway host listens on (kept out of inbound capture); C(credentials) the Gateway credentialNames whose files
-    the host needs; C(identity) the SPIFFE id its mesh certificate must carry, read by Envoy from C(certs_dir).
+    credentials: [name], identity: spiffe-uri}}) plus C(_warnings). C(edge_ports) are the ports a Gateway host
+    listens on (kept out of inbound capture); C(credentials) the Gateway credentialNames whose files the host
+    needs; C(identity) the SPIFFE id its mesh certificate must carry.
   type: dict
 """
 
@@ -79,8 +79,7 @@ def vmesh_compile(sources, hostvars, hosts):
     except MeshError as exc:
         raise AnsibleFilterError(f"vmesh_compile: {exc}") from exc
     out = {host: {"files": c.files, "validation": c.validation, "hosts_entries": c.hosts_entries,
-                  "edge_ports": c.edge_ports, "credentials": c.credentials, "identity": c.identity,
-                  "certs_dir": c.certs_dir}
+                  "edge_ports": c.edge_ports, "credentials": c.credentials, "identity": c.identity}
            for host, c in configs.items()}
     out["_warnings"] = mesh.warnings
     return out

@@ -30,11 +30,11 @@ import hashlib
 import os
 import re
 import secrets
-import tempfile
 import traceback
 from dataclasses import dataclass, field
 
 from ansible.module_utils.vmesh_certs import CertError, parse_identity
+from ansible.module_utils.vmesh_certs import write_file as certs_write_file
 
 try:
     from cryptography import x509
@@ -516,22 +516,12 @@ def apply(path, the_plan, trust_domain, key_type, root_days, intermediate_days, 
 
 
 def write_file(path, data, mode):
-    """Temp file in the same directory (created 0600), mode set, then rename(2): a key is never readable by
-    others, not even for a moment. Not ``module.atomic_move``, which gives a new file the umask's mode after the
-    move."""
-    fd, tmp = tempfile.mkstemp(prefix=".vmesh-", suffix=".tmp", dir=os.path.dirname(path))
+    """vmesh_certs' atomic writer (mode set before the rename, so a key is never readable by others), owned by
+    whoever runs the module."""
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.rename(tmp, path)
-    except OSError as exc:
-        raise CAError("%s: %s" % (path, exc.strerror)) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        certs_write_file(path, data, mode, os.geteuid(), os.getegid())
+    except CertError as exc:
+        raise CAError(str(exc)) from None
 
 
 def results(ca):

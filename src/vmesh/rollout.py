@@ -315,8 +315,9 @@ def override(docs: list[Document], active: Mapping[str, tuple[Rollout, Stage]],
     rules_seen: set[str] = set()
     for doc in docs:
         if doc.kind == "VirtualService" and doc.spec.get("gateways") in (None, [], ["mesh"]):
-            routed = _host_fqdns(doc, registry) & set(by_fqdn)
-            if routed and len(_host_fqdns(doc, registry)) > 1:
+            hosts = _host_fqdns(doc, registry)
+            routed = hosts & set(by_fqdn)
+            if routed and len(hosts) > 1:
                 host = sorted(routed)[0]
                 raise doc.error("spec.hosts", f"routes {host} and other hosts; give {host} a VirtualService of its "
                                               "own to roll it out")

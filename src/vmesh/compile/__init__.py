@@ -29,7 +29,6 @@ class HostConfig:
     edge_ports: list[int] = dataclasses.field(default_factory=list)  # a gateway's listening ports (not captured)
     credentials: list[str] = dataclasses.field(default_factory=list)  # credentialNames the gateway reads
     identity: str = ""  # the workload's SPIFFE id, the URI its mesh certificate carries
-    certs_dir: str = ""  # where Envoy reads that certificate, its key and the trust bundle
 
 
 def dumps(data: Any) -> str:
@@ -122,8 +121,7 @@ def render_host(mesh: Mesh, host: str) -> HostConfig:
         files[name] = _resources([secret])
     hosts_entries = [f"{s.vip} {' '.join(s.names_for(workload.namespace))}" for s in services if s.vip]
     return HostConfig(host, dict(sorted(files.items())), dumps(_validation_bundle(boot, lds, cds, rds, list(secrets.values()))),
-                      hosts_entries, edge.ports, sorted(edge.credentials), registry.identity(workload),
-                      workload.certs_dir)
+                      hosts_entries, edge.ports, sorted(edge.credentials), registry.identity(workload))
 
 
 def render_all(mesh: Mesh) -> dict[str, HostConfig]:

@@ -173,10 +173,10 @@ def authorization_filters(mesh: Mesh, workload: Workload, port: Port) -> list[di
     return build(policies, port, mesh.registry.trust_domain)
 
 
-def _inbound_filters(mesh: Mesh, workload: Workload, port: Port, stat_prefix: str, *,
+def _inbound_filters(workload: Workload, port: Port, stat_prefix: str, authorization: list[dict[str, Any]], *,
                      secure: bool) -> list[dict[str, Any]]:
     name = clusters.inbound_name(port.number)
-    authorization = authorization_filters(mesh, workload, port)
+    authorization = copy.deepcopy(authorization)  # each chain owns its filters (EnvoyFilter patches edit them)
     if not port.is_http:
         return authorization + [tcp_proxy(stat_prefix, name)]
     hcm = _hcm(stat_prefix, name, workload, inbound=True)
@@ -201,6 +201,7 @@ def inbound(mesh: Mesh, workload: Workload) -> dict[str, Any]:
         name = clusters.inbound_name(port.number)
         stat_prefix = f"inbound_0.0.0.0_{port.number}"
         mode = mesh.mtls_mode(workload, port.target_port)
+        authorization = authorization_filters(mesh, workload, port)
         match: dict[str, Any] = {"destination_port": port.number}
         if mode != "DISABLE":
             inspected.append(port.number)
@@ -208,14 +209,14 @@ def inbound(mesh: Mesh, workload: Workload) -> dict[str, Any]:
                                                                                         port.is_http),
                            "filter_chain_match": {**match, "transport_protocol": "tls",
                                                   "application_protocols": mtls.ISTIO_ALPNS},
-                           "filters": _inbound_filters(mesh, workload, port, stat_prefix, secure=True)})
+                           "filters": _inbound_filters(workload, port, stat_prefix, authorization, secure=True)})
         if mode == "STRICT":
             refused = [tcp_proxy(f"{stat_prefix}_plaintext_refused", BLACKHOLE)]
             chains.append({"name": f"{name}~refused", "filter_chain_match": match, "filters": refused})
             chains.append({"name": f"{name}~refused-tls", "filter_chain_match": {**match, "transport_protocol": "tls"},
                            "filters": refused})
             continue
-        plaintext = _inbound_filters(mesh, workload, port, stat_prefix, secure=False)
+        plaintext = _inbound_filters(workload, port, stat_prefix, authorization, secure=False)
         chains.append({"name": name, "filter_chain_match": match, "filters": plaintext})
         if mode == "PERMISSIVE":  # a client's own TLS (not the mesh's) reaches the app as it is
             chains.append({"name": f"{name}~tls", "filter_chain_match": {**match, "transport_protocol": "tls"},

@@ -42,8 +42,7 @@ class Mesh:
     def mtls_mode(self, workload: registry_mod.Workload, port: int | None) -> str:
         """DISABLE, PERMISSIVE or STRICT for one workload port (the port its app listens on); ``None``: the
         workload-wide mode, which also holds for ports it does not declare."""
-        return peerauthentication.mode_for(self.peer_authentications, workload.namespace, workload.labels,
-                                           port if port is not None else 0)
+        return peerauthentication.mode_for(self.peer_authentications, workload.namespace, workload.labels, port)
 
     def gateways_of(self, host: str) -> list[Gateway]:
         """The Gateways whose selector picks this host: it runs them as an edge proxy."""
@@ -171,10 +170,7 @@ def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]], 
         except MeshError as exc:
             errors.append(exc)
     try:
-        peerauthentication.check(peer_auths)
-        for workload in registry.workloads.values():
-            for port in (None,) + tuple(p.target_port for p in workload.ports):
-                peerauthentication.mode_for(peer_auths, workload.namespace, workload.labels, port or 0)
+        peerauthentication.check(peer_auths, registry.workloads.values())
     except MeshError as exc:
         errors.append(exc)
     if errors:

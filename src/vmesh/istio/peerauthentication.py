@@ -9,11 +9,13 @@ namespace, no selector); none at all means PERMISSIVE. ``UNSET`` inherits from t
 from __future__ import annotations
 
 import dataclasses
+from typing import Iterable
 
 from vmesh.documents import Document
 from vmesh.errors import MeshError
 from vmesh.istio.fields import Node, root
 from vmesh.istio.sidecar import ROOT_NAMESPACE
+from vmesh.registry import Workload
 
 MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
 DEFAULT_MODE = "PERMISSIVE"
@@ -67,9 +69,11 @@ def parse(doc: Document) -> PeerAuthentication:
     return PeerAuthentication(doc, selector, _mode(spec.get("mtls")), ports)
 
 
-def check(policies: list[PeerAuthentication]) -> None:
-    """At most one mesh-wide policy and one namespace-wide policy per namespace (Istio would pick the oldest;
-    vmesh has no creation times, so it refuses the ambiguity)."""
+def check(policies: list[PeerAuthentication], workloads: Iterable[Workload]) -> None:
+    """At most one mesh-wide policy, one namespace-wide policy per namespace, and one policy selecting each
+    workload (Istio would pick the oldest; vmesh has no creation times, so it refuses the ambiguity)."""
+    for workload in workloads:
+        _selecting(policies, workload.namespace, workload.labels)
     seen: dict[str, PeerAuthentication] = {}
     for policy in policies:
         if policy.selector is not None:
@@ -81,18 +85,25 @@ def check(policies: list[PeerAuthentication]) -> None:
                             "keep one", file=policy.doc.file, doc=policy.doc.ref, field="spec.selector")
 
 
-def mode_for(policies: list[PeerAuthentication], namespace: str, labels: dict[str, str], port: int) -> str:
-    """The effective mTLS mode of one workload port: DISABLE, PERMISSIVE or STRICT."""
+def _selecting(policies: list[PeerAuthentication], namespace: str, labels: dict[str, str]) -> list[PeerAuthentication]:
+    """The policy whose selector picks the workload (none or one: two are refused)."""
     own = [p for p in policies if p.selects(namespace, labels)]
     if len(own) > 1:
         first, second = own[:2]
         raise MeshError(f"{first.doc.ref} in {first.doc.file} already selects this workload (labels {labels}); "
                         "Istio would pick the oldest, vmesh needs one", file=second.doc.file, doc=second.doc.ref,
                         field="spec.selector")
+    return own
+
+
+def mode_for(policies: list[PeerAuthentication], namespace: str, labels: dict[str, str], port: int | None) -> str:
+    """The effective mTLS mode of one workload port (None: the workload-wide mode, which also holds for ports it
+    does not declare): DISABLE, PERMISSIVE or STRICT."""
+    own = _selecting(policies, namespace, labels)
     chain = own[:1]
     chain += [p for p in policies if p.selector is None and p.doc.namespace == namespace and not p.mesh_wide]
     chain += [p for p in policies if p.mesh_wide]
-    if own and port in own[0].ports and own[0].ports[port] != "UNSET":
+    if own and port is not None and own[0].ports.get(port, "UNSET") != "UNSET":
         return own[0].ports[port]
     for policy in chain:
         if policy.mode != "UNSET":
