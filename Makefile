@@ -6,7 +6,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR ?= 0
 
-.PHONY: setup image demo demo-traffic demo-down test test-unit lint clean
+.PHONY: setup image demo demo-traffic demo-canary demo-down test test-unit lint clean
 
 setup:
 	@scripts/setup.sh
@@ -24,6 +24,12 @@ demo: image
 
 demo-traffic:
 	@ansible-playbook -i $(INVENTORY) playbooks/demo-traffic.yml
+
+## A canary rollout of reviews v3 on the running demo (after `make demo`), under steady traffic; prints the step table.
+## Each run starts afresh: the demo's earlier rollout state is removed first.
+demo-canary: setup
+	rm -f $(INVENTORY)/rollouts/reviews.json $(INVENTORY)/rollouts/reviews.txt $(INVENTORY)/rollouts/reviews.png
+	ansible-playbook -i $(INVENTORY) playbooks/demo-canary.yml -e @examples/rollouts/reviews-v3.yml
 
 demo-down: setup
 	vmesh lab down --inventory $(INVENTORY)

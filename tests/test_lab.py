@@ -153,9 +153,9 @@ def test_read_inventory_ignores_a_stale_lab_hosts_file(tmp_path):
 
 
 def test_ignoring_lab_hosts_keeps_the_configured_ignore_patterns(monkeypatch):
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the checkout's ansible.cfg ignores ^(mesh|ca)$
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the checkout's ansible.cfg ignores ^(mesh|ca|rollouts)$
     patterns = lab._ignore_lab_hosts_env()["ANSIBLE_INVENTORY_IGNORE_REGEX"].split(",")
-    assert patterns == ["^(mesh|ca)$", r"^lab\-hosts\.yml$"]
+    assert patterns == ["^(mesh|ca|rollouts)$", r"^lab\-hosts\.yml$"]
 
 
 def test_check_lab_hosts_apply_finds_overrides(tmp_path):

@@ -184,3 +184,131 @@ spec:
     expected = "DestinationRule/reviews: spec.subsets: subset 'v3' does not select version: v3"
     with pytest.raises(MeshError, match=expected):
         compiled_routes(0, wrong, with_rules=False)
+
+
+# --- the state kept on the controller: start, stages judged one by one, rollback, promotion, resume, abort ----------
+
+STABLE = f"outbound|9080|v1|{FQDN}"
+SLOW = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 100, 100, 100]  # every request between 1 and 2.5 s
+
+
+def snapshot(canary: tuple[int, int, list[int]], stable: tuple[int, int, list[int]]) -> dict:
+    """{host: /stats answer} of one client sidecar (productpage-v1) with both versions' clusters."""
+    a, b = envoy_stats(CANARY, *canary), envoy_stats(STABLE, *stable)
+    return {"productpage-v1": {"stats": a["stats"] + b["stats"]}}
+
+
+ZERO = snapshot((0, 0, [0] * 13), (0, 0, [0] * 13))
+HEALTHY = snapshot((100, 0, FAST), (400, 0, [4 * c for c in FAST]))
+
+
+def started(**settings) -> dict:
+    declared = parse({"reviews": {"stable": "v1", "canary": "v3", "steps": [10, 100], **settings}})
+    (entry,) = rollout.plan(declared, {}, now=1000.0)
+    assert entry["action"] == "start"
+    return entry["state"]
+
+
+def test_a_healthy_canary_goes_through_every_stage_and_is_promoted():
+    state = started()
+    assert [s["name"] for s in state["stages"]] == ["10%", "100%"]
+    assert rollout.stage_in_force(state).weight == 10
+    state = rollout.step(state, ZERO, HEALTHY, 1001.0, 1061.0)
+    assert (state["status"], state["stage"], state["history"][-1]["verdict"]) == ("running", 1, "passed")
+    assert state["history"][-1]["canary"]["requests"] == 100 and state["history"][-1]["stable"]["requests"] == 400
+    state = rollout.step(state, ZERO, HEALTHY, 1062.0, 1122.0)
+    assert (state["status"], state["stable"], state["baseline"]) == ("promoted", "v3", "v1")
+    assert "v3 promoted after 2 stages" in state["reason"]
+    # once promoted, the service routes to v3 alone, and the inventory's "stable: v1" no longer says otherwise
+    declared = rollout.parse({"reviews": {"stable": "v1", "canary": "v3"}}, REGISTRY, {"reviews": state})
+    ((r, stage),) = rollout.in_force(declared, {"reviews": state}).values()
+    assert (r.stable, stage.weight) == ("v3", 0)
+    (entry,) = rollout.plan(declared, {"reviews": state})
+    assert entry["action"] == "none" and "promoted already" in entry["message"]
+    # the next rollout starts from v3
+    declared = rollout.parse({"reviews": {"canary": "v2"}}, REGISTRY, {"reviews": state})
+    (entry,) = rollout.plan(declared, {"reviews": state})
+    assert (entry["action"], entry["state"]["stable"], entry["state"]["canary"]) == ("start", "v3", "v2")
+    assert entry["state"]["previous"][-1]["status"] == "promoted"
+
+
+def test_a_faulty_canary_is_rolled_back_and_the_report_names_the_check():
+    state = started()
+    faulty = snapshot((100, 20, FAST), (400, 0, [4 * c for c in FAST]))
+    state = rollout.step(state, ZERO, faulty, 1001.0, 1061.0)
+    assert state["status"] == "rolled back" and state["stable"] == "v1"
+    assert state["reason"] == ("rolled back to v1 at stage 10%: the canary v3 failed success rate 80.0 % "
+                               "(needs >= 99 %)")
+    ((_, stage),) = rollout.in_force({"reviews": parse({"reviews": {"stable": "v1", "canary": "v3"}})["reviews"]},
+                                     {"reviews": state}).values()
+    assert stage == rollout.STABLE_ONLY
+    text = rollout.summary(state)
+    assert text.splitlines()[0] == "reviews: v3 against v1, rolled back"
+    assert "failed: success rate 80.0 %" in text and text.endswith(state["reason"])
+    slow = rollout.step(started(), ZERO, snapshot((100, 0, SLOW), (400, 0, FAST)), 1.0, 2.0)
+    assert slow["status"] == "rolled back" and "p99 latency" in slow["reason"]
+
+
+def test_a_failed_check_repeats_the_stage_until_max_failed_checks():
+    state = started(analysis={"max_failed_checks": 2})
+    idle = snapshot((5, 0, [0, 0, 5] + [5] * 10), (400, 0, FAST))
+    state = rollout.step(state, ZERO, idle, 1.0, 2.0)
+    assert (state["status"], state["stage"], state["failed_checks"]) == ("running", 0, 1)
+    assert state["history"][-1]["verdict"].startswith("failed (1 of 2 failed checks allowed), stage again: requests 5")
+    state = rollout.step(state, ZERO, idle, 3.0, 4.0)
+    assert state["status"] == "rolled back"
+
+
+def test_a_sidecar_restarted_in_a_stage_counts_from_zero():
+    before = snapshot((1000, 0, [10 * c for c in FAST]), (0, 0, [0] * 13))
+    state = rollout.step(started(), before, HEALTHY, 1.0, 2.0)
+    assert state["history"][-1]["canary"]["requests"] == 100
+
+
+def test_resume_and_abort():
+    state = rollout.step(started(), ZERO, HEALTHY, 1.0, 2.0)
+    declared = parse({"reviews": {"stable": "v1", "canary": "v3"}})
+    (entry,) = rollout.plan(declared, {"reviews": state})
+    assert entry["action"] == "resume" and entry["state"]["stage"] == 1 and "at stage 100%" in entry["message"]
+    ((_, stage),) = rollout.in_force(declared, {"reviews": state}).values()
+    assert stage.weight == 100  # site.yml during a rollout keeps the stage in force
+    (entry,) = rollout.plan(declared, {"reviews": state}, abort=True, now=5.0)
+    assert entry["action"] == "abort" and entry["state"]["status"] == "aborted"
+    assert entry["message"] == "reviews: aborted at stage 100% on request; all traffic back to v1"
+    (nothing,) = rollout.plan(declared, {"reviews": entry["state"]}, abort=True)
+    assert nothing["action"] == "none"
+    (again,) = rollout.plan(declared, {"reviews": entry["state"]})
+    assert again["action"] == "start" and "(the last attempt was aborted)" in again["message"]
+    other = parse({"reviews": {"stable": "v1", "canary": "v2"}})
+    with pytest.raises(MeshError, match=r"vmesh_rollouts.reviews.canary: a rollout of reviews v3 is under way "
+                                        r"\(stage 100%\); finish it, or abort it"):
+        rollout.plan(other, {"reviews": state})
+    with pytest.raises(MeshError, match="'ratings' has no rollout in vmesh_rollouts"):
+        rollout.plan(declared, {}, only="ratings")
+
+
+def test_a_declared_rollout_keeps_the_canary_out_until_it_starts():
+    mesh = istio.build({h: {**v, "vmesh_rollouts": {"reviews": {"stable": "v1", "canary": "v3"}}}
+                        for h, v in bookinfo_hosts().items()}, [destination_rules()])
+    (config,) = resources(render_host(mesh, "productpage-v1").files, f"rds_outbound_9080__{FQDN}.json")
+    (route,) = config["virtual_hosts"][0]["routes"]
+    assert clusters_of(route) == {"v1": 100}
+
+
+def test_the_stats_filter_keeps_both_versions_clusters():
+    import re
+
+    pattern = re.compile(rollout.stats_filter(started()))
+    assert pattern.search(f"cluster.{CANARY}.upstream_rq_completed")
+    assert pattern.search(f"cluster.{STABLE}.upstream_rq_time")
+    assert not pattern.search(f"cluster.outbound|9080|v2|{FQDN}.upstream_rq_completed")
+    assert not pattern.search(f"cluster.{CANARY}.upstream_rq_total")
+
+
+def test_the_plot_is_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from vmesh import plot
+
+    state = rollout.step(started(), ZERO, HEALTHY, 1.0, 2.0)
+    plot.rollout_png(state, str(tmp_path / "reviews.png"))
+    assert (tmp_path / "reviews.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

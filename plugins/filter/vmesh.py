@@ -10,7 +10,7 @@ description:
     mesh host, the files of its Envoy config directory, the static bundle for C(envoy --mode validate) and the
     lines of its /etc/hosts block.
   - A thin adapter over the pure-Python compiler in C(src/vmesh); it does no file or network I/O.
-positional: hostvars, hosts
+positional: hostvars, hosts, rollouts
 options:
   _input:
     description: The Istio documents as a list of C([path, text]) pairs (read on the controller by the role).
@@ -26,6 +26,13 @@ options:
     type: list
     elements: str
     required: true
+  rollouts:
+    description:
+      - The saved state of the canary rollouts, C({service: state}) (read by the role from the rollout
+        directory). A rollout declared in C(vmesh_rollouts) puts in force the stage its state is at, or all
+        traffic to its stable version.
+    type: dict
+    default: {}
 """
 
 EXAMPLES = r"""
@@ -48,11 +55,11 @@ _value:
 from ansible.errors import AnsibleFilterError
 
 try:
-    from vmesh import istio
+    from vmesh import istio, rollout
     from vmesh.compile import render_all
     from vmesh.errors import MeshError
 except ImportError as exc:  # pragma: no cover - install problem, reported when the filter is used
-    istio = None
+    istio = rollout = None
     IMPORT_ERROR = exc
 else:
     IMPORT_ERROR = None
@@ -65,16 +72,28 @@ def _host_vars(hostvars, host):
     return {key: variables[key] for key in variables if key.startswith("vmesh_") or key in KEEP}
 
 
-def vmesh_compile(sources, hostvars, hosts):
+def _installed(name):
     if IMPORT_ERROR is not None:
-        raise AnsibleFilterError(f"vmesh_compile: the vmesh package is not installed for this Python "
+        raise AnsibleFilterError(f"{name}: the vmesh package is not installed for this Python "
                                  f"({IMPORT_ERROR}); pip install the project") from IMPORT_ERROR
+
+
+def _states(name, rollouts):
+    if not isinstance(rollouts, dict) or not all(isinstance(v, dict) for v in rollouts.values()):
+        raise AnsibleFilterError(f"{name}: rollouts must be a mapping of service name to saved state")
+    return rollouts
+
+
+def vmesh_compile(sources, hostvars, hosts, rollouts=None):
+    _installed("vmesh_compile")
+    states = _states("vmesh_compile", rollouts or {})
     if not isinstance(sources, list) or not all(isinstance(s, (list, tuple)) and len(s) == 2 for s in sources):
         raise AnsibleFilterError("vmesh_compile: input must be a list of [path, text] pairs")
     if not hosts:
         raise AnsibleFilterError("vmesh_compile: no hosts in group 'vmesh'")
     try:
-        mesh = istio.build({h: _host_vars(hostvars, h) for h in hosts}, [(str(p), str(t)) for p, t in sources])
+        mesh = istio.build({h: _host_vars(hostvars, h) for h in hosts}, [(str(p), str(t)) for p, t in sources],
+                           rollout_states=states)
         configs = render_all(mesh)
     except MeshError as exc:
         raise AnsibleFilterError(f"vmesh_compile: {exc}") from exc
@@ -85,6 +104,39 @@ def vmesh_compile(sources, hostvars, hosts):
     return out
 
 
+def vmesh_rollout_plan(rollouts, hostvars, hosts, only=None, abort=False, now=0.0):
+    _installed("vmesh_rollout_plan")
+    states = _states("vmesh_rollout_plan", rollouts or {})
+    try:
+        registry = istio.registry_mod.build({h: _host_vars(hostvars, h) for h in hosts})
+        declared = rollout.parse(registry.rollout_settings, registry, states)
+        steps = rollout.plan(declared, states, only=only or None, abort=bool(abort), now=float(now))
+    except MeshError as exc:
+        raise AnsibleFilterError(f"vmesh_rollout_plan: {exc}") from exc
+    for entry in steps:
+        if entry["state"] is not None:
+            entry["stats_filter"] = rollout.stats_filter(entry["state"])
+    return steps
+
+
+def vmesh_rollout_step(state, before, after, started, ended):
+    _installed("vmesh_rollout_step")
+    if not isinstance(state, dict) or not isinstance(before, dict) or not isinstance(after, dict):
+        raise AnsibleFilterError("vmesh_rollout_step: expects a rollout state and two {host: /stats JSON} snapshots")
+    try:
+        return rollout.step(state, before, after, float(started), float(ended))
+    except MeshError as exc:
+        raise AnsibleFilterError(f"vmesh_rollout_step: {exc}") from exc
+
+
+def vmesh_rollout_report(state):
+    _installed("vmesh_rollout_report")
+    if not isinstance(state, dict):
+        raise AnsibleFilterError("vmesh_rollout_report: expects a rollout state")
+    return rollout.summary(state)
+
+
 class FilterModule:
     def filters(self):
-        return {"vmesh_compile": vmesh_compile}
+        return {"vmesh_compile": vmesh_compile, "vmesh_rollout_plan": vmesh_rollout_plan,
+                "vmesh_rollout_step": vmesh_rollout_step, "vmesh_rollout_report": vmesh_rollout_report}

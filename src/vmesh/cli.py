@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
-from vmesh import envoy, inputs, istio
+from vmesh import envoy, inputs, istio, rollout
 from vmesh.compile import render_all, render_host
 from vmesh.errors import MeshError
 
@@ -18,8 +19,9 @@ def _mesh(args: argparse.Namespace) -> istio.Mesh:
         if not os.path.exists(path):
             raise MeshError("no such file or directory", file=path)
     sources = [source for path in paths for source in inputs.mesh_sources(path)]
+    states = inputs.rollout_states(args.rollouts or inputs.default_rollout_dir(args.inventory))
     # files named one by one apply in order, like kubectl apply -f a -f b: a later object replaces an earlier one
-    return istio.build(hostvars, sources, later_replaces=len(paths) > 1)
+    return istio.build(hostvars, sources, later_replaces=len(paths) > 1, rollout_states=states)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -61,6 +63,32 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            state = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise MeshError(f"cannot read the rollout state: {exc}", file=path) from None
+    if not isinstance(state, dict) or "history" not in state:
+        raise MeshError("not a rollout state (the canary playbook writes <inventory>/rollouts/<service>.json)",
+                        file=path)
+    return state
+
+
+def cmd_rollout_report(args: argparse.Namespace) -> int:
+    for i, path in enumerate(args.state):
+        print(("\n" if i else "") + rollout.summary(_state(path)))
+    return 0
+
+
+def cmd_rollout_plot(args: argparse.Namespace) -> int:
+    from vmesh import plot
+
+    plot.rollout_png(_state(args.state), args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="vmesh", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
@@ -71,6 +99,9 @@ def parser() -> argparse.ArgumentParser:
                        help="a file or directory of Istio YAML (default: <inventory>/mesh); give it several times "
                             "to apply files in order, a later object replacing an earlier one of the same "
                             "kind/namespace/name")
+        p.add_argument("--rollouts", metavar="DIR",
+                       help="the canary rollouts' saved state (default: <inventory>/rollouts): a service under "
+                            "rollout is routed by the stage it is at")
 
     p = sub.add_parser("validate", help="check inventory + mesh documents and every host's Envoy config")
     mesh_args(p)
@@ -82,6 +113,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_render)
     sub.add_parser("lab", help="local test VMs (podman): vmesh lab --help", add_help=False)
+    rollouts = sub.add_parser("rollout", help="canary rollouts: the report and the plot of a saved state")
+    verbs = rollouts.add_subparsers(dest="verb", required=True)
+    p = verbs.add_parser("report", help="print the table of the stages of each saved state")
+    p.add_argument("state", nargs="+", help="a rollout's state, <inventory>/rollouts/<service>.json")
+    p.set_defaults(func=cmd_rollout_report)
+    p = verbs.add_parser("plot", help="write a PNG of success rate and p99 per stage, canary against stable")
+    p.add_argument("state", help="a rollout's state, <inventory>/rollouts/<service>.json")
+    p.add_argument("--out", required=True, help="the PNG file to write")
+    p.set_defaults(func=cmd_rollout_plot)
     return top
 
 

@@ -35,8 +35,9 @@ def inventory_json(inventory: str) -> dict[str, Any]:
     if not os.path.exists(inventory):
         raise MeshError("no such file or directory", file=inventory)
     env = dict(os.environ)
-    # <inventory>/mesh holds Istio documents, not inventory sources.
-    env.setdefault("ANSIBLE_INVENTORY_IGNORE_REGEX", "^mesh$")
+    # <inventory>/mesh holds Istio documents, <inventory>/ca the mesh CA and <inventory>/rollouts the canary
+    # rollouts' state: none of them is an inventory source.
+    env.setdefault("ANSIBLE_INVENTORY_IGNORE_REGEX", "^(mesh|ca|rollouts)$")
     env.setdefault("ANSIBLE_INVENTORY_UNPARSED_FAILED", "true")
     proc = subprocess.run([_tool("ansible-inventory"), "-i", inventory, "--list"], capture_output=True, text=True,
                           env=env, check=False)
@@ -77,6 +78,25 @@ def mesh_hostvars(inventory: str) -> dict[str, dict[str, Any]]:
 def default_mesh_dir(inventory: str) -> str:
     base = inventory if os.path.isdir(inventory) else os.path.dirname(inventory) or "."
     return os.path.join(base, "mesh")
+
+
+def default_rollout_dir(inventory: str) -> str:
+    base = inventory if os.path.isdir(inventory) else os.path.dirname(inventory) or "."
+    return os.path.join(base, "rollouts")
+
+
+def rollout_states(rollout_dir: str) -> dict[str, dict[str, Any]]:
+    """The canary rollouts' saved states in ``rollout_dir`` ({service: state}); none if it does not exist."""
+    states: dict[str, dict[str, Any]] = {}
+    for path in sorted(Path(rollout_dir).glob("*.json")) if os.path.isdir(rollout_dir) else []:
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise MeshError(f"cannot read the rollout state: {exc}", file=_display(path)) from None
+        if not isinstance(state, dict) or not isinstance(state.get("service"), str):
+            raise MeshError("not a rollout state written by the canary playbook", file=_display(path))
+        states[state["service"]] = state
+    return states
 
 
 def _display(path: Path) -> str:

@@ -58,6 +58,7 @@ class Rollout:
     mirror: int | None
     match: tuple[dict[str, Any], ...]
     analysis: Analysis
+    ports: tuple[int, ...] = ()  # the service's ports: its clusters are measured on each
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,13 +112,19 @@ def _steps(value: Any, field: str) -> tuple[int, ...]:
     return steps
 
 
-def parse(settings: Any, registry: Registry) -> dict[str, Rollout]:
-    """``vmesh_rollouts`` -> {service name: Rollout}, or MeshError naming the setting."""
+def parse(settings: Any, registry: Registry, states: Mapping[str, Mapping[str, Any]] | None = None
+          ) -> dict[str, Rollout]:
+    """``vmesh_rollouts`` -> {service name: Rollout}, or MeshError naming the setting.
+
+    ``states``: the saved state of earlier rollouts ({service: state}). Once a rollout was promoted, its
+    canary is the service's stable version, whatever the inventory's ``stable`` still says (the next rollout
+    starts from there); ``stable`` may then be left out."""
     if settings is None:
         return {}
     if not isinstance(settings, dict):
         raise _err("vmesh_rollouts", "expected a mapping of service name to rollout, such as {reviews: {stable: v1, "
                                      "canary: v3}}")
+    states = states or {}
     rollouts = {}
     for name, value in sorted(settings.items()):
         field = f"vmesh_rollouts.{name}"
@@ -137,16 +144,21 @@ def parse(settings: Any, registry: Registry) -> dict[str, Rollout]:
         if not isinstance(label, str) or not label:
             raise _err(f"{field}.label", f"expected a label name, got {label!r}")
         versions = {w.labels.get(label) for w in service.workloads}
+        saved = states.get(name) or {}
+        chosen = {"stable": saved.get("stable") or value.get("stable"), "canary": value.get("canary")}
         for role in ("stable", "canary"):
-            version = value.get(role)
+            version = chosen[role]
+            where = f"{field}.{role}" if role == "canary" or not saved.get("stable") else \
+                f"{field}.stable (the stable version {version} comes from the state of the last rollout)"
             if not isinstance(version, str) or not version:
-                raise _err(f"{field}.{role}", f"expected the {label} label of the {role} hosts, such as v1")
+                raise _err(where, f"expected the {label} label of the {role} hosts, such as v1")
             if version not in versions:
                 have = ", ".join(sorted(v for v in versions if v)) or "none"
-                raise _err(f"{field}.{role}", f"no host of {name} has {label}: {version} (they have: {have}); "
-                                              f"provision the {role} hosts first")
-        if value["stable"] == value["canary"]:
-            raise _err(f"{field}.canary", f"the canary is the stable version ({value['canary']}): nothing to roll out")
+                raise _err(where, f"no host of {name} has {label}: {version} (they have: {have}); "
+                                  f"provision the {role} hosts first")
+        promoted = saved.get("status") == PROMOTED and saved.get("stable") == chosen["canary"]
+        if chosen["stable"] == chosen["canary"] and not promoted:
+            raise _err(f"{field}.canary", f"the canary is the stable version ({chosen['canary']}): nothing to roll out")
         mirror = value.get("mirror")
         if mirror is not None:
             mirror = _number(mirror, f"{field}.mirror", minimum=1, maximum=100, integer=True)
@@ -156,9 +168,10 @@ def parse(settings: Any, registry: Registry) -> dict[str, Rollout]:
                                          "[{headers: {end-user: {exact: jason}}}]")
         seconds = _number(value.get("step_seconds", DEFAULT_STEP_SECONDS), f"{field}.step_seconds", minimum=1,
                           integer=True)
-        rollouts[name] = Rollout(name, service.fqdn, label, value["stable"], value["canary"],
+        rollouts[name] = Rollout(name, service.fqdn, label, chosen["stable"], chosen["canary"],
                                  _steps(value.get("steps"), f"{field}.steps"), seconds, mirror, tuple(match),
-                                 _analysis(value.get("analysis"), f"{field}.analysis"))
+                                 _analysis(value.get("analysis"), f"{field}.analysis"),
+                                 tuple(p.number for p in service.ports))
     return rollouts
 
 
@@ -373,3 +386,177 @@ def routes(r: Rollout, stage: Stage) -> list[dict[str, Any]]:
         default["mirrorPercentage"] = {"value": float(stage.mirror)}
     out.append({"name": "canary-weights", **default})
     return out
+
+
+# --- the state of a rollout, kept on the controller -----------------------------------------------------------------
+#
+# One JSON document per service (the canary playbook keeps it in <inventory>/rollouts/<service>.json). It holds
+# what the rollout was started with (versions, stages, analysis), so a resumed rollout runs the stages it began
+# with, and what happened (the stage in force, the failed checks, the history of the stages with their numbers).
+
+RUNNING, PROMOTED, ROLLED_BACK, ABORTED = "running", "promoted", "rolled back", "aborted"
+ENDED = (PROMOTED, ROLLED_BACK, ABORTED)
+STABLE_ONLY = Stage("stable", 0, 0, ())
+
+
+def start(r: Rollout, previous: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
+    """The state of a new rollout of ``r`` at its first stage; earlier attempts are kept in ``previous``."""
+    earlier = list((previous or {}).get("previous", []))
+    if previous:
+        earlier.append({key: previous.get(key) for key in ("canary", "status", "started", "updated", "reason")})
+    return {
+        "service": r.service, "fqdn": r.fqdn, "ports": list(r.ports), "label": r.label,
+        "stable": r.stable, "canary": r.canary, "baseline": r.stable, "step_seconds": r.step_seconds,
+        "analysis": dataclasses.asdict(r.analysis),
+        "stages": [{"name": s.name, "weight": s.weight, "mirror": s.mirror, "match": [dict(m) for m in s.match]}
+                   for s in stages(r)],
+        "status": RUNNING, "stage": 0, "failed_checks": 0, "history": [], "reason": "",
+        "started": now, "updated": now, "previous": earlier[-10:],
+    }
+
+
+def _rollout_of(state: Mapping[str, Any]) -> Rollout:
+    return Rollout(state["service"], state["fqdn"], state["label"], state["stable"], state["canary"], (100,),
+                   int(state["step_seconds"]), None, (), Analysis(**state["analysis"]), tuple(state["ports"]))
+
+
+def stage_in_force(state: Mapping[str, Any]) -> Stage:
+    if state.get("status") != RUNNING:
+        return STABLE_ONLY
+    s = state["stages"][state["stage"]]
+    return Stage(s["name"], int(s["weight"]), int(s["mirror"]), tuple(s["match"]))
+
+
+def in_force(rollouts: Mapping[str, Rollout], states: Mapping[str, Mapping[str, Any]]
+             ) -> dict[str, tuple[Rollout, Stage]]:
+    """The routing each declared rollout puts in force: the stage a running rollout is at (from its state),
+    otherwise all traffic to the stable version. A declared rollout that has not started yet keeps the canary
+    hosts out of traffic, so they can be provisioned with the mesh before the rollout begins."""
+    out = {}
+    for name, r in rollouts.items():
+        state = states.get(name)
+        if state and state.get("status") == RUNNING:
+            out[name] = (_rollout_of(state), stage_in_force(state))
+        else:
+            out[name] = (r, STABLE_ONLY)
+    return out
+
+
+def plan(rollouts: Mapping[str, Rollout], states: Mapping[str, Mapping[str, Any]], *, only: str | None = None,
+         abort: bool = False, now: float = 0.0) -> list[dict[str, Any]]:
+    """What the canary playbook does for each declared rollout: ``start`` (a new state at the first stage),
+    ``resume`` (a running state, at its stage), ``abort`` (all traffic back to stable) or ``none``, with a
+    message for the person running it."""
+    if only is not None and only not in rollouts:
+        raise _err("vmesh_rollout", f"{only!r} has no rollout in vmesh_rollouts (declared: "
+                                    f"{', '.join(sorted(rollouts)) or 'none'})")
+    out = []
+    for name, r in sorted(rollouts.items()):
+        if only is not None and name != only:
+            continue
+        state = states.get(name)
+        running = bool(state) and state.get("status") == RUNNING
+        if abort:
+            if running:
+                ended = {**state, "status": ABORTED, "updated": now,
+                         "reason": f"aborted at stage {stage_in_force(state).name} on request; all traffic back to "
+                                   f"{state['stable']}"}
+                out.append({"service": name, "action": "abort", "state": ended, "message": f"{name}: {ended['reason']}"})
+            else:
+                out.append({"service": name, "action": "none", "state": state,
+                            "message": f"{name}: no rollout under way, nothing to abort"})
+        elif running and state["canary"] != r.canary:
+            raise _err(f"vmesh_rollouts.{name}.canary",
+                       f"a rollout of {name} {state['canary']} is under way (stage {stage_in_force(state).name}); "
+                       f"finish it, or abort it with -e vmesh_rollout_abort=true, before rolling out {r.canary}")
+        elif running:
+            out.append({"service": name, "action": "resume", "state": dict(state),
+                        "message": f"{name}: resuming the rollout of {state['canary']} at stage "
+                                   f"{stage_in_force(state).name}"})
+        elif state and state.get("status") == PROMOTED and state.get("stable") == r.canary:
+            out.append({"service": name, "action": "none", "state": state,
+                        "message": f"{name}: {r.canary} was promoted already; it is the stable version"})
+        else:
+            new = start(r, state, now)
+            stage_names = ", ".join(s["name"] for s in new["stages"])
+            again = f" (the last attempt was {state['status']})" if state and state.get("canary") == r.canary else ""
+            out.append({"service": name, "action": "start", "state": new,
+                        "message": f"{name}: rolling out {r.canary} against {r.stable}{again}: {stage_names}"})
+    return out
+
+
+def stats_filter(state: Mapping[str, Any]) -> str:
+    """The admin /stats filter (a regular expression) that keeps only the stable and canary clusters' numbers."""
+    ports = "|".join(str(p) for p in state["ports"])
+    versions = "|".join(sorted({state["stable"], state["canary"]}))
+    fqdn = state["fqdn"].replace(".", r"\.")
+    return rf"^cluster\.outbound\|({ports})\|({versions})\|{fqdn}\.(upstream_rq_completed|upstream_rq_5xx|upstream_rq_time)$"
+
+
+def window(before: Mapping[str, Any], after: Mapping[str, Any], state: Mapping[str, Any], version: str) -> Measure:
+    """What one version got between two snapshots of every client sidecar ({host: /stats JSON}). A sidecar
+    that restarted in between counts from zero."""
+    total = Measure()
+    for host, answer in sorted(after.items()):
+        for port in state["ports"]:
+            cluster = f"outbound|{port}|{version}|{state['fqdn']}"
+            now, then = measure([answer], cluster), measure([before.get(host) or {}], cluster)
+            total = total + (now if now.requests < then.requests else now - then)
+    return total
+
+
+def _numbers(m: Measure) -> dict[str, Any]:
+    p99 = m.quantile(0.99)
+    return {"requests": m.requests, "errors": m.errors, "success_rate": m.success_rate,
+            "p99_ms": None if p99 is None else (p99 if p99 != math.inf else "inf")}
+
+
+def step(state: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any], started: float,
+         ended: float) -> dict[str, Any]:
+    """Judge the stage in force on what the sidecars measured in it, and move on: the next stage, the same stage
+    again (a failed check while fewer than max_failed_checks failed), rollback, or promotion after the last."""
+    if state.get("status") != RUNNING:
+        raise _err(f"rollouts/{state.get('service')}", f"the rollout is {state.get('status')}, not running")
+    stage = stage_in_force(state)
+    analysis = Analysis(**state["analysis"])
+    canary = window(before, after, state, state["canary"])
+    stable = window(before, after, state, state["baseline"])
+    checks = judge(canary, analysis)
+    failed = [c for c in checks if not c.passed]
+    new = {**state, "history": list(state["history"]), "updated": ended}
+    entry = {"stage": stage.name, "weight": stage.weight, "mirror": stage.mirror, "started": started, "ended": ended,
+             "canary": _numbers(canary), "stable": _numbers(stable),
+             "checks": [{"name": c.name, "value": c.value if c.value != math.inf else "inf", "threshold": c.threshold,
+                         "passed": c.passed} for c in checks]}
+    if not failed:
+        entry["verdict"] = "passed"
+        if state["stage"] + 1 < len(state["stages"]):
+            new["stage"] = state["stage"] + 1
+        else:
+            new.update(status=PROMOTED, stable=state["canary"], stage=state["stage"],
+                       reason=f"{state['canary']} promoted after {len(state['stages'])} stages: it is the stable "
+                              f"version of {state['service']} now and takes all traffic")
+    else:
+        new["failed_checks"] = state["failed_checks"] + 1
+        what = "; ".join(c.describe() for c in failed)
+        if new["failed_checks"] >= analysis.max_failed_checks:
+            entry["verdict"] = f"failed: {what}"
+            new.update(status=ROLLED_BACK,
+                       reason=f"rolled back to {state['stable']} at stage {stage.name}: the canary {state['canary']} "
+                              f"failed {what}")
+        else:
+            entry["verdict"] = (f"failed ({new['failed_checks']} of {analysis.max_failed_checks} failed checks "
+                                f"allowed), stage again: {what}")
+    new["history"].append(entry)
+    return new
+
+
+def summary(state: Mapping[str, Any]) -> str:
+    """The report of a rollout: what it is, the table of its stages and how it stands."""
+    head = f"{state['service']}: {state['canary']} against {state['baseline']}, {state['status']}"
+    lines = [head, report(state["history"]) if state["history"] else "(no stage judged yet)"]
+    if state.get("reason"):
+        lines.append(f"{state['service']}: {state['reason']}")
+    elif state["status"] == RUNNING:
+        lines.append(f"{state['service']}: at stage {stage_in_force(state).name}")
+    return "\n".join(lines)

@@ -31,6 +31,29 @@ def vmesh_test_normalize_iptables(text):
     return "\n".join(kept)
 
 
+def vmesh_test_stage_answers(log_text, state):
+    """What the client saw in each judged stage of a rollout: the lines of a ``vmesh_sample.py --log`` file
+    ("time answer status") that fall inside a stage's measured window, per stage in the state's history:
+    ``[{stage, weight, requests, answers: {version: n}, statuses: {status: n}, canary_share}]``."""
+    lines = []
+    for line in str(log_text).splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            lines.append((float(parts[0]), parts[1], parts[2]))
+    out = []
+    for entry in state["history"]:
+        inside = [(answer, status) for t, answer, status in lines if entry["started"] <= t <= entry["ended"]]
+        answers, statuses = {}, {}
+        for answer, status in inside:
+            answers[answer] = answers.get(answer, 0) + 1
+            statuses[status] = statuses.get(status, 0) + 1
+        share = 100.0 * answers.get(state["canary"], 0) / len(inside) if inside else None
+        out.append({"stage": entry["stage"], "weight": entry["weight"], "requests": len(inside), "answers": answers,
+                    "statuses": statuses, "canary_share": share})
+    return out
+
+
 class FilterModule:
     def filters(self):
-        return {"vmesh_test_normalize_iptables": vmesh_test_normalize_iptables}
+        return {"vmesh_test_normalize_iptables": vmesh_test_normalize_iptables,
+                "vmesh_test_stage_answers": vmesh_test_stage_answers}

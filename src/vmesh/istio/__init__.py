@@ -95,15 +95,20 @@ def _check_destinations(vs: VirtualService, rules: dict[str, DestinationRule]) -
 
 
 def build(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]], *,
-          later_replaces: bool = False, rollouts: Mapping[str, tuple[Any, Any]] | None = None) -> Mesh:
+          later_replaces: bool = False, rollout_states: Mapping[str, Mapping[str, Any]] | None = None,
+          rollouts: Mapping[str, tuple[Any, Any]] | None = None) -> Mesh:
     """Inventory host variables + (file, text) sources of Istio YAML -> the validated Mesh.
 
-    ``rollouts``: {service: (Rollout, Stage)} of the canary rollouts under way; their stages' routing replaces
-    those services' own (see :func:`vmesh.rollout.override`).
+    The canary rollouts declared in ``vmesh_rollouts`` own their services' routing: each puts in force the
+    stage its saved state (``rollout_states``, {service: state}) is at, or all traffic to the stable version
+    (see :func:`vmesh.rollout.in_force`). ``rollouts`` ({service: (Rollout, Stage)}) names the stages directly.
     Raises MeshError (or MeshErrors with every mistake found) naming file, document and field.
     """
     registry = registry_mod.build(hosts)
     docs = load_sources(sources, later_replaces=later_replaces)
+    if rollouts is None:
+        states = rollout_states or {}
+        rollouts = rollout_mod.in_force(rollout_mod.parse(registry.rollout_settings, registry, states), states)
     if rollouts:
         docs = rollout_mod.override(docs, rollouts, registry)
     errors: list[MeshError] = []
