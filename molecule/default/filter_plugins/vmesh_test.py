@@ -34,7 +34,8 @@ def vmesh_test_normalize_iptables(text):
 def vmesh_test_stage_answers(log_text, state):
     """What the client saw in each judged stage of a rollout: the lines of a ``vmesh_sample.py --log`` file
     ("time answer status") that fall inside a stage's measured window, per stage in the state's history:
-    ``[{stage, weight, requests, answers: {version: n}, statuses: {status: n}, canary_share}]``."""
+    ``[{stage, weight, requests, answers: {version: n}, statuses: {status: n}, canary_share, deviation}]``
+    (the share in percent, and how far it is from the stage's weight, in points)."""
     lines = []
     for line in str(log_text).splitlines():
         parts = line.split()
@@ -49,11 +50,17 @@ def vmesh_test_stage_answers(log_text, state):
             statuses[status] = statuses.get(status, 0) + 1
         share = 100.0 * answers.get(state["canary"], 0) / len(inside) if inside else None
         out.append({"stage": entry["stage"], "weight": entry["weight"], "requests": len(inside), "answers": answers,
-                    "statuses": statuses, "canary_share": share})
+                    "statuses": statuses, "canary_share": share,
+                    "deviation": None if share is None else abs(share - entry["weight"])})
     return out
+
+
+def vmesh_test_where(state):
+    """Where a rollout stands, as one string to wait for: "CANARY STATUS STAGE-INDEX"."""
+    return f"{state.get('canary')} {state.get('status')} {state.get('stage')}"
 
 
 class FilterModule:
     def filters(self):
         return {"vmesh_test_normalize_iptables": vmesh_test_normalize_iptables,
-                "vmesh_test_stage_answers": vmesh_test_stage_answers}
+                "vmesh_test_stage_answers": vmesh_test_stage_answers, "vmesh_test_where": vmesh_test_where}
