@@ -28,7 +28,7 @@ ADDRESSES = """all:
 @pytest.fixture
 def inventory(tmp_path):
     inv = tmp_path / "bookinfo"
-    shutil.copytree(ROOT / "inventory" / "bookinfo", inv, ignore=shutil.ignore_patterns("lab-hosts.yml"))
+    shutil.copytree(ROOT / "inventory" / "bookinfo", inv, ignore=shutil.ignore_patterns("lab-hosts.yml", "ca", "rollouts"))
     (inv / "addresses.yml").write_text(ADDRESSES)
     return inv
 
@@ -87,7 +87,7 @@ def test_validate_refuses_bad_weights_naming_file_document_field(inventory):
 
 def test_validate_refuses_host_without_address(tmp_path):
     inv = tmp_path / "inv"
-    shutil.copytree(ROOT / "inventory" / "bookinfo", inv, ignore=shutil.ignore_patterns("lab-hosts.yml"))
+    shutil.copytree(ROOT / "inventory" / "bookinfo", inv, ignore=shutil.ignore_patterns("lab-hosts.yml", "ca", "rollouts"))
     proc = run("validate", "--inventory", inv)
     assert proc.returncode == 1
     assert "inventory: host details-v1: vmesh_address:" in proc.stderr
@@ -117,3 +117,50 @@ def test_render_unknown_host(inventory, tmp_path):
     assert proc.returncode == 1
     assert "host 'nope' is not in the mesh" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+# --- canary rollouts: the CLI routes a service by its rollout's saved state, and prints and plots it -----------------
+
+def rollout_state(inventory):
+    """A rollout of reviews v2 at its second stage (25%), saved where canary.yml keeps it."""
+    from vmesh import inputs, registry, rollout
+
+    with open(inventory / "group_vars" / "all.yml", "a", encoding="utf-8") as fh:
+        fh.write("vmesh_rollouts:\n  reviews: {stable: v1, canary: v2, steps: [10, 25, 100]}\n")
+    hostvars = inputs.mesh_hostvars(str(inventory))
+    mesh_registry = registry.build(hostvars)
+    declared = rollout.parse(mesh_registry.rollout_settings, mesh_registry)
+    (entry,) = rollout.plan(declared, {}, now=1.0)
+    state = {**entry["state"], "stage": 1}
+    (inventory / "rollouts").mkdir()
+    path = inventory / "rollouts" / "reviews.json"
+    path.write_text(json.dumps(state))
+    return path
+
+
+def reviews_weights(out):
+    rds = json.loads((out / "rds_outbound_9080__reviews.default.svc.cluster.local.json").read_text())
+    (route,) = rds["resources"][0]["virtual_hosts"][0]["routes"]
+    return {c["name"].split("|")[2]: c["weight"] for c in route["route"]["weighted_clusters"]["clusters"]}
+
+
+def test_render_routes_a_service_under_rollout_by_its_saved_stage(inventory, tmp_path):
+    rollout_state(inventory)
+    out = tmp_path / "out"
+    proc = run("render", "--inventory", inventory, "--host", "productpage-v1", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert reviews_weights(out) == {"v1": 75, "v2": 25}
+
+
+def test_rollout_report_and_plot(inventory, tmp_path):
+    path = rollout_state(inventory)
+    proc = run("rollout", "report", path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["reviews: v2 against v1, running", "(no stage judged yet)",
+                                        "reviews: at stage 25%"]
+    proc = run("rollout", "plot", path, "--out", tmp_path / "reviews.png")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "reviews.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "bad.json").write_text("{not json")
+    proc = run("rollout", "report", tmp_path / "bad.json")
+    assert proc.returncode == 1 and f"{tmp_path / 'bad.json'}: cannot read the rollout state" in proc.stderr

@@ -312,3 +312,43 @@ def test_the_plot_is_a_png(tmp_path):
     state = rollout.step(started(), ZERO, HEALTHY, 1.0, 2.0)
     plot.rollout_png(state, str(tmp_path / "reviews.png"))
     assert (tmp_path / "reviews.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_tcp_service_cannot_be_rolled_out():
+    hosts = bookinfo_hosts()
+    for host in ("ratings-v1",):
+        hosts[host]["vmesh_ports"] = [{"port": 9080, "protocol": "tcp", "name": "tcp"}]
+    hosts["ratings-v2"] = {**hosts["ratings-v1"], "vmesh_labels": {"version": "v2"}, "ansible_host": "10.0.0.99"}
+    with pytest.raises(MeshError, match=r"^inventory: vmesh_rollouts.ratings: ratings port 9080 is tcp: a rollout is "
+                                        r"judged on HTTP answers"):
+        rollout.parse({"ratings": {"stable": "v1", "canary": "v2"}}, registry_mod.build(hosts))
+
+
+def test_two_rollouts_route_their_services_each_by_its_own_state():
+    hosts = bookinfo_hosts()
+    hosts["ratings-v2"] = {**hosts["ratings-v1"], "vmesh_labels": {"version": "v2"}, "ansible_host": "10.0.0.99"}
+    settings = {"reviews": {"stable": "v1", "canary": "v3", "steps": [10, 100]},
+                "ratings": {"stable": "v1", "canary": "v2", "steps": [50, 100]}}
+    registry = registry_mod.build(hosts)
+    plans = rollout.plan(rollout.parse(settings, registry), {})
+    assert [p["service"] for p in plans] == ["ratings", "reviews"]  # one after the other, in name order
+    ratings = rollout.step(plans[0]["state"], ZERO, ZERO, 1.0, 2.0)  # nothing measured: rolled back
+    assert ratings["status"] == "rolled back"
+    reviews = rollout.step(plans[1]["state"], ZERO, HEALTHY, 3.0, 4.0)  # promoted next stage: at 100 %
+    states = {"ratings": ratings, "reviews": reviews}
+    mesh = istio.build({h: {**v, "vmesh_rollouts": settings} for h, v in hosts.items()}, [destination_rules()],
+                       rollout_states=states)
+    files = render_host(mesh, "productpage-v1").files
+    (reviews_rds,) = resources(files, f"rds_outbound_9080__{FQDN}.json")
+    assert clusters_of(reviews_rds["virtual_hosts"][0]["routes"][0]) == {"v3": 100}
+    files = render_host(mesh, "reviews-v1").files
+    (ratings_rds,) = resources(files, "rds_outbound_9080__ratings.default.svc.cluster.local.json")
+    assert clusters_of(ratings_rds["virtual_hosts"][0]["routes"][0]) == {"v1": 100}
+
+
+def test_every_stage_compiles_to_a_config_envoy_accepts(envoy_validate):
+    r = parse({"reviews": {"stable": "v1", "canary": "v3", "steps": [25, 100], "mirror": 20, "match": [JASON]}})
+    for stage in rollout.stages(r["reviews"]) + [rollout.STABLE_ONLY]:
+        mesh = istio.build(bookinfo_hosts(), [destination_rules(), ("mesh/all-v1.yaml", ALL_V1)],
+                           rollouts={"reviews": (r["reviews"], stage)})
+        envoy_validate(render_host(mesh, "productpage-v1").validation)

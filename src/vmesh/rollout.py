@@ -137,6 +137,11 @@ def parse(settings: Any, registry: Registry, states: Mapping[str, Mapping[str, A
         service = services[0]
         if not isinstance(value, dict):
             raise _err(field, "expected a mapping with stable, canary and steps")
+        opaque = [p for p in service.ports if not p.is_http]
+        if opaque:
+            raise _err(field, f"{name} port {opaque[0].number} is {opaque[0].protocol}: a rollout is judged on HTTP "
+                              "answers (success rate, latency), so every port of the service must be http, http2 or "
+                              "grpc")
         unknown = sorted(set(value) - set(SETTINGS))
         if unknown:
             raise _err(f"{field}.{unknown[0]}", f"unknown setting (known: {', '.join(SETTINGS)})")
