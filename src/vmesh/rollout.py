@@ -397,7 +397,8 @@ def routes(r: Rollout, stage: Stage) -> list[dict[str, Any]]:
 #
 # One JSON document per service (the canary playbook keeps it in <inventory>/rollouts/<service>.json). It holds
 # what the rollout was started with (versions, stages, analysis), so a resumed rollout runs the stages it began
-# with, and what happened (the stage in force, the failed checks, the history of the stages with their numbers).
+# with, and what happened (the stage in force and since when its routing is on every host, the failed checks, the
+# history of the stages with their numbers).
 
 RUNNING, PROMOTED, ROLLED_BACK, ABORTED = "running", "promoted", "rolled back", "aborted"
 ENDED = (PROMOTED, ROLLED_BACK, ABORTED)
@@ -415,7 +416,7 @@ def start(r: Rollout, previous: Mapping[str, Any] | None, now: float) -> dict[st
         "analysis": dataclasses.asdict(r.analysis),
         "stages": [{"name": s.name, "weight": s.weight, "mirror": s.mirror, "match": [dict(m) for m in s.match]}
                    for s in stages(r)],
-        "status": RUNNING, "stage": 0, "failed_checks": 0, "history": [], "reason": "",
+        "status": RUNNING, "stage": 0, "since": None, "failed_checks": 0, "history": [], "reason": "",
         "started": now, "updated": now, "previous": earlier[-10:],
     }
 
@@ -528,7 +529,7 @@ def step(state: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str
     stable = window(before, after, state, state["baseline"])
     checks = judge(canary, analysis)
     failed = [c for c in checks if not c.passed]
-    new = {**state, "history": list(state["history"]), "updated": ended}
+    new = {**state, "history": list(state["history"]), "updated": ended, "since": None}
     entry = {"stage": stage.name, "weight": stage.weight, "mirror": stage.mirror, "started": started, "ended": ended,
              "canary": _numbers(canary), "stable": _numbers(stable),
              "checks": [{"name": c.name, "value": c.value if c.value != math.inf else "inf", "threshold": c.threshold,

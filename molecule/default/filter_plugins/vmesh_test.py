@@ -56,8 +56,9 @@ def vmesh_test_stage_answers(log_text, state):
 
 
 def vmesh_test_where(state):
-    """Where a rollout stands, as one string to wait for: "CANARY STATUS STAGE-INDEX"."""
-    return f"{state.get('canary')} {state.get('status')} {state.get('stage')}"
+    """Where a rollout stands, as one string to wait for: "CANARY STATUS STAGE-INDEX", plus " in force" once the
+    stage's routing is pushed to every host."""
+    return f"{state.get('canary')} {state.get('status')} {state.get('stage')}{' in force' if state.get('since') else ''}"
 
 
 class FilterModule:
