@@ -2,55 +2,7 @@
 
 from __future__ import annotations
 
-DOCUMENTATION = r"""
-name: vmesh_compile
-short_description: Compile the mesh into every host's Envoy files
-description:
-  - Reads the mesh hosts' C(vmesh_*) variables and the Istio documents, validates them and returns, for every
-    mesh host, the files of its Envoy config directory, the static bundle for C(envoy --mode validate) and the
-    lines of its /etc/hosts block.
-  - A thin adapter over the pure-Python compiler in C(src/vmesh); it does no file or network I/O.
-positional: hostvars, hosts, rollouts
-options:
-  _input:
-    description: The Istio documents as a list of C([path, text]) pairs (read on the controller by the role).
-    type: list
-    elements: list
-    required: true
-  hostvars:
-    description: Ansible's C(hostvars).
-    type: dict
-    required: true
-  hosts:
-    description: The mesh's hosts (C(groups['vmesh'])).
-    type: list
-    elements: str
-    required: true
-  rollouts:
-    description:
-      - The saved state of the canary rollouts, C({service: state}) (read by the role from the rollout
-        directory). A rollout declared in C(vmesh_rollouts) puts in force the stage its state is at, or all
-        traffic to its stable version.
-    type: dict
-    default: {}
-"""
-
-EXAMPLES = r"""
-- name: Compile the mesh once for every host
-  ansible.builtin.set_fact:
-    preflight_compiled: "{{ sources | vmesh_compile(hostvars, groups['vmesh']) }}"
-  run_once: true
-"""
-
-RETURN = r"""
-_value:
-  description: >-
-    C({host: {files: {name: text}, validation: text, hosts_entries: [line], edge_ports: [port],
-    credentials: [name], identity: spiffe-uri}}) plus C(_warnings). C(edge_ports) are the ports a Gateway host
-    listens on (kept out of inbound capture); C(credentials) the Gateway credentialNames whose files the host
-    needs; C(identity) the SPIFFE id its mesh certificate must carry.
-  type: dict
-"""
+# Each filter is documented in the YAML file named after it, beside this one (ansible-doc -t filter NAME).
 
 from ansible.errors import AnsibleFilterError
 
