@@ -7,11 +7,11 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 
 try:
-    from vmesh import istio, rollout
+    from vmesh import istio, registry, rollout
     from vmesh.compile import render_all
     from vmesh.errors import MeshError
 except ImportError as exc:  # pragma: no cover - install problem, reported when the filter is used
-    istio = rollout = None
+    istio = registry = rollout = None
     IMPORT_ERROR = exc
 else:
     IMPORT_ERROR = None
@@ -60,8 +60,8 @@ def vmesh_rollout_plan(rollouts, hostvars, hosts, only=None, abort=False, now=0.
     _installed("vmesh_rollout_plan")
     states = _states("vmesh_rollout_plan", rollouts or {})
     try:
-        registry = istio.registry_mod.build({h: _host_vars(hostvars, h) for h in hosts})
-        declared = rollout.parse(registry.rollout_settings, registry, states)
+        mesh_registry = registry.build({h: _host_vars(hostvars, h) for h in hosts})
+        declared = rollout.parse(mesh_registry.rollout_settings, mesh_registry, states)
         steps = rollout.plan(declared, states, only=only or None, abort=bool(abort), now=float(now))
     except MeshError as exc:
         raise AnsibleFilterError(f"vmesh_rollout_plan: {exc}") from exc

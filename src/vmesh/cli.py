@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -63,28 +62,16 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def _state(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            state = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise MeshError(f"cannot read the rollout state: {exc}", file=path) from None
-    if not isinstance(state, dict) or "history" not in state:
-        raise MeshError("not a rollout state (the canary playbook writes <inventory>/rollouts/<service>.json)",
-                        file=path)
-    return state
-
-
 def cmd_rollout_report(args: argparse.Namespace) -> int:
     for i, path in enumerate(args.state):
-        print(("\n" if i else "") + rollout.summary(_state(path)))
+        print(("\n" if i else "") + rollout.summary(inputs.rollout_state(path)))
     return 0
 
 
 def cmd_rollout_plot(args: argparse.Namespace) -> int:
     from vmesh import plot
 
-    plot.rollout_png(_state(args.state), args.out)
+    plot.rollout_png(inputs.rollout_state(args.state), args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -75,28 +75,36 @@ def mesh_hostvars(inventory: str) -> dict[str, dict[str, Any]]:
     return {host: hostvars.get(host, {}) for host in members}
 
 
+def _inventory_dir(inventory: str) -> str:
+    """The directory of an inventory given as a directory or as a file."""
+    return inventory if os.path.isdir(inventory) else os.path.dirname(inventory) or "."
+
+
 def default_mesh_dir(inventory: str) -> str:
-    base = inventory if os.path.isdir(inventory) else os.path.dirname(inventory) or "."
-    return os.path.join(base, "mesh")
+    return os.path.join(_inventory_dir(inventory), "mesh")
 
 
 def default_rollout_dir(inventory: str) -> str:
-    base = inventory if os.path.isdir(inventory) else os.path.dirname(inventory) or "."
-    return os.path.join(base, "rollouts")
+    return os.path.join(_inventory_dir(inventory), "rollouts")
+
+
+def rollout_state(path: str | Path) -> dict[str, Any]:
+    """One canary rollout's saved state (``<inventory>/rollouts/<service>.json``), or MeshError naming the file."""
+    path = Path(path)
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MeshError(f"cannot read the rollout state: {exc}", file=_display(path)) from None
+    if not isinstance(state, dict) or not isinstance(state.get("service"), str) or "history" not in state:
+        raise MeshError("not a rollout state (the canary playbook writes <inventory>/rollouts/<service>.json)",
+                        file=_display(path))
+    return state
 
 
 def rollout_states(rollout_dir: str) -> dict[str, dict[str, Any]]:
     """The canary rollouts' saved states in ``rollout_dir`` ({service: state}); none if it does not exist."""
-    states: dict[str, dict[str, Any]] = {}
-    for path in sorted(Path(rollout_dir).glob("*.json")) if os.path.isdir(rollout_dir) else []:
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise MeshError(f"cannot read the rollout state: {exc}", file=_display(path)) from None
-        if not isinstance(state, dict) or not isinstance(state.get("service"), str):
-            raise MeshError("not a rollout state written by the canary playbook", file=_display(path))
-        states[state["service"]] = state
-    return states
+    paths = sorted(Path(rollout_dir).glob("*.json")) if os.path.isdir(rollout_dir) else []
+    return {state["service"]: state for state in map(rollout_state, paths)}
 
 
 def _display(path: Path) -> str:

@@ -5,16 +5,18 @@ matplotlib is imported here only, so the compiler never needs it.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 from vmesh.errors import MeshError
 
 
-def _series(history: list[Mapping[str, Any]], side: str, key: str) -> list[float | None]:
-    out: list[float | None] = []
+def _series(history: list[Mapping[str, Any]], side: str, key: str) -> list[float]:
+    """One version's numbers per stage; a stage with none (no request, or beyond the histogram) is not drawn."""
+    out: list[float] = []
     for entry in history:
         value = (entry.get(side) or {}).get(key)
-        out.append(None if value is None or value == "inf" else float(value))
+        out.append(math.nan if value is None or value == "inf" else float(value))
     return out
 
 
@@ -33,10 +35,8 @@ def rollout_png(state: Mapping[str, Any], path: str) -> None:
     analysis = state["analysis"]
     figure, (rate_axes, p99_axes) = pyplot.subplots(2, 1, figsize=(8, 6), sharex=True)
     for side, version, style in (("canary", state["canary"], "o-"), ("stable", state["baseline"], "s--")):
-        rate = _series(history, side, "success_rate")
-        p99 = _series(history, side, "p99_ms")
-        rate_axes.plot(x, [v if v is not None else float("nan") for v in rate], style, label=f"{side} {version}")
-        p99_axes.plot(x, [v if v is not None else float("nan") for v in p99], style, label=f"{side} {version}")
+        rate_axes.plot(x, _series(history, side, "success_rate"), style, label=f"{side} {version}")
+        p99_axes.plot(x, _series(history, side, "p99_ms"), style, label=f"{side} {version}")
     rate_axes.axhline(analysis["success_rate"], color="red", linestyle=":", label=f"at least {analysis['success_rate']:g} %")
     p99_axes.axhline(analysis["p99_ms"], color="red", linestyle=":", label=f"at most {analysis['p99_ms']:g} ms")
     rate_axes.set_ylabel("success rate (%)")

@@ -235,12 +235,6 @@ class Measure:
         return math.inf  # beyond Envoy's largest bound
 
 
-def cluster_name(rollout: Rollout, port: int, version: str) -> str:
-    """The client-side cluster of one version: the subset named after the version (the canary playbook keeps
-    subsets named like the versions, as Bookinfo's rules do)."""
-    return f"outbound|{port}|{version}|{rollout.fqdn}"
-
-
 def measure(stats: Iterable[Mapping[str, Any]], cluster: str) -> Measure:
     """One version's Measure from the ``/stats?format=json&histogram_buckets=cumulative`` answers of several
     sidecars (counters Envoy has not created yet count as 0)."""
@@ -401,7 +395,6 @@ def routes(r: Rollout, stage: Stage) -> list[dict[str, Any]]:
 # history of the stages with their numbers).
 
 RUNNING, PROMOTED, ROLLED_BACK, ABORTED = "running", "promoted", "rolled back", "aborted"
-ENDED = (PROMOTED, ROLLED_BACK, ABORTED)
 STABLE_ONLY = Stage("stable", 0, 0, ())
 
 
@@ -501,11 +494,15 @@ def stats_filter(state: Mapping[str, Any]) -> str:
 
 def window(before: Mapping[str, Any], after: Mapping[str, Any], state: Mapping[str, Any], version: str) -> Measure:
     """What one version got between two snapshots of every client sidecar ({host: /stats JSON}). A sidecar
-    that restarted in between counts from zero."""
+    that restarted in between counts from zero. The version's cluster is its subset's: the rollout names subsets
+    after the versions."""
+    # imported here: vmesh.compile imports vmesh.istio, which imports this module
+    from vmesh.compile.clusters import outbound_name
+
     total = Measure()
     for host, answer in sorted(after.items()):
         for port in state["ports"]:
-            cluster = f"outbound|{port}|{version}|{state['fqdn']}"
+            cluster = outbound_name(port, version, state["fqdn"])
             now, then = measure([answer], cluster), measure([before.get(host) or {}], cluster)
             total = total + (now if now.requests < then.requests else now - then)
     return total
