@@ -13,6 +13,7 @@ setup:
 
 image: setup
 	vmesh lab image
+	vmesh lab image --minimal
 
 ## The demo: six Bookinfo VMs, an ingress VM and the online CA VM, the mesh (STRICT mTLS) on them, and traffic a person can see. The VMs stay up.
 demo: image

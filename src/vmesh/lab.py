@@ -67,6 +67,10 @@ PACKAGES = (
     "ca-certificates",
     "curl",
 )
+# The minimal image: exactly the prerequisites the README lists for a user's own VMs (and sshd), nothing else;
+# its VMs keep podman's bind-mounted /etc/hosts, as system containers (LXC, podman) used as VMs have it.
+MINIMAL_IMAGE = "localhost/vmesh-testvm-minimal:bookworm"
+MINIMAL_PACKAGES = ("systemd", "systemd-sysv", "python3", "openssh-server", "iptables", "openssl", "sudo")
 ADMIN_USER = "vmesh-admin"
 
 CONTAINER_PREFIX = "vmesh-lab-"
@@ -97,9 +101,23 @@ VM_RUN_OPTIONS = (
     "--ulimit", "nproc=4096:4096",
     "--cap-add", "NET_ADMIN",
     "--cap-add", "NET_RAW",
-    # vmesh manages a block in /etc/hosts; podman's bind-mounted /etc/hosts cannot be renamed over.
-    "--no-hosts",
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """A kind of lab VM: its image, the packages debootstrap puts in it, and how /etc/hosts is provided."""
+
+    image: str
+    packages: tuple[str, ...]
+    # True: /etc/hosts is the image's own plain file (`--no-hosts`); False: podman bind-mounts its own, which
+    # cannot be renamed over (vmesh then writes its block in place).
+    plain_hosts_file: bool
+    summary: str
+
+
+FULL = Flavour(IMAGE, PACKAGES, True, "systemd, sshd, python3, iptables, sudo, curl")
+MINIMAL = Flavour(MINIMAL_IMAGE, MINIMAL_PACKAGES, False, "only the README's prerequisites")
 
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -430,9 +448,10 @@ def ensure_key(cache_dir: Path) -> Path:
     return key.resolve()
 
 
-def start_vm(lab: str, host: str, ip: str, network: str) -> None:
+def start_vm(lab: str, host: str, ip: str, network: str, flavour: Flavour = FULL) -> None:
     podman(
         "run", "--detach", *VM_RUN_OPTIONS,
+        *(["--no-hosts"] if flavour.plain_hosts_file else []),
         "--hostname", host,
         "--name", container_name(host),
         "--label", f"{LABEL_LAB}={lab}",
@@ -440,7 +459,7 @@ def start_vm(lab: str, host: str, ip: str, network: str) -> None:
         "--network", network,
         "--ip", ip,
         "--mac-address", mac_address(ip),
-        IMAGE, "/sbin/init",
+        flavour.image, "/sbin/init",
         timeout=120,
     )  # fmt: skip
 
@@ -593,7 +612,8 @@ def customise_rootfs(root: Path) -> None:
     # An empty machine-id: systemd makes a fresh one at first boot, so VMs from one image differ.
     write("etc/machine-id", "", 0o444)
     (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
-    # podman provides the host name and resolv.conf; /etc/hosts stays a plain file (`--no-hosts`) for vmesh.
+    # podman provides the host name and resolv.conf; /etc/hosts is this plain file under `--no-hosts`, else
+    # podman's bind mount.
     (root / "etc/hostname").unlink(missing_ok=True)
     write("etc/hosts", ETC_HOSTS)
 
@@ -625,11 +645,12 @@ def _passwd_ids(root: Path, user: str) -> tuple[int, int]:
     raise LabError(f"user {user} missing from the image's /etc/passwd")
 
 
-def build_image(cache_dir: Path, rebuild: bool, mirror: str) -> None:
+def build_image(cache_dir: Path, rebuild: bool, mirror: str, flavour: Flavour = FULL) -> None:
     _require_root()
-    old_id = _image_id(IMAGE)
+    image = flavour.image
+    old_id = _image_id(image)
     if old_id and not rebuild:
-        say(f"image {IMAGE} exists (use --rebuild to build it again)")
+        say(f"image {image} exists (use --rebuild to build it again)")
         return
     debootstrap = _debootstrap_cmd()
     cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -639,7 +660,8 @@ def build_image(cache_dir: Path, rebuild: bool, mirror: str) -> None:
     try:
         say(f"debootstrap {SUITE} ({mirror}) into {root}; about a minute, log in {log}")
         with log.open("w") as out:
-            argv = [debootstrap, "--variant=minbase", "--include=" + ",".join(PACKAGES), SUITE, str(root), mirror]
+            argv = [debootstrap, "--variant=minbase", "--include=" + ",".join(flavour.packages), SUITE, str(root),
+                    mirror]
             out.write("$ " + shlex.join(argv) + "\n")
             out.flush()
             result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "LC_ALL": "C"})
@@ -647,18 +669,18 @@ def build_image(cache_dir: Path, rebuild: bool, mirror: str) -> None:
             raise LabError(f"debootstrap failed (exit status {result.returncode}); see {log}")
         say("customising the root file system (admin user, sshd, machine-id)")
         customise_rootfs(root)
-        say(f"importing into podman as {IMAGE}")
-        _import(root)
+        say(f"importing into podman as {image}")
+        _import(root, flavour)
     finally:
         say(f"removing {root}")
         _remove_rootfs(root)
-    if old_id and old_id != _image_id(IMAGE):
+    if old_id and old_id != _image_id(image):
         # The replaced image goes if no container uses it any more.
         podman("image", "rm", old_id, check=False)
-    say(f"built {IMAGE} in {time.monotonic() - started:.0f} s")
+    say(f"built {image} in {time.monotonic() - started:.0f} s")
 
 
-def _import(root: Path) -> None:
+def _import(root: Path, flavour: Flavour) -> None:
     tar = subprocess.Popen(
         ["tar", "--numeric-owner", "-C", str(root), "-c", "."], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -668,8 +690,8 @@ def _import(root: Path) -> None:
              "--change", 'CMD ["/sbin/init"]',
              "--change", "STOPSIGNAL SIGRTMIN+3",
              "--change", f"LABEL vmesh.testvm={SUITE}",
-             "--message", f"vmesh test VM: Debian {SUITE} with systemd, sshd and {ADMIN_USER}",
-             "-", IMAGE],
+             "--message", f"vmesh test VM: Debian {SUITE}, {flavour.summary}, and {ADMIN_USER}",
+             "-", flavour.image],
             stdin=tar.stdout, capture_output=True, text=True,
         )  # fmt: skip
     finally:
@@ -704,7 +726,7 @@ def _lab_vms(inventory: Path, hosts: list[str]) -> dict[str, str]:
 
 
 def cmd_image(args: argparse.Namespace) -> None:
-    build_image(args.cache_dir, args.rebuild, args.mirror)
+    build_image(args.cache_dir, args.rebuild, args.mirror, MINIMAL if args.minimal else FULL)
 
 
 def cmd_up(args: argparse.Namespace) -> None:
@@ -713,8 +735,10 @@ def cmd_up(args: argparse.Namespace) -> None:
     inventory: Path = args.inventory
     lab = lab_name(inventory)
     hosts = read_inventory(inventory)
-    if _image_id(IMAGE) is None:
-        raise LabError(f"no image {IMAGE}; build it with `vmesh lab image`")
+    flavour = MINIMAL if args.minimal else FULL
+    if _image_id(flavour.image) is None:
+        build = "vmesh lab image" + (" --minimal" if args.minimal else "")
+        raise LabError(f"no image {flavour.image}; build it with `{build}`")
     # Mistakes in the options stop us before anything is removed.
     subnet = planned_subnet(args.network, args.subnet)
     ips = assign_ips(hosts, subnet)
@@ -732,7 +756,7 @@ def cmd_up(args: argparse.Namespace) -> None:
     _check_addresses_free(args.network, ips)
     for host in hosts:
         say(f"starting {container_name(host)} at {ips[host]}")
-        start_vm(lab, host, ips[host], args.network)
+        start_vm(lab, host, ips[host], args.network, flavour)
         authorize_key(host, public_key)
     say(f"waiting for systemd and SSH on {len(hosts)} VM(s)")
     wait_ready(ips, key_file)
@@ -862,11 +886,19 @@ def build_parser() -> argparse.ArgumentParser:
     image = commands.add_parser("image", help=f"build the test VM image {IMAGE} if missing")
     image.add_argument("--rebuild", action="store_true", help="build it even if it exists")
     image.add_argument("--mirror", default=DEFAULT_MIRROR, help=f"Debian mirror (default {DEFAULT_MIRROR})")
+    image.add_argument(
+        "--minimal",
+        action="store_true",
+        help=f"build {MINIMAL_IMAGE} instead: {MINIMAL.summary} ({', '.join(MINIMAL_PACKAGES)})",
+    )
     image.set_defaults(func=cmd_image)
 
     up = with_inventory(commands.add_parser("up", help="(re)create one VM per inventory host, write lab-hosts.yml"))
     up.add_argument("--network", default=DEFAULT_NETWORK, help=f"podman network (default {DEFAULT_NETWORK})")
     up.add_argument("--subnet", default=None, help=f"its subnet if it is created (default {DEFAULT_SUBNET})")
+    up.add_argument(
+        "--minimal", action="store_true", help=f"VMs of {MINIMAL_IMAGE}, with podman's bind-mounted /etc/hosts"
+    )
     up.set_defaults(func=cmd_up)
 
     down = with_inventory(commands.add_parser("down", help="remove the VMs, lab-hosts.yml and the unused network"))
