@@ -88,14 +88,56 @@ DEFAULT_NAT = """\
 -A VMESH_OUTPUT -o lo -m owner ! --gid-owner 1337 -j RETURN
 -A VMESH_OUTPUT -m owner --gid-owner 1337 -j RETURN
 -A VMESH_OUTPUT -d 127.0.0.1/32 -j RETURN
--A VMESH_OUTPUT -p tcp -m tcp --sport 22 -j RETURN
--A VMESH_OUTPUT -p tcp -m tcp --sport 15000 -j RETURN
--A VMESH_OUTPUT -p tcp -m tcp --sport 15001 -j RETURN
--A VMESH_OUTPUT -p tcp -m tcp --sport 15006 -j RETURN
--A VMESH_OUTPUT -p tcp -m tcp --sport 15021 -j RETURN
--A VMESH_OUTPUT -p tcp -m tcp --sport 15090 -j RETURN
+-A VMESH_OUTPUT -p tcp -m tcp --sport 22 ! --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN
+-A VMESH_OUTPUT -p tcp -m tcp --sport 15000 ! --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN
+-A VMESH_OUTPUT -p tcp -m tcp --sport 15001 ! --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN
+-A VMESH_OUTPUT -p tcp -m tcp --sport 15006 ! --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN
+-A VMESH_OUTPUT -p tcp -m tcp --sport 15021 ! --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN
+-A VMESH_OUTPUT -p tcp -m tcp --sport 15090 ! --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN
 -A VMESH_OUTPUT -j VMESH_REDIRECT
 -A VMESH_REDIRECT -p tcp -j REDIRECT --to-ports 15001
+COMMIT
+"""
+
+
+FRESH_FILTER6 = """\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+COMMIT
+"""
+
+# The IPv6 guard with the defaults: the mesh is IPv4-only, so IPv6 TCP around the sidecar is refused.
+DEFAULT_GUARD6 = """\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:VMESH_INBOUND_GUARD - [0:0]
+:VMESH_OUTPUT_GUARD - [0:0]
+-A INPUT -p tcp -j VMESH_INBOUND_GUARD
+-A OUTPUT -p tcp -j VMESH_OUTPUT_GUARD
+-A VMESH_INBOUND_GUARD -i lo -j RETURN
+-A VMESH_INBOUND_GUARD -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN
+-A VMESH_INBOUND_GUARD -p tcp -m tcp --dport 22 -j RETURN
+-A VMESH_INBOUND_GUARD -p tcp -m tcp --dport 15000 -j RETURN
+-A VMESH_INBOUND_GUARD -p tcp -m tcp --dport 15001 -j RETURN
+-A VMESH_INBOUND_GUARD -p tcp -m tcp --dport 15006 -j RETURN
+-A VMESH_INBOUND_GUARD -p tcp -m tcp --dport 15021 -j RETURN
+-A VMESH_INBOUND_GUARD -p tcp -m tcp --dport 15090 -j RETURN
+-A VMESH_INBOUND_GUARD -p tcp -j REJECT --reject-with tcp-reset
+-A VMESH_OUTPUT_GUARD -o lo -j RETURN
+-A VMESH_OUTPUT_GUARD -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN
+-A VMESH_OUTPUT_GUARD -m owner --uid-owner 1337 -j RETURN
+-A VMESH_OUTPUT_GUARD -m owner --gid-owner 1337 -j RETURN
+-A VMESH_OUTPUT_GUARD -p tcp -m tcp --sport 22 ! --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN
+-A VMESH_OUTPUT_GUARD -p tcp -m tcp --sport 15000 ! --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN
+-A VMESH_OUTPUT_GUARD -p tcp -m tcp --sport 15001 ! --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN
+-A VMESH_OUTPUT_GUARD -p tcp -m tcp --sport 15006 ! --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN
+-A VMESH_OUTPUT_GUARD -p tcp -m tcp --sport 15021 ! --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN
+-A VMESH_OUTPUT_GUARD -p tcp -m tcp --sport 15090 ! --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN
+-A VMESH_OUTPUT_GUARD -p tcp -j REJECT --reject-with tcp-reset
 COMMIT
 """
 
@@ -130,6 +172,12 @@ class Netns:
     def nat(self) -> str:
         """``iptables-save -t nat`` without the ``#`` lines, counters zeroed."""
         out = self.run("iptables-save", "-t", "nat").stdout
+        lines = [re.sub(r"\[\d+:\d+\]", "[0:0]", line) for line in out.splitlines() if not line.startswith("#")]
+        return "\n".join(lines) + "\n"
+
+    def filter6(self) -> str:
+        """``ip6tables-save -t filter`` without the ``#`` lines, counters zeroed."""
+        out = self.run("ip6tables-save", "-t", "filter").stdout or FRESH_FILTER6
         lines = [re.sub(r"\[\d+:\d+\]", "[0:0]", line) for line in out.splitlines() if not line.startswith("#")]
         return "\n".join(lines) + "\n"
 
@@ -254,17 +302,24 @@ def test_four_step_pattern(ns, redirect):
     assert checked["diff"]["before"] == ""
     assert "-A VMESH_REDIRECT -p tcp -j REDIRECT --to-ports 15001" in checked["diff"]["after"]
 
+    assert ns.filter6() == FRESH_FILTER6, "check mode applied IPv6 rules"
+    assert "# ip6tables -t filter\n" in checked["diff"]["after"]
+
     applied = _ok(redirect())
     assert applied["changed"] is True
     assert ns.nat() == DEFAULT_NAT
+    assert ns.filter6() == DEFAULT_GUARD6
     assert applied["rules"] == checked["rules"]
-    assert applied["diff"]["after"] == "\n".join(applied["rules"]) + "\n"
+    assert applied["rules6"] == checked["rules6"]
+    assert applied["diff"]["after"] == ("\n".join(applied["rules"]) + "\n# ip6tables -t filter\n"
+                                        + "\n".join(applied["rules6"]) + "\n")
 
     assert _ok(redirect(check=True))["changed"] is False
     again = _ok(redirect(diff=True))
     assert again["changed"] is False
     assert again["diff"]["before"] == again["diff"]["after"]
     assert ns.nat() == DEFAULT_NAT
+    assert ns.filter6() == DEFAULT_GUARD6
 
     # The boot unit's input: the same parameters, normalised, mode 0644.
     assert redirect.config_path.stat().st_mode & 0o777 == 0o644
@@ -276,7 +331,8 @@ def test_four_step_pattern(ns, redirect):
 
 def test_absent_restores_the_table_byte_for_byte(ns, redirect):
     ns.iptables("-A", "POSTROUTING", "-o", "lo", "-j", "MASQUERADE")  # something that is not ours
-    before = ns.nat()
+    ns.run("ip6tables", "-A", "INPUT", "-p", "udp", "--dport", "546", "-j", "ACCEPT")  # nor this
+    before, before6 = ns.nat(), ns.filter6()
 
     assert _ok(redirect(state="absent"))["changed"] is False
     _ok(redirect())
@@ -290,8 +346,9 @@ def test_absent_restores_the_table_byte_for_byte(ns, redirect):
 
     removed = _ok(redirect(state="absent"))
     assert removed["changed"] is True
-    assert removed["rules"] == []
+    assert removed["rules"] == [] and removed["rules6"] == []
     assert ns.nat() == before
+    assert ns.filter6() == before6
     assert not redirect.config_path.exists()
 
     assert _ok(redirect(state="absent"))["changed"] is False
@@ -384,8 +441,9 @@ def test_changed_parameter_is_applied_and_shown_in_the_diff(ns, redirect):
     assert applied["changed"] is True
     expected = _insert_after(DEFAULT_NAT, "-A VMESH_INBOUND -p tcp -m tcp --dport 15090 -j RETURN", new_line)
     # replies from an excluded port are never captured either
-    expected = _insert_after(expected, "-A VMESH_OUTPUT -p tcp -m tcp --sport 15090 -j RETURN",
-                             "-A VMESH_OUTPUT -p tcp -m tcp --sport 8443 -j RETURN")
+    expected = _insert_after(expected,
+                             "-A VMESH_OUTPUT -p tcp -m tcp --sport 15090 ! --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN",
+                             "-A VMESH_OUTPUT -p tcp -m tcp --sport 8443 ! --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN")
     assert ns.nat() == expected
     assert json.loads(redirect.config_path.read_text())["exclude_inbound_ports"] == DEFAULT_EXCLUDES + [8443]
     assert _ok(redirect(exclude_inbound_ports=DEFAULT_EXCLUDES + [8443]))["changed"] is False
@@ -418,7 +476,7 @@ def test_non_default_parameters(ns, redirect):
         "-A VMESH_OUTPUT -o lo -m owner ! --gid-owner 1501 -j RETURN",
         "-A VMESH_OUTPUT -m owner --gid-owner 1501 -j RETURN",
         "-A VMESH_OUTPUT -d 127.0.0.1/32 -j RETURN",
-        "-A VMESH_OUTPUT -p tcp -m tcp --sport 22 -j RETURN",
+        "-A VMESH_OUTPUT -p tcp -m tcp --sport 22 ! --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN",
         "-A VMESH_OUTPUT -p tcp -m tcp --dport 5432 -j RETURN",
         "-A VMESH_OUTPUT -d 10.1.0.0/16 -j RETURN",
         "-A VMESH_OUTPUT -d 192.0.2.7/32 -j RETURN",
@@ -499,15 +557,23 @@ def test_boot_cli_refuses_a_bad_config(ns, tmp_path):
 
 # --- behaviour with real connections ------------------------------------------------------------------------------
 
-# Listens on every PORT=TAG given; answers each connection with "TAG ORIGINAL_DST" and closes. Original
-# destination comes from SO_ORIGINAL_DST (what Envoy's original_dst filter reads), else the local address.
-# Exits by itself after 120 s so nothing outlives a crashed test.
+# Listens on every PORT=TAG given (6:PORT=TAG: on IPv6 only); answers each connection with "TAG ORIGINAL_DST"
+# and closes. Original destination comes from SO_ORIGINAL_DST (what Envoy's original_dst filter reads), else
+# the local address. Exits by itself after 120 s so nothing outlives a crashed test.
 SERVER = r"""
 import selectors, socket, struct, sys, time
 SO_ORIGINAL_DST = 80
 sel = selectors.DefaultSelector()
 for spec in sys.argv[1:]:
     port, tag = spec.split("=", 1)
+    if port.startswith("6:"):
+        srv = socket.socket(socket.AF_INET6)
+        srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("::", int(port[2:])))
+        srv.listen(16)
+        sel.register(srv, selectors.EVENT_READ, tag)
+        continue
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("0.0.0.0", int(port)))
@@ -522,15 +588,17 @@ while time.monotonic() < deadline:
             raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
             dst = "%s:%d" % (socket.inet_ntoa(raw[4:8]), struct.unpack("!H", raw[2:4])[0])
         except OSError:
-            dst = "%s:%d" % conn.getsockname()
+            dst = "%s:%d" % conn.getsockname()[:2]
         conn.sendall(("%s %s" % (key.data, dst)).encode())
         conn.close()
 """
 
+# Connects to HOST PORT [from SOURCE_PORT] and prints what the server said.
 CLIENT = r"""
 import socket, sys
+source = ("", int(sys.argv[3])) if len(sys.argv) > 3 else None
 try:
-    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3) as conn:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3, source_address=source) as conn:
         data = b""
         for _ in range(16):
             chunk = conn.recv(1024)
@@ -544,10 +612,13 @@ except OSError as exc:
 
 APP, EXCLUDED_APP = 18080, 18081
 LOCAL, PEER = "198.18.0.1", "198.18.0.2"  # benchmark range (RFC 2544), private to these namespaces
+PEER_OTHER = "198.18.0.3"  # a second address of the peer
+LOCAL6, PEER6 = "2001:db8:18::1", "2001:db8:18::2"  # documentation range (RFC 3849), private to these namespaces
 
 
-def _connect(netns: Netns, host: str, port: int, uid: int | None = None, gid: int | None = None) -> str:
-    argv = [TARGET_PYTHON, "-c", CLIENT, host, str(port)]
+def _connect(netns: Netns, host: str, port: int, uid: int | None = None, gid: int | None = None,
+             source_port: int | None = None) -> str:
+    argv = [TARGET_PYTHON, "-c", CLIENT, host, str(port), *([str(source_port)] if source_port else [])]
     if uid is not None:
         gid = uid if gid is None else gid
         argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *argv]
@@ -563,13 +634,18 @@ def vm_and_peer(make_netns):
          "netns", peer.name],
         ["ip", "-n", vm.name, "addr", "add", f"{LOCAL}/24", "dev", "vmesh-vm"],
         ["ip", "-n", peer.name, "addr", "add", f"{PEER}/24", "dev", "vmesh-peer"],
+        ["ip", "-n", peer.name, "addr", "add", f"{PEER_OTHER}/24", "dev", "vmesh-peer"],
+        ["ip", "-n", vm.name, "addr", "add", f"{LOCAL6}/64", "dev", "vmesh-vm", "nodad"],
+        ["ip", "-n", peer.name, "addr", "add", f"{PEER6}/64", "dev", "vmesh-peer", "nodad"],
         ["ip", "-n", vm.name, "link", "set", "vmesh-vm", "up"],
         ["ip", "-n", peer.name, "link", "set", "vmesh-peer", "up"],
     ):
         subprocess.run(argv, check=True, capture_output=True, timeout=30)
-    # On the VM: the sidecar's two listeners, the workload, and sshd. On the peer: another VM's workload.
-    vm.start_servers("15001=PROXY", "15006=INBOUND", f"{APP}=APP-LOCAL", "22=SSH")
-    peer.start_servers(f"{APP}=APP-PEER", f"{EXCLUDED_APP}=APP-PEER")
+    # On the VM: the sidecar's two listeners, the workload (on both families), and sshd. On the peer: another
+    # VM's workload.
+    vm.start_servers("15001=PROXY", "15006=INBOUND", f"{APP}=APP-LOCAL", "22=SSH", f"6:{APP}=APP-LOCAL6",
+                     "6:22=SSH6")
+    peer.start_servers(f"{APP}=APP-PEER", f"{EXCLUDED_APP}=APP-PEER", f"6:{APP}=APP-PEER6")
     return vm, peer
 
 
@@ -615,6 +691,47 @@ def test_traffic_is_redirected_like_istio(vm_and_peer, tmp_path):
     assert _ok(redirect(state="absent"))["changed"] is True
     assert _connect(vm, PEER, APP, uid=1000) == f"APP-PEER {PEER}:{APP}"
     assert _connect(peer, LOCAL, APP) == f"APP-LOCAL {LOCAL}:{APP}"
+
+
+def test_no_way_around_the_capture(vm_and_peer, tmp_path):
+    """What an app on the VM could use to go around its sidecar: IPv6 both ways, a client socket bound to an
+    excluded inbound port, the CA server's port to any other address. All closed; what is meant to pass does."""
+    vm, peer = vm_and_peer
+    _wait_until_reachable(peer, LOCAL, 22)
+    before = [
+        _connect(peer, LOCAL6, APP), _connect(vm, PEER6, APP, uid=1000),
+        _connect(vm, PEER, APP, uid=1000, source_port=15021), _connect(vm, PEER_OTHER, EXCLUDED_APP, uid=1000),
+    ]
+    # Without the rules every one of them reaches the app around the (absent) sidecar.
+    assert before == [f"APP-LOCAL6 {LOCAL6}:{APP}", f"APP-PEER6 {PEER6}:{APP}", f"APP-PEER {PEER}:{APP}",
+                      f"APP-PEER {PEER_OTHER}:{EXCLUDED_APP}"]
+
+    redirect = Redirect(vm, tmp_path)
+    assert _ok(redirect(exclude_outbound_endpoints=[f"{PEER}:{EXCLUDED_APP}"]))["changed"] is True
+
+    expectations = [
+        ("other VM -> app over IPv6: refused, not served around the sidecar",
+         peer, LOCAL6, APP, None, None, None, "ERROR ConnectionRefusedError"),
+        ("app -> other VM over IPv6: refused", vm, PEER6, APP, 1000, None, None, "ERROR ConnectionRefusedError"),
+        ("root -> other VM over IPv6: refused", vm, PEER6, APP, 0, None, None, "ERROR ConnectionRefusedError"),
+        ("proxy uid -> other VM over IPv6: passes", vm, PEER6, APP, 1337, None, None, f"APP-PEER6 {PEER6}:{APP}"),
+        ("app -> ::1: passes (loopback)", vm, "::1", APP, 1000, None, None, f"APP-LOCAL6 ::1:{APP}"),
+        ("other VM -> ssh over IPv6: passes (excluded port)", peer, LOCAL6, 22, None, None, None, f"SSH6 {LOCAL6}:22"),
+        ("app with its client socket bound to excluded port 15021: captured",
+         vm, PEER, APP, 1000, None, 15021, f"PROXY {PEER}:{APP}"),
+        ("root with its client socket bound to excluded port 15090: captured",
+         vm, PEER, APP, 0, None, 15090, f"PROXY {PEER}:{APP}"),
+        ("app -> the excluded endpoint: not captured",
+         vm, PEER, EXCLUDED_APP, 1000, None, None, f"APP-PEER {PEER}:{EXCLUDED_APP}"),
+        ("app -> the same port at another address: captured",
+         vm, PEER_OTHER, EXCLUDED_APP, 1000, None, None, f"PROXY {PEER_OTHER}:{EXCLUDED_APP}"),
+    ]
+    answers = {what: _connect(netns, host, port, uid, gid, source)
+               for what, netns, host, port, uid, gid, source, _ in expectations}
+    assert answers == {what: answer for what, *_, answer in expectations}
+
+    assert _ok(redirect(state="absent"))["changed"] is True
+    assert _connect(peer, LOCAL6, APP) == f"APP-LOCAL6 {LOCAL6}:{APP}"
 
 
 PUSH_SERVER = r"""

@@ -23,6 +23,21 @@ Layout in the ``nat`` table (istio-iptables' layout with our chain names)::
                          the rest (or the included CIDRs) -> VMESH_REDIRECT
       VMESH_REDIRECT     REDIRECT --to-ports 15001
 
+The mesh is IPv4-only, so IPv6 is closed instead of captured (as istio-iptables does without IPv6), in the
+``filter`` table of ip6tables::
+
+    INPUT -p tcp -j VMESH_INBOUND_GUARD       loopback, established, excluded ports RETURN; other TCP REJECT
+    OUTPUT -p tcp -j VMESH_OUTPUT_GUARD       loopback, established, the proxy's uid/gid, replies from the
+                                              excluded inbound ports, excluded ports RETURN; other TCP REJECT
+
+so no app is reached over IPv6 around its sidecar, and no app calls out over IPv6 around it. UDP is not captured
+in either family (as in Istio). A kernel without IPv6 (no /proc/net/if_inet6) gets no IPv6 rules.
+
+Excluded inbound ports (SSH) stay uncaptured for their replies only: a reply never opens a connection, so the
+OUTPUT exception for their source ports leaves out SYN packets -- an app that binds its client socket to port
+22 is captured like any other. The CA server's port is left uncaptured for its address only
+(``exclude_outbound_endpoints``), so renewal works with the proxy down without opening that port everywhere.
+
 Desired rules are written in the canonical form ``iptables-save`` prints them in, so that current and desired
 state compare as text. Checked against iptables 1.8.9 with the nf_tables backend (the legacy backend was not
 tested; if it printed a rule differently, :func:`reconcile` reports that as an error after applying):
@@ -63,6 +78,16 @@ JUMPS = (
     ("OUTPUT", "-p tcp -j " + OUTBOUND),
 )
 
+#: IPv6 (ip6tables, filter table): TCP that would go around the sidecar is refused.
+INBOUND_GUARD = "VMESH_INBOUND_GUARD"
+OUTBOUND_GUARD = "VMESH_OUTPUT_GUARD"
+CHAINS6 = (INBOUND_GUARD, OUTBOUND_GUARD)
+JUMPS6 = (
+    ("INPUT", "-p tcp -j " + INBOUND_GUARD),
+    ("OUTPUT", "-p tcp -j " + OUTBOUND_GUARD),
+)
+REJECT = "-p tcp -j REJECT --reject-with tcp-reset"
+
 ALL = "*"
 DEFAULT_PROXY_UID = 1337
 DEFAULT_INBOUND_CAPTURE_PORT = 15006
@@ -83,12 +108,13 @@ CONFIG_KEYS = (
     "include_inbound_ports",
     "exclude_outbound_ports",
     "exclude_outbound_cidrs",
+    "exclude_outbound_endpoints",
     "include_outbound_cidrs",
     "ssh_port",
 )
 
-# Built-in nat chains first, in the kernel's order, when showing jumps.
-_BUILTIN_ORDER = {"PREROUTING": 0, "INPUT": 1, "OUTPUT": 2, "POSTROUTING": 3}
+# Built-in chains first, in the kernel's order, when showing jumps.
+_BUILTIN_ORDER = {"PREROUTING": 0, "INPUT": 1, "FORWARD": 2, "OUTPUT": 3, "POSTROUTING": 4}
 _SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 _COMMAND_TIMEOUT = 60
 
@@ -135,6 +161,23 @@ def _cidr(value, where):
     return str(net)
 
 
+def _endpoint(value, where):
+    """``"IP:PORT"`` (IPv4) -> ``("IP/32", PORT)``."""
+    text = str(value).strip()
+    address, sep, port = text.rpartition(":")
+    if not sep:
+        raise RedirectError("%s: %r is not ADDRESS:PORT" % (where, value))
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except ValueError:
+        raise RedirectError("%s: %r is not an IPv4 ADDRESS:PORT" % (where, value)) from None
+    return ("%s/32" % ip, _port(port, where))
+
+
+def _endpoints(value, where):
+    return _unique(_endpoint(item, "%s[%d]" % (where, i)) for i, item in enumerate(_as_list(value, where)))
+
+
 def _as_list(value, where):
     """A list from a list, or from a comma-separated string (what `key=a,b` on an ad-hoc command line gives)."""
     if value is None:
@@ -178,6 +221,7 @@ class RedirectConfig:
     include_inbound_ports: object = ALL  # "*" or a tuple of ports
     exclude_outbound_ports: tuple = ()
     exclude_outbound_cidrs: tuple = ()
+    exclude_outbound_endpoints: tuple = ()  # ((CIDR /32, port), ...)
     include_outbound_cidrs: object = ALL  # "*" or a tuple of CIDRs
     ssh_port: int = DEFAULT_SSH_PORT
 
@@ -210,6 +254,8 @@ class RedirectConfig:
             include_inbound_ports=_all_or(params.get("include_inbound_ports"), _ports, "include_inbound_ports"),
             exclude_outbound_ports=_ports(get("exclude_outbound_ports", ()), "exclude_outbound_ports"),
             exclude_outbound_cidrs=_cidrs(get("exclude_outbound_cidrs", ()), "exclude_outbound_cidrs"),
+            exclude_outbound_endpoints=_endpoints(get("exclude_outbound_endpoints", ()),
+                                                  "exclude_outbound_endpoints"),
             include_outbound_cidrs=_all_or(params.get("include_outbound_cidrs"), _cidrs, "include_outbound_cidrs"),
             ssh_port=_port(get("ssh_port", DEFAULT_SSH_PORT), "ssh_port"),
         )
@@ -236,6 +282,8 @@ class RedirectConfig:
         for key in CONFIG_KEYS:
             value = getattr(self, key)
             out[key] = list(value) if isinstance(value, tuple) else value
+        out["exclude_outbound_endpoints"] = ["%s:%d" % (cidr[:-3], port)
+                                             for cidr, port in self.exclude_outbound_endpoints]
         return out
 
     def to_json(self):
@@ -309,6 +357,11 @@ def _dest(cidr):
     return "" if cidr.endswith("/0") else "-d %s " % cidr
 
 
+def _reply_from(port):
+    """RETURN for packets from an excluded inbound port that open no connection (not a SYN): replies."""
+    return "-p tcp -m tcp --sport %d ! --tcp-flags FIN,SYN,RST,ACK SYN -j RETURN" % port
+
+
 def _output_rules(config):
     uid, gid = config.proxy_uid, config.proxy_gid
     rules = [
@@ -323,9 +376,10 @@ def _output_rules(config):
         "-m owner --gid-owner %d -j RETURN" % gid,
         "-d 127.0.0.1/32 -j RETURN",
     ]
-    rules += ["-p tcp -m tcp --sport %d -j RETURN" % port for port in config.exclude_inbound_ports]
+    rules += [_reply_from(port) for port in config.exclude_inbound_ports]
     rules += ["-p tcp -m tcp --dport %d -j RETURN" % port for port in config.exclude_outbound_ports]
     rules += ["%s-j RETURN" % _dest(cidr) for cidr in config.exclude_outbound_cidrs]
+    rules += ["-d %s -p tcp -m tcp --dport %d -j RETURN" % endpoint for endpoint in config.exclude_outbound_endpoints]
     if config.include_outbound_cidrs == ALL:
         rules.append("-j " + REDIRECT)
     else:
@@ -346,16 +400,71 @@ def desired_footprint(config):
     return Footprint(chains=chains, jumps=[(chain, 1, spec) for chain, spec in JUMPS])
 
 
+def _guard_inbound_rules(config):
+    rules = ["-i lo -j RETURN", KEEP_ESTABLISHED]
+    rules += ["-p tcp -m tcp --dport %d -j RETURN" % port for port in config.exclude_inbound_ports]
+    if config.include_inbound_ports == ALL:
+        rules.append(REJECT)
+    else:
+        rules += ["-p tcp -m tcp --dport %d -j REJECT --reject-with tcp-reset" % port
+                  for port in config.include_inbound_ports]
+    return rules
+
+
+def _guard_output_rules(config):
+    rules = [
+        "-o lo -j RETURN",
+        KEEP_ESTABLISHED,
+        "-m owner --uid-owner %d -j RETURN" % config.proxy_uid,
+        "-m owner --gid-owner %d -j RETURN" % config.proxy_gid,
+    ]
+    rules += [_reply_from(port) for port in config.exclude_inbound_ports]
+    rules += ["-p tcp -m tcp --dport %d -j RETURN" % port for port in config.exclude_outbound_ports]
+    # Only some IPv4 destinations captured: IPv6 is not among them, so it is left alone as they are.
+    if config.include_outbound_cidrs == ALL:
+        rules.append(REJECT)
+    return rules
+
+
+def desired_footprint6(config):
+    """The IPv6 guard for ``config`` (ip6tables filter table); None means absent."""
+    if config is None:
+        return Footprint()
+    chains = {INBOUND_GUARD: _guard_inbound_rules(config), OUTBOUND_GUARD: _guard_output_rules(config)}
+    return Footprint(chains=chains, jumps=[(chain, 1, spec) for chain, spec in JUMPS6])
+
+
+@dataclass(frozen=True)
+class Family:
+    """One table vmesh keeps rules in: the IPv4 capture (nat) or the IPv6 guard (filter)."""
+
+    name: str
+    table: str
+    chains: tuple
+    save: str
+    restore: str
+    desired: object  # config (or None) -> Footprint
+
+
+NAT4 = Family("iptables -t nat", "nat", CHAINS, "iptables-save", "iptables-restore", desired_footprint)
+FILTER6 = Family("ip6tables -t filter", "filter", CHAINS6, "ip6tables-save", "ip6tables-restore", desired_footprint6)
+
+
+def ipv6_enabled():
+    """False on a kernel booted without IPv6 (ipv6.disable=1): nothing to guard, and ip6tables cannot work."""
+    return os.path.exists("/proc/net/if_inet6")
+
+
 @dataclass
 class NatTable:
-    """The nat table as iptables-save printed it: chains in order, and each chain's rule specs in order."""
+    """One table as iptables-save printed it: chains in order, and each chain's rule specs in order."""
 
     chains: list = field(default_factory=list)
     rules: dict = field(default_factory=dict)
 
 
-def parse_save(text):
-    """Parse ``iptables-save -t nat`` output. Comments, counters and other tables are ignored."""
+def parse_save(text, name="nat"):
+    """Parse ``iptables-save -t NAME`` output. Comments, counters and other tables are ignored."""
     table = NatTable()
     in_nat = False
     for number, raw in enumerate(text.splitlines(), 1):
@@ -366,7 +475,7 @@ def parse_save(text):
         if not line or line.startswith("#"):
             continue
         if line.startswith("*"):
-            in_nat = line == "*nat"
+            in_nat = line == "*" + name
             continue
         if not in_nat:
             continue
@@ -398,15 +507,16 @@ def _target(spec):
     return None
 
 
-def current_footprint(table):
-    """Our part of a parsed nat table."""
-    chains = {name: list(table.rules.get(name, [])) for name in CHAINS if name in table.rules}
+def current_footprint(table, chains=CHAINS):
+    """Our part of a parsed table (``chains``: our chain names in it)."""
+    ours = chains
+    chains = {name: list(table.rules.get(name, [])) for name in ours if name in table.rules}
     jumps = []
     for chain in table.rules:
-        if chain in CHAINS:
+        if chain in ours:
             continue
         for position, spec in enumerate(table.rules[chain], 1):
-            if _target(spec) in CHAINS:
+            if _target(spec) in ours:
                 jumps.append((chain, position, spec))
     jumps.sort(key=lambda jump: (_BUILTIN_ORDER.get(jump[0], len(_BUILTIN_ORDER)), jump[0], jump[1]))
     return Footprint(chains=chains, jumps=jumps)
@@ -423,26 +533,24 @@ class Plan:
     before: Footprint
     after: Footprint
     script: str = None
+    family: Family = NAT4
 
     @property
     def diff(self):
-        return {
-            "before_header": "iptables -t nat (vmesh rules)",
-            "after_header": "iptables -t nat (vmesh rules)",
-            "before": self.before.text(),
-            "after": self.after.text(),
-        }
+        header = "%s (vmesh rules)" % self.family.name
+        return {"before_header": header, "after_header": header, "before": self.before.text(),
+                "after": self.after.text()}
 
 
-def plan(table, config):
+def plan(table, config, family=NAT4):
     """Compare the table with ``config`` (None: absent) and build ONE ``iptables-restore --noflush`` script.
 
     Only our chains and the rules that jump into them are touched; every other rule stays as it is.
     """
-    before = current_footprint(table)
-    after = desired_footprint(config)
+    before = current_footprint(table, family.chains)
+    after = family.desired(config)
     if before == after:
-        return Plan(changed=False, before=before, after=after)
+        return Plan(changed=False, before=before, after=after, family=family)
 
     declare, delete, insert, append, remove = [], [], [], [], []
     # Jumps: a chain whose jumps into our chains are not exactly the desired ones loses all of them (by spec;
@@ -455,7 +563,7 @@ def plan(table, config):
             delete += ["-D %s %s" % (chain, spec) for _, _, spec in have]
             insert += ["-I %s %d %s" % jump for jump in want]
     # Chains: ":NAME - [0:0]" under --noflush creates the chain, or flushes it if it exists.
-    for name in CHAINS:
+    for name in family.chains:
         if name in after.chains:
             if before.chains.get(name) != after.chains[name]:
                 declare.append(":%s - [0:0]" % name)
@@ -464,8 +572,8 @@ def plan(table, config):
             # Flush all our chains first, then delete them: they reference each other.
             declare.append(":%s - [0:0]" % name)
             remove.append("-X %s" % name)
-    script = "\n".join(["*nat"] + declare + delete + insert + append + remove + ["COMMIT"]) + "\n"
-    return Plan(changed=True, before=before, after=after, script=script)
+    script = "\n".join(["*" + family.table] + declare + delete + insert + append + remove + ["COMMIT"]) + "\n"
+    return Plan(changed=True, before=before, after=after, script=script, family=family)
 
 
 # --- running iptables ---------------------------------------------------------------------------------------------
@@ -493,13 +601,14 @@ def find_binary(name):
 
 
 class Iptables:
-    """Reads and writes the nat table. ``run(argv, data)`` returns (rc, stdout, stderr); the Ansible module
+    """Reads and writes one family's table. ``run(argv, data)`` returns (rc, stdout, stderr); the Ansible module
     passes one built on ``module.run_command`` (with LC_ALL=C), the command line uses :func:`run_subprocess`."""
 
-    def __init__(self, run=None, save=None, restore=None):
+    def __init__(self, run=None, save=None, restore=None, family=NAT4):
+        self.family = family
         self._run = run or run_subprocess
-        self._save = save or find_binary("iptables-save")
-        self._restore = restore or find_binary("iptables-restore")
+        self._save = save or find_binary(family.save)
+        self._restore = restore or find_binary(family.restore)
 
     def _check(self, argv, data=None):
         rc, out, err = self._run(argv, data)
@@ -510,31 +619,70 @@ class Iptables:
         return out
 
     def read(self):
-        return parse_save(self._check([self._save, "-t", "nat"]))
+        return parse_save(self._check([self._save, "-t", self.family.table]), self.family.table)
 
     def restore(self, script):
         # One transaction for the whole change; --noflush keeps every other rule of the table.
         self._check([self._restore, "--noflush", "--wait=10"], script)
 
 
-def reconcile(config, iptables=None, check_mode=False):
-    """Make the nat table match ``config`` (None: remove every trace). Returns the :class:`Plan`.
+@dataclass
+class Reconciled:
+    """The plans of both families (the IPv6 one is None where the kernel has no IPv6)."""
 
-    In check mode nothing is run but ``iptables-save``. After applying, the table is read again: if it still
-    differs (an iptables that prints rules in another canonical form), that is an error, not a silent loop of
-    ``changed``.
-    """
-    iptables = iptables or Iptables()
-    result = plan(iptables.read(), config)
+    nat: Plan
+    guard6: Plan = None
+
+    @property
+    def plans(self):
+        return [p for p in (self.nat, self.guard6) if p is not None]
+
+    @property
+    def changed(self):
+        return any(p.changed for p in self.plans)
+
+    @property
+    def diff(self):
+        if self.guard6 is None:
+            return self.nat.diff
+        header = "vmesh rules (%s)" % ", ".join(p.family.name for p in self.plans)
+
+        def sections(side):
+            # The IPv4 capture as before; the IPv6 guard after it, under a header, when there is any.
+            text = getattr(self.nat, side).text()
+            six = getattr(self.guard6, side).text()
+            return text + ("# %s\n%s" % (self.guard6.family.name, six) if six else "")
+
+        return {"before_header": header, "after_header": header, "before": sections("before"),
+                "after": sections("after")}
+
+
+def _reconcile_one(config, iptables, check_mode):
+    family = iptables.family
+    result = plan(iptables.read(), config, family)
     if result.changed and not check_mode:
         iptables.restore(result.script)
-        now = current_footprint(iptables.read())
+        now = current_footprint(iptables.read(), family.chains)
         if now != result.after:
             diff = "".join(difflib.unified_diff(result.after.text().splitlines(True), now.text().splitlines(True),
-                                                "desired", "iptables-save after applying"))
-            raise RedirectError("the nat table still differs from the desired rules after iptables-restore "
-                                "(another tool changed it, or this iptables prints rules in another form):\n" + diff)
+                                                "desired", "%s after applying" % family.save))
+            raise RedirectError("%s still differs from the desired rules after %s (another tool changed it, or "
+                                "this iptables prints rules in another form):\n%s" % (family.name, family.restore, diff))
     return result
+
+
+def reconcile(config, iptables=None, check_mode=False, iptables6=None):
+    """Make the IPv4 nat table and the IPv6 filter table match ``config`` (None: remove every trace).
+
+    Each family is one transaction; the IPv4 capture goes first. In check mode nothing is run but the
+    ``-save`` commands. After applying, a table is read again: if it still differs (an iptables that prints
+    rules in another canonical form), that is an error, not a silent loop of ``changed``. Without IPv6 in the
+    kernel (and no ``iptables6`` given) there is no IPv6 side.
+    """
+    nat = _reconcile_one(config, iptables or Iptables(), check_mode)
+    if iptables6 is None and not ipv6_enabled():
+        return Reconciled(nat)
+    return Reconciled(nat, _reconcile_one(config, iptables6 or Iptables(family=FILTER6), check_mode))
 
 
 # --- command line for the boot-time unit --------------------------------------------------------------------------
@@ -543,7 +691,8 @@ def reconcile(config, iptables=None, check_mode=False):
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="vmesh_iptables.py",
-        description="Apply, remove or show vmesh's Istio-style NAT redirect to the sidecar (nat table).")
+        description="Apply, remove or show vmesh's Istio-style NAT redirect to the sidecar (IPv4 nat table) and "
+                    "its IPv6 guard (ip6tables filter table).")
     sub = parser.add_subparsers(dest="command", required=True)
     apply_cmd = sub.add_parser("apply", help="make the rules match the JSON config the vmesh_redirect module wrote")
     apply_cmd.add_argument("--config", required=True, help="JSON file, e.g. /etc/vmesh/redirect.json")
@@ -554,18 +703,19 @@ def main(argv=None):
 
     try:
         if args.command == "show":
-            iptables = Iptables()
-            table = iptables.read()
-            current = current_footprint(table)
-            sys.stdout.write(current.text() or "# no vmesh rules\n")
-            if args.config:
-                result = plan(table, load_config(args.config))
-                if result.changed:
-                    sys.stdout.write("".join(difflib.unified_diff(
-                        result.before.text().splitlines(True), result.after.text().splitlines(True),
-                        "current", args.config)))
-                else:
-                    sys.stdout.write("# in sync with %s\n" % args.config)
+            families = [NAT4] + ([FILTER6] if ipv6_enabled() else [])
+            for family in families:
+                table = Iptables(family=family).read()
+                sys.stdout.write("# %s\n" % family.name)
+                sys.stdout.write(current_footprint(table, family.chains).text() or "# no vmesh rules\n")
+                if args.config:
+                    result = plan(table, load_config(args.config), family)
+                    if result.changed:
+                        sys.stdout.write("".join(difflib.unified_diff(
+                            result.before.text().splitlines(True), result.after.text().splitlines(True),
+                            "current", args.config)))
+                    else:
+                        sys.stdout.write("# in sync with %s\n" % args.config)
             return 0
         config = load_config(args.config) if args.command == "apply" else None
         result = reconcile(config)

@@ -26,7 +26,14 @@ description:
     duplicated or displaced jump) is corrected in one C(iptables-restore --noflush) transaction.
   - The parameters are also written to O(config_path), which the boot-time unit re-applies with
     C(python3 vmesh_iptables.py apply --config <config_path>) (C(plugins/module_utils/vmesh_iptables.py)).
-  - IPv4 only.
+  - The mesh is IPv4-only, so IPv6 is closed rather than captured, as C(istio-iptables) does without IPv6:
+    in the C(filter) table of ip6tables, C(INPUT -p tcp -j VMESH_INBOUND_GUARD) and
+    C(OUTPUT -p tcp -j VMESH_OUTPUT_GUARD) refuse (TCP reset) IPv6 TCP connections except on the loopback
+    interface, established ones, the proxy's own, the excluded ports, and replies from the excluded inbound
+    ports. No app is reached, or reaches out, over IPv6 around its sidecar. UDP is not captured. On a kernel
+    without IPv6 (C(ipv6.disable=1)) there are no IPv6 rules.
+  - Replies from the excluded inbound ports (SSH) leave uncaptured, but a packet that opens a connection (a SYN)
+    from such a port is captured: an app cannot bind its client socket to port 22 to go around the sidecar.
 version_added: "0.1.0"
 author:
   - vmesh contributors
@@ -79,6 +86,14 @@ options:
     type: list
     elements: str
     default: []
+  exclude_outbound_endpoints:
+    description:
+      - Destinations C(ADDRESS:PORT) (IPv4) that outbound connections reach uncaptured, for example the online
+        CA server, so certificates renew while the proxy is down. Unlike O(exclude_outbound_ports), the port
+        stays captured for every other address.
+    type: list
+    elements: str
+    default: []
   include_outbound_cidrs:
     description:
       - V(*) redirects outbound connections to every destination not excluded.
@@ -109,7 +124,8 @@ attributes:
   platform:
     platforms: posix
 requirements:
-  - iptables (C(iptables-save) and C(iptables-restore)); tested with iptables 1.8.9, nf_tables backend
+  - iptables (C(iptables-save), C(iptables-restore), C(ip6tables-save), C(ip6tables-restore)); tested with
+    iptables 1.8.9, nf_tables backend
   - root
 notes:
   - Connections a workload opens to its own non-loopback address go over the loopback interface and are not
@@ -160,6 +176,18 @@ rules:
     - -A VMESH_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN
     - -A VMESH_OUTPUT -j VMESH_REDIRECT
     - -A VMESH_REDIRECT -p tcp -j REDIRECT --to-ports 15001
+rules6:
+  description:
+    - The desired IPv6 guard rules (ip6tables, filter table), in the form of RV(rules). Empty when
+      O(state=absent) or when the kernel has no IPv6.
+  returned: always
+  type: list
+  elements: str
+  sample:
+    - -N VMESH_INBOUND_GUARD
+    - -I INPUT 1 -p tcp -j VMESH_INBOUND_GUARD
+    - -A VMESH_INBOUND_GUARD -i lo -j RETURN
+    - -A VMESH_INBOUND_GUARD -p tcp -j REJECT --reject-with tcp-reset
 diff:
   description:
     - vmesh's rules before and after, as text in the form of RV(rules). Jumps show their actual position
@@ -185,7 +213,8 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.vmesh_iptables import CONFIG_KEYS, DEFAULT_EXCLUDE_INBOUND_PORTS, ALL
-from ansible.module_utils.vmesh_iptables import Iptables, RedirectConfig, RedirectError, reconcile
+from ansible.module_utils.vmesh_iptables import FILTER6, Iptables, RedirectConfig, RedirectError, reconcile
+from ansible.module_utils.vmesh_iptables import ipv6_enabled
 
 CONFIG_MODE = 0o644
 
@@ -201,6 +230,7 @@ def argument_spec():
         include_inbound_ports=dict(type="raw", default=ALL),
         exclude_outbound_ports=dict(type="list", elements="int", default=[]),
         exclude_outbound_cidrs=dict(type="list", elements="str", default=[]),
+        exclude_outbound_endpoints=dict(type="list", elements="str", default=[]),
         include_outbound_cidrs=dict(type="raw", default=ALL),
         ssh_port=dict(type="int", default=22),
         config_path=dict(type="path", default="/etc/vmesh/redirect.json"),
@@ -259,10 +289,15 @@ def ensure(module):
         return module.run_command(argv, data=data, binary_data=True, environ_update={"LC_ALL": "C"},
                                   check_rc=False)
 
-    iptables = Iptables(run=run,
-                        save=module.get_bin_path("iptables-save", opt_dirs=["/usr/sbin", "/sbin"]),
-                        restore=module.get_bin_path("iptables-restore", opt_dirs=["/usr/sbin", "/sbin"]))
-    result = reconcile(config, iptables, check_mode=module.check_mode)
+    def binary(name):
+        return module.get_bin_path(name, required=True, opt_dirs=["/usr/sbin", "/sbin"])
+
+    iptables = Iptables(run=run, save=binary("iptables-save"), restore=binary("iptables-restore"))
+    iptables6 = None
+    if ipv6_enabled():
+        iptables6 = Iptables(run=run, save=binary("ip6tables-save"), restore=binary("ip6tables-restore"),
+                             family=FILTER6)
+    result = reconcile(config, iptables, check_mode=module.check_mode, iptables6=iptables6)
 
     if config_changed and not module.check_mode:
         if present:
@@ -278,7 +313,8 @@ def ensure(module):
     return dict(
         changed=result.changed or config_changed,
         config_changed=config_changed,
-        rules=result.after.lines(),
+        rules=result.nat.after.lines(),
+        rules6=result.guard6.after.lines() if result.guard6 is not None else [],
         diff=result.diff,
     )
 
