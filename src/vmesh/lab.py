@@ -202,6 +202,17 @@ def assign_ips(hosts: list[str], subnet: str) -> dict[str, str]:
     return {host: str(network.network_address + FIRST_ADDRESS + i) for i, host in enumerate(ordered)}
 
 
+def assign_ips6(hosts: list[str], subnet6: str) -> dict[str, str]:
+    """IPv6 addresses in ``subnet6`` by the same rule as :func:`assign_ips`: sorted names from ::a (10)."""
+    try:
+        network = ipaddress.ip_network(subnet6)
+    except ValueError as e:
+        raise LabError(f"subnet6 {subnet6!r}: {e}") from e
+    if not isinstance(network, ipaddress.IPv6Network) or network.prefixlen > 120:
+        raise LabError(f"subnet6 {subnet6}: an IPv6 network of /120 or larger is needed")
+    return {host: str(network.network_address + FIRST_ADDRESS + i) for i, host in enumerate(sorted(set(hosts)))}
+
+
 def mac_address(ip: str) -> str:
     """A fixed MAC address for a lab VM's IP (locally administered, 02:76:6d = "vm", then the IP's last 3 bytes).
 
@@ -212,11 +223,18 @@ def mac_address(ip: str) -> str:
     return ":".join(f"{b:02x}" for b in (0x02, 0x76, 0x6D, *last))
 
 
-def render_lab_hosts(lab: str, network: str, ips: dict[str, str], key_file: Path) -> str:
-    """The text of lab-hosts.yml: where each host of the lab is and how to log in (deterministic)."""
+def render_lab_hosts(lab: str, network: str, ips: dict[str, str], key_file: Path,
+                     ips6: dict[str, str] | None = None) -> str:
+    """The text of lab-hosts.yml: where each host of the lab is and how to log in (deterministic).
+
+    With IPv6 on the lab's network each host also gets ``lab_ipv6_address`` (for tests; vmesh does not read it).
+    """
+    hosts = {host: {"ansible_host": ips[host]} for host in sorted(ips)}
+    for host, ip6 in (ips6 or {}).items():
+        hosts[host]["lab_ipv6_address"] = ip6
     document = {
         "all": {
-            "hosts": {host: {"ansible_host": ips[host]} for host in sorted(ips)},
+            "hosts": hosts,
             "vars": {
                 "ansible_user": ADMIN_USER,
                 "ansible_ssh_private_key_file": str(key_file),
@@ -413,11 +431,20 @@ def planned_subnet(name: str, subnet: str | None) -> str:
     return existing
 
 
-def ensure_network(name: str, subnet: str) -> None:
-    """Create the network if missing, labelled so that `down` may remove it again."""
+def ensure_network(name: str, subnet: str, subnet6: str | None = None) -> None:
+    """Create the network if missing, labelled so that `down` may remove it again. With ``subnet6`` the network
+    is dual-stack, and an existing one must have that IPv6 subnet."""
     if podman("network", "exists", name, check=False).returncode != 0:
-        podman("network", "create", "--subnet", subnet, "--label", f"{LABEL_NETWORK}=true", name)
-        say(f"created podman network {name} ({subnet})")
+        extra = ["--subnet", subnet6] if subnet6 else []
+        podman("network", "create", "--subnet", subnet, *extra, "--label", f"{LABEL_NETWORK}=true", name)
+        say(f"created podman network {name} ({subnet}{', ' + subnet6 if subnet6 else ''})")
+        return
+    if subnet6:
+        info = json.loads(podman("network", "inspect", name).stdout)[0]
+        have = {ipaddress.ip_network(s["subnet"]) for s in info.get("subnets") or []}
+        if ipaddress.ip_network(subnet6) not in have:
+            raise LabError(f"podman network {name} exists without IPv6 subnet {subnet6}; "
+                           f"run `vmesh lab down` on the labs using it first")
 
 
 def remove_network_if_unused(name: str) -> None:
@@ -448,9 +475,10 @@ def ensure_key(cache_dir: Path) -> Path:
     return key.resolve()
 
 
-def start_vm(lab: str, host: str, ip: str, network: str, flavour: Flavour = FULL) -> None:
+def start_vm(lab: str, host: str, ip: str, network: str, flavour: Flavour = FULL, ip6: str | None = None) -> None:
     podman(
         "run", "--detach", *VM_RUN_OPTIONS,
+        *(["--ip6", ip6] if ip6 else []),
         *(["--no-hosts"] if flavour.plain_hosts_file else []),
         "--hostname", host,
         "--name", container_name(host),
@@ -752,17 +780,18 @@ def cmd_up(args: argparse.Namespace) -> None:
         remove_containers(stale)
     lab_hosts_path(inventory).unlink(missing_ok=True)
 
-    ensure_network(args.network, subnet)
+    ips6 = assign_ips6(hosts, args.subnet6) if args.subnet6 else {}
+    ensure_network(args.network, subnet, args.subnet6)
     _check_addresses_free(args.network, ips)
     for host in hosts:
-        say(f"starting {container_name(host)} at {ips[host]}")
-        start_vm(lab, host, ips[host], args.network, flavour)
+        say(f"starting {container_name(host)} at {ips[host]}{' and ' + ips6[host] if ips6 else ''}")
+        start_vm(lab, host, ips[host], args.network, flavour, ips6.get(host))
         authorize_key(host, public_key)
     say(f"waiting for systemd and SSH on {len(hosts)} VM(s)")
     wait_ready(ips, key_file)
 
     target = lab_hosts_path(inventory)
-    _write_atomically(target, render_lab_hosts(lab, args.network, ips, key_file))
+    _write_atomically(target, render_lab_hosts(lab, args.network, ips, key_file, ips6))
     check_lab_hosts_apply(inventory, ips, key_file)
     say(f"lab {lab}: {len(hosts)} VM(s) up in {time.monotonic() - started:.0f} s; wrote {target}")
     if not inventory.is_dir():
@@ -898,6 +927,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--subnet", default=None, help=f"its subnet if it is created (default {DEFAULT_SUBNET})")
     up.add_argument(
         "--minimal", action="store_true", help=f"VMs of {MINIMAL_IMAGE}, with podman's bind-mounted /etc/hosts"
+    )
+    up.add_argument(
+        "--subnet6", default=None, help="also give the VMs IPv6 addresses in this subnet (a new dual-stack network)"
     )
     up.set_defaults(func=cmd_up)
 
