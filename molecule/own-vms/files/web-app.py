@@ -4,7 +4,9 @@
 Standard library only (the minimal VMs have python3 and nothing else). The caller is what the sidecar put in
 X-Forwarded-Client-Cert, so a test sees the client's mesh identity from the application's side.
 
-  web-app.py --port 8080 [--bind 0.0.0.0]
+  web-app.py --port 8080 [--bind ::]
+
+Bound to ``::`` it takes IPv4 and IPv6 (dual stack), as many servers do by default.
 """
 import argparse
 import http.server
@@ -30,9 +32,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--bind", default="0.0.0.0")
+    parser.add_argument("--bind", default="::")
     args = parser.parse_args()
-    http.server.ThreadingHTTPServer((args.bind, args.port), Handler).serve_forever()
+    server_class = http.server.ThreadingHTTPServer
+    if ":" in args.bind:
+        class DualStack(http.server.ThreadingHTTPServer):
+            address_family = socket.AF_INET6
+
+            def server_bind(self):
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                super().server_bind()
+
+        server_class = DualStack
+    server_class((args.bind, args.port), Handler).serve_forever()
 
 
 if __name__ == "__main__":
