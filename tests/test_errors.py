@@ -22,7 +22,7 @@ def vs(body: str) -> str:
 
 
 CASES = [
-    ("malformed yaml", "kind: VirtualService\nmetadata: {name: [x\n", "mesh/doc0.yaml: malformed YAML: line"),
+    ("malformed yaml", "kind: VirtualService\nmetadata: {name: [x\n", "mesh/doc0.yaml: document 1 (line 1): malformed YAML: line 3, column 1"),
     ("unknown kind", "apiVersion: networking.istio.io/v1\nkind: VirtualServise\nmetadata: {name: x}\n",
      "VirtualServise/x: kind: unknown kind"),
     ("wrong api version", "apiVersion: networking.istio.io/v9\nkind: VirtualService\nmetadata: {name: x}\n",
@@ -43,7 +43,8 @@ CASES = [
     ("invalid regex", vs("match: [{uri: {regex: '/a[b'}}]\n    route: [{destination: {host: reviews}}]"),
      "spec.http[0].match[0].uri.regex: invalid regex '/a[b'"),
     ("re2 has no lookahead", vs("match: [{headers: {x: {regex: '(?=a)b'}}}]\n    route: [{destination: {host: reviews}}]"),
-     "spec.http[0].match[0].headers.x.regex: invalid regex '(?=a)b': RE2 (used by Istio and Envoy) has no lookahead"),
+     "spec.http[0].match[0].headers.x.regex: invalid regex '(?=a)b': invalid perl operator: (?= (Istio and Envoy "
+     "read RE2 syntax"),
     ("invalid duration", vs("timeout: 10 seconds\n    route: [{destination: {host: reviews}}]"),
      "spec.http[0].timeout: invalid duration '10 seconds'"),
     ("typo in a field", vs("rout: [{destination: {host: reviews}}]"),
@@ -127,3 +128,227 @@ def test_bad_inventory(override, expected):
     with pytest.raises(MeshError) as info:
         build(hosts=hosts)
     assert expected in str(info.value)
+
+
+# --- strict reading, as the Kubernetes API server reads (issue E, "Mesh documents: strict") -----------------------
+
+PA = """apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: istio-system}}
+spec:
+{body}
+"""
+AP = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: deny-all}}
+spec:
+{body}
+"""
+GW = """apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: {name}}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: [{host}]
+"""
+
+
+def gw(name: str = "gw", host: str = "bookinfo.example.test") -> str:
+    return GW.format(name=name, host=host)
+
+
+def named(kind: str, name: str, extra: str = "") -> str:
+    return f"apiVersion: networking.istio.io/v1\nkind: {kind}\nmetadata: {{name: {name}{extra}}}\n"
+
+
+ALIAS_BOMB = """apiVersion: networking.istio.io/v1
+kind: EnvoyFilter
+metadata: {name: lol}
+spec:
+  configPatches:
+  - applyTo: HTTP_FILTER
+    patch:
+      operation: ADD
+      value:
+        a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+        b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+        c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+        d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+        e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+        f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+        g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+        h: [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+"""
+
+STRICT_CASES = [
+    # duplicate keys, at any depth: the last one no longer silently wins
+    ("duplicate mtls mode", PA.format(body="  mtls:\n    mode: STRICT\n    mode: DISABLE"),
+     "mesh/doc0.yaml: PeerAuthentication/istio-system/default: spec.mtls.mode: line 7, column 5: duplicate key "
+     "'mode', first on line 6"),
+    ("duplicate action", AP.format(body="  action: DENY\n  rules: [{}]\n  action: ALLOW"),
+     "mesh/doc0.yaml: AuthorizationPolicy/deny-all: spec.action: line 7, column 3: duplicate key 'action', first on "
+     "line 5"),
+    ("duplicate top-level key", named("VirtualService", "reviews") + "kind: VirtualService\n",
+     "mesh/doc0.yaml: document 1 (line 1): kind: line 4, column 1: duplicate key 'kind', first on line 2"),
+    ("duplicate port key as number and text", PA.format(
+        body="  selector: {matchLabels: {app: reviews}}\n  portLevelMtls:\n    9080: {mode: STRICT}\n"
+             "    '9080': {mode: DISABLE}"),
+     "PeerAuthentication/istio-system/default: spec.portLevelMtls.9080: line 8, column 5: duplicate key '9080'"),
+    ("duplicate key deep in a route", vs("route: [{destination: {host: reviews, subset: v1, subset: v2}}]"),
+     "VirtualService/reviews: spec.http[0].route[0].destination.subset: line 7, column 55: duplicate key 'subset', "
+     "first on line 7"),
+    # aliases, anchors and other YAML machinery
+    ("alias bomb", ALIAS_BOMB, "mesh/doc0.yaml: EnvoyFilter/lol: spec.configPatches[0].patch.value.a: line 10, "
+                               "column 12: YAML anchors (&a) are not accepted in mesh documents"),
+    ("recursive alias", named("EnvoyFilter", "loop") + "spec: &loop {configPatches: [*loop]}\n",
+     "EnvoyFilter/loop: spec: line 4, column 7: YAML anchors (&loop) are not accepted"),
+    ("merge key", vs("route: [{<<: {destination: {host: reviews}}}]"),
+     "VirtualService/reviews: spec.http[0].route[0]: line 7, column 14: YAML merge keys (<<) are not accepted"),
+    ("python tag", named("VirtualService", "x") + "spec: !!python/object:os.system {}\n",
+     "VirtualService/x: spec: line 4, column 7: the YAML tag '!!python/object:os.system' is not accepted"),
+    ("binary tag", vs("route: !!binary aGVsbG8="), "VirtualService/reviews: spec.http[0].route: line 7, column 12: "
+                                                   "the YAML tag '!!binary' is not accepted"),
+    ("mapping as a key", named("VirtualService", "x") + "spec: {? {a: b}: c}\n",
+     "VirtualService/x: spec: line 4, column 10: a key must be a string or a number, not a mapping"),
+    ("nesting too deep", named("EnvoyFilter", "deep") + "spec: " + "[" * 600 + "]" * 600 + "\n",
+     "mesh/doc0.yaml: document 1 (line 1): spec[0][0][0][0][0][0][0][...92 levels more]: line 4, column 106: "
+     "nested more than 100 levels deep"),
+    ("NUL in the file", named("VirtualService", "re\0views"),
+     "mesh/doc0.yaml: VirtualService in document 1 (line 1): metadata.name: line 3, column 20: the character U+0000 "
+     "(a control character) is not accepted in YAML"),
+    ("escaped control character", named("VirtualService", '"a\\x1bb"'),
+     "VirtualService in document 1 (line 1): metadata.name: line 3, column 18: the character U+001B (a control "
+     "character) is not accepted"),
+    ("NUL in a comment of the second document", vs("route: [{destination: {host: reviews}}]") + "---\n# \0\n",
+     "mesh/doc0.yaml: document 2 (line 8): line 9, column 3: the character U+0000 (a control character) is not "
+     "accepted in YAML"),
+    ("huge number", vs("route: [{destination: {host: reviews}, weight: " + "9" * 5000 + "}]"),
+     "VirtualService/reviews: spec.http[0].route[0].weight: line 7, column 52: '99999999999"),
+    ("not a number", vs("route: [{destination: {host: reviews}, weight: .nan}]"),
+     "spec.http[0].route[0].weight: line 7, column 52: '.nan' is not a number JSON can carry"),
+    # names, as Kubernetes and Istio check them
+    ("path as a name", named("VirtualService", "../../etc/passwd"),
+     "mesh/doc0.yaml: VirtualService in document 1 (line 1): metadata.name: invalid name '../../etc/passwd': must be "
+     "a DNS-1123 subdomain"),
+    ("quote in a name", named("DestinationRule", '"re\'views"'), "metadata.name: invalid name \"re'views\""),
+    ("zero-width space in a name", named("VirtualService", '"reviews\\u200b"'),
+     "metadata.name: invalid name 'reviews\\u200b': must be a DNS-1123 subdomain"),
+    ("right-to-left override in a name", named("VirtualService", '"weiver\\u202e"'),
+     "metadata.name: invalid name 'weiver\\u202e'"),
+    ("upper-case name", named("VirtualService", "Reviews"), "invalid name 'Reviews': must be a DNS-1123 subdomain"),
+    ("100,000-character name", named("VirtualService", "a" * 100_000),
+     "metadata.name: invalid name 'aaaa"),
+    ("dotted Gateway name", gw(name="bookinfo.gateway"),
+     "Gateway in document 1 (line 1): metadata.name: invalid name 'bookinfo.gateway': must be a DNS-1123 label"),
+    ("namespace with a dot", named("VirtualService", "reviews", ", namespace: a.b"),
+     "VirtualService/reviews: metadata.namespace: invalid namespace 'a.b': must be a DNS-1123 label"),
+    ("64-character namespace", named("VirtualService", "reviews", ", namespace: " + "n" * 64),
+     "metadata.namespace: invalid namespace 'nnnn"),
+    # hosts, as Istio's validation reads them
+    ("gateway short host", gw(host="bookinfo"),
+     "Gateway/gw: spec.servers[0].hosts[0]: invalid host 'bookinfo': short names are not allowed here"),
+    ("gateway partial wildcard", gw(host="'book*.example.test'"),
+     "Gateway/gw: spec.servers[0].hosts[0]: invalid host 'book*.example.test': label 'book*'"),
+    ("gateway host namespace", gw(host="'Bad_NS/bookinfo.example.test'"),
+     "spec.servers[0].hosts[0]: invalid namespace 'Bad_NS' in host 'Bad_NS/bookinfo.example.test'"),
+    ("gateway host with a zero-width space", gw(host='"bookinfo.example.test\\u200b"'),
+     "spec.servers[0].hosts[0]: invalid host 'bookinfo.example.test\\u200b'"),
+    ("destination host with an underscore", vs("route: [{destination: {host: re_views}}]"),
+     "spec.http[0].route[0].destination.host: invalid host 're_views': label 're_views' is not a DNS-1123 label"),
+    ("destination rule host", "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: x}\n"
+                              "spec: {host: 'ratings..default'}\n",
+     "DestinationRule/x: spec.host: invalid host 'ratings..default': label ''"),
+    ("service entry host", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x}\n"
+                           "spec: {hosts: [api.example.123], ports: [{number: 443, protocol: TLS}]}\n",
+     "ServiceEntry/x: spec.hosts[0]: invalid host 'api.example.123': the top-level domain '123' cannot be all digits"),
+    ("sidecar egress host", "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: x}\n"
+                            "spec: {egress: [{hosts: ['./ratings']}]}\n",
+     "Sidecar/x: spec.egress[0].hosts[0]: invalid host 'ratings' in './ratings': short names are not allowed"),
+    ("gateway reference", VS.replace("hosts: [reviews]", "hosts: [reviews]\n  gateways: ['Istio_System/gw']")
+     .format(body="route: [{destination: {host: reviews}}]"),
+     "spec.gateways[0]: invalid namespace in 'Istio_System/gw': must be a DNS-1123 label"),
+    # regexes, checked by RE2 as Envoy reads them
+    ("regex \\Z", vs("match: [{uri: {regex: '/a\\Z'}}]\n    route: [{destination: {host: reviews}}]"),
+     "spec.http[0].match[0].uri.regex: invalid regex '/a\\\\Z': invalid escape sequence: \\Z"),
+    ("regex backreference", vs("match: [{uri: {regex: '(a)\\1'}}]\n    route: [{destination: {host: reviews}}]"),
+     "spec.http[0].match[0].uri.regex: invalid regex '(a)\\\\1': invalid escape sequence: \\1"),
+    ("regex repeat over 1000", vs("match: [{uri: {regex: 'a{1001}'}}]\n    route: [{destination: {host: reviews}}]"),
+     "invalid regex 'a{1001}': invalid repetition size: {1001}"),
+    ("regex over Envoy's program size", vs("match: [{uri: {regex: '[a-z]{97}'}}]\n    route: [{destination: "
+                                           "{host: reviews}}]"),
+     "spec.http[0].match[0].uri.regex: regex '[a-z]{97}' is too complex for Envoy: its RE2 program size is 101, "
+     "Envoy takes at most 100"),
+    ("regex over Istio's length", vs("match: [{uri: {regex: '" + "a" * 1025 + "'}}]\n    route: [{destination: "
+                                     "{host: reviews}}]"),
+     "spec.http[0].match[0].uri.regex: regex of 1025 characters is too long: Istio takes at most 1024"),
+    ("rewrite regex", vs("match: [{uri: {prefix: /}}]\n    rewrite: {uriRegexRewrite: {match: '(?<=a)b', rewrite: x}}"
+                         "\n    route: [{destination: {host: reviews}}]"),
+     "spec.http[0].rewrite.uriRegexRewrite.match: invalid regex '(?<=a)b'"),
+    # durations
+    ("negative duration", vs("timeout: -1s\n    route: [{destination: {host: reviews}}]"),
+     "spec.http[0].timeout: duration '-1s' is negative"),
+    ("duration past protobuf's range", vs("timeout: 315576000001s\n    route: [{destination: {host: reviews}}]"),
+     "spec.http[0].timeout: duration '315576000001s' is too long: Envoy takes at most 315576000000s"),
+    ("duration under a millisecond", vs("retries: {attempts: 1, perTryTimeout: 100us}\n    route: [{destination: "
+                                        "{host: reviews}}]"),
+     "spec.http[0].retries.perTryTimeout: duration '100us' is too short, must be at least 0.001s"),
+    ("duration finer than a millisecond", vs("timeout: 1.5ms\n    route: [{destination: {host: reviews}}]"),
+     "spec.http[0].timeout: duration '1.5ms' is finer than a millisecond"),
+    ("duration of 5000 digits", vs("timeout: '" + "1" * 5000 + "s'\n    route: [{destination: {host: reviews}}]"),
+     "spec.http[0].timeout: invalid duration '1111"),
+    ("CORS max age of 0", vs("corsPolicy: {maxAge: 0s}\n    route: [{destination: {host: reviews}}]"),
+     "spec.http[0].corsPolicy.maxAge: duration '0s' is too short"),
+]
+
+
+@pytest.mark.parametrize("text,expected", [c[1:] for c in STRICT_CASES], ids=[c[0] for c in STRICT_CASES])
+def test_strict_reading(text, expected):
+    with pytest.raises(MeshError) as info:
+        build(text)
+    assert expected in str(info.value)
+    assert len(str(info.value)) < 1000  # a 100,000-character value is cut in the message
+
+
+ACCEPTED = [
+    ("unicode class in a regex", vs("match: [{uri: {regex: '/\\pL+'}}]\n    route: [{destination: {host: reviews}}]")),
+    ("regex just under Envoy's program size", vs("match: [{uri: {regex: '[a-z]{96}'}}]\n    route: [{destination: "
+                                                 "{host: reviews}}]")),
+    ("the longest duration", vs("timeout: 315576000000s\n    route: [{destination: {host: reviews}}]")),
+    ("one key in two documents", vs("route: [{destination: {host: reviews}}]") + "---\n" +
+     vs("route: [{destination: {host: ratings}}]").replace("reviews", "ratings")),
+    ("253-character name", named("VirtualService", ".".join(["a" * 63] * 3 + ["a" * 61])) +
+     "spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}\n"),
+    ("gateway host as an IP address", gw(host="192.0.2.10")),
+    ("gateway host in any namespace", gw(host="'*/bookinfo.example.test'")),
+    ("a date stays text", vs("headers: {request: {set: {x-date: 2024-01-01}}}\n    route: [{destination: "
+                             "{host: reviews}}]")),
+]
+
+
+@pytest.mark.parametrize("text", [c[1] for c in ACCEPTED], ids=[c[0] for c in ACCEPTED])
+def test_strict_reading_accepts(text):
+    build(text)
+
+
+def test_a_date_is_passed_on_as_written():
+    from vmesh.compile import render_host
+
+    mesh = build(vs("headers: {request: {set: {x-date: 2024-01-01}}}\n    route: [{destination: {host: reviews}}]"))
+    assert '"value": "2024-01-01"' in render_host(mesh, "productpage-v1").files[
+        "rds_outbound_9080__reviews.default.svc.cluster.local.json"]
+
+
+def test_file_size_limit():
+    text = vs("route: [{destination: {host: reviews}}]") + "#" * (2 * 1024 * 1024)
+    with pytest.raises(MeshError, match=r"^mesh/doc0.yaml: \d+ characters is more than the 2097152 \(2 MiB\) a mesh "
+                                        r"file may have; split it"):
+        build(text)
+
+
+def test_document_size_limit():
+    text = named("EnvoyFilter", "big") + "spec: {priority: 1, x: '" + "a" * (1024 * 1024) + "'}\n"
+    with pytest.raises(MeshError, match=r"^mesh/doc0.yaml: EnvoyFilter/big: \d+ characters is more than the 1048576 "
+                                        r"\(1 MiB\) one object may have"):
+        build(text)

@@ -7,7 +7,7 @@ from typing import Any, Iterable, Mapping
 
 from vmesh import registry as registry_mod
 from vmesh import rollout as rollout_mod
-from vmesh.documents import Document, load_sources
+from vmesh.documents import Document, load_sources, show
 from vmesh.errors import MeshError, MeshErrors
 from vmesh.istio import destinationrule, envoyfilter, gateway as gateway_mod, serviceentry
 from vmesh.istio import authorizationpolicy, peerauthentication, sidecar as sidecar_mod, virtualservice
@@ -86,11 +86,11 @@ def _check_destinations(vs: VirtualService, rules: dict[str, DestinationRule]) -
             rule = rules.get(dest.host)
             node = dest.node.get("subset")
             if rule is None:
-                raise node.error(f"subset {dest.subset!r} of {dest.host} is not defined: "
+                raise node.error(f"subset {show(dest.subset)} of {dest.host} is not defined: "
                                  "no DestinationRule has this host")
             if dest.subset not in rule.subsets:
                 known = ", ".join(sorted(rule.subsets)) or "none"
-                raise node.error(f"subset {dest.subset!r} is not defined in {rule.doc.ref} ({rule.doc.file}); "
+                raise node.error(f"subset {show(dest.subset)} is not defined in {rule.doc.ref} ({rule.doc.file}); "
                                  f"its subsets: {known}")
 
 

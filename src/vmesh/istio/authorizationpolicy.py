@@ -16,7 +16,7 @@ import ipaddress
 import re
 from typing import Callable, Iterable
 
-from vmesh.documents import Document
+from vmesh.documents import Document, show
 from vmesh.istio import sidecar
 from vmesh.istio.fields import Node, root
 
@@ -110,18 +110,22 @@ class AuthorizationPolicy:
 def _wildcard(node: Node, text: str) -> str:
     """Istio reads ``*`` only alone, first or last; anywhere else it is a literal star that no request carries."""
     if (text != "*" and "*" in text[1:-1]) or (len(text) > 1 and text.startswith("*") and text.endswith("*")):
-        raise node.error(f"{text!r}: '*' may stand alone (any value), first (suffix match) or last (prefix match), "
+        raise node.error(f"{show(text)}: '*' may stand alone (any value), first (suffix match) or last (prefix match), "
                          "not in the middle or at both ends")
     return text
 
 
 def _namespace(node: Node, text: str) -> str:
-    return text  # Istio reads every '*' of a namespace as any run of characters
+    # Istio reads every '*' of a namespace as any run of characters; the rest is (part of) a DNS label
+    if len(text) > 63 or not re.fullmatch(r"[a-z0-9*-]+", text):
+        raise node.error(f"{show(text)}: expected a namespace (a DNS label, at most 63 characters), where '*' "
+                         "stands for any characters")
+    return text
 
 
 def _path(node: Node, text: str) -> str:
     if PATH_TEMPLATE.search(text):
-        raise node.error(f"{text!r}: path templates ({{*}}, {{**}}) are not supported by vmesh yet; use a prefix "
+        raise node.error(f"{show(text)}: path templates ({{*}}, {{**}}) are not supported by vmesh yet; use a prefix "
                          "('/api/*') or suffix ('*.html') match")
     return _wildcard(node, text)
 
@@ -130,14 +134,14 @@ def _ip_block(node: Node, text: str) -> str:
     try:
         network = ipaddress.ip_network(text, strict=False) if "/" in text else ipaddress.ip_network(text)
     except ValueError:
-        raise node.error(f"invalid IP address or CIDR range {text!r}, expected e.g. '10.0.0.1' or '10.0.0.0/16'") \
+        raise node.error(f"invalid IP address or CIDR range {show(text)}, expected e.g. '10.0.0.1' or '10.0.0.0/16'") \
             from None
     return str(network)
 
 
 def _port(node: Node, text: str) -> str:
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
-        raise node.error(f"expected a port number 1-65535, got {text!r}")
+        raise node.error(f"expected a port number 1-65535, got {show(text)}")
     return str(int(text))
 
 
@@ -219,7 +223,7 @@ def _condition(node: Node) -> Condition:
     if header_match:
         header = header_match.group(1)
         if not HEADER_NAME.match(header):
-            raise key_node.error(f"{key!r}: expected a header name in the brackets, e.g. request.headers[x-user]")
+            raise key_node.error(f"{show(key)}: expected a header name in the brackets, e.g. request.headers[x-user]")
         header = header.lower()  # Envoy compares header names without case
         check: Check = _wildcard
     elif key.startswith("request.auth."):
@@ -236,7 +240,7 @@ def _condition(node: Node) -> Condition:
         check = _CONDITION_CHECKS[key]
     else:
         known = ", ".join(CONDITION_KEYS + ("request.headers[<name>]",))
-        raise key_node.error(f"unknown attribute {key!r}; vmesh knows {known}")
+        raise key_node.error(f"unknown attribute {show(key)}; vmesh knows {known}")
     match = Match(_strings(node.get("values"), check), _strings(node.get("notValues"), check))
     if not match:
         raise node.error(f"set values or notValues (or both) for {key}")
@@ -267,7 +271,7 @@ def parse(doc: Document) -> AuthorizationPolicy:
     if action == "CUSTOM":
         raise action_node.error("CUSTOM (external authorization) is not supported by vmesh")
     if action not in ACTIONS:
-        raise action_node.error(f"expected one of {', '.join(ACTIONS)}, got {action!r}")
+        raise action_node.error(f"expected one of {', '.join(ACTIONS)}, got {show(action)}")
     if spec.get("provider").present:
         raise spec.get("provider").error("provider goes with action CUSTOM (external authorization), which is not "
                                          "supported by vmesh")

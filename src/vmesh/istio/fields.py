@@ -6,10 +6,13 @@ fields that vmesh does not implement are refused with a message that says so.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any, Iterable, Iterator
 
-from vmesh.documents import Document
+import re2
+
+from vmesh.documents import Document, dns_label_problem, path_key, show
 from vmesh.errors import MeshError
 
 _TYPE_NAMES = {dict: "a mapping", list: "a list", str: "a string", int: "an integer", bool: "true or false"}
@@ -33,6 +36,7 @@ class Node:
     def child_path(self, key: str | int) -> str:
         if isinstance(key, int):
             return f"{self.path}[{key}]"
+        key = path_key(str(key))
         return f"{self.path}.{key}" if self.path else key
 
     def get(self, key: str) -> Node:
@@ -137,7 +141,7 @@ def _describe(value: Any) -> str:
         return "nothing"
     if isinstance(value, bool):
         return "true/false"
-    return f"{_TYPE_NAMES.get(type(value), type(value).__name__)} ({value!r})" if not isinstance(value, (dict, list)) \
+    return f"{_TYPE_NAMES.get(type(value), type(value).__name__)} ({show(value)})" if not isinstance(value, (dict, list)) \
         else _TYPE_NAMES[type(value)]
 
 
@@ -150,29 +154,41 @@ def _close(key: str, known: set[str]) -> str | None:
 
 # --- durations: Go/Istio syntax such as 10s, 0.5s, 1m30s, 250ms ---------------------------------------------
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s)")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|us|µs|ns|h|m|s)")  # ASCII digits only
 _UNIT_NS = {"h": 3600 * 10**9, "m": 60 * 10**9, "s": 10**9, "ms": 10**6, "us": 10**3, "µs": 10**3, "ns": 1}
+MAX_DURATION_NS = 315_576_000_000 * 10**9  # the largest google.protobuf.Duration, so the largest Envoy reads
+MS = 10**6
+_MAX_DURATION_CHARS = 64
 
 
 def duration_ns(node: Node, *, minimum_ns: int = 0) -> int | None:
-    """Parse a duration; None when absent."""
+    """Parse a duration; None when absent. Negative durations and ones past protobuf's range are refused; with a
+    ``minimum_ns`` of 1ms or more (Istio's ValidateDuration) so are durations finer than a millisecond."""
     if node.value is None:
         return None
     text = node.value
     if isinstance(text, bool) or not isinstance(text, str):
         raise node.error(f"expected a duration such as '10s' or '250ms', got {_describe(text)}")
+    if text.startswith("-"):
+        raise node.error(f"duration {show(text)} is negative")
     pos, total = 0, 0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            break
-        number, unit = match.groups()
-        whole, _, frac = number.partition(".")
-        total += int(whole or 0) * _UNIT_NS[unit] + (int(frac) * _UNIT_NS[unit] // 10 ** len(frac) if frac else 0)
-        pos = match.end()
+    if len(text) <= _MAX_DURATION_CHARS:
+        for match in _DURATION_PART.finditer(text):
+            if match.start() != pos:
+                break
+            number, unit = match.groups()
+            whole, _, frac = number.partition(".")
+            total += int(whole or 0) * _UNIT_NS[unit] + (int(frac) * _UNIT_NS[unit] // 10 ** len(frac) if frac else 0)
+            pos = match.end()
     if pos != len(text) or not text:
-        raise node.error(f"invalid duration {text!r}: use a number and a unit (h, m, s, ms), e.g. '10s' or '1.5s'")
+        raise node.error(f"invalid duration {show(text)}: use a number and a unit (h, m, s, ms), e.g. '10s' or '1.5s'")
+    if total > MAX_DURATION_NS:
+        raise node.error(f"duration {show(text)} is too long: Envoy takes at most {MAX_DURATION_NS // 10**9}s "
+                         "(10,000 years)")
     if total < minimum_ns:
-        raise node.error(f"duration {text!r} is too short, must be at least {envoy_duration(minimum_ns)}")
+        raise node.error(f"duration {show(text)} is too short, must be at least {envoy_duration(minimum_ns)}")
+    if minimum_ns >= MS and total % MS:
+        raise node.error(f"duration {show(text)} is finer than a millisecond; Istio takes durations to the ms")
     return total
 
 
@@ -186,26 +202,122 @@ def envoy_duration(ns: int) -> str:
 
 # --- regular expressions: Istio and Envoy use RE2 ------------------------------------------------------------
 
-_RE2_UNSUPPORTED = [
-    (re.compile(r"\(\?[=!]"), "lookahead"),
-    (re.compile(r"\(\?<[=!]"), "lookbehind"),
-    (re.compile(r"\\[1-9]"), "backreferences"),
-    (re.compile(r"\(\?P="), "named backreferences"),
-    (re.compile(r"(?<!\\)[*+?}]\+"), "possessive quantifiers"),
-    (re.compile(r"\(\?>"), "atomic groups"),
-]
+MAX_REGEX_CHARS = 1024  # Istio's limit (validateStringRegexp)
+# Envoy refuses a regex whose RE2 program is larger than re2.max_program_size.error_level, 100 unless the runtime
+# says otherwise (vmesh's bootstrap does not).
+ENVOY_MAX_PROGRAM_SIZE = 100
+
+
+def _re2_options(encoding: Any) -> Any:
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print each refused pattern on stderr
+    options.encoding = encoding
+    return options
+
+
+_UTF8 = _re2_options(re2.Options.Encoding.UTF8)
+# The size Envoy 1.40 counts is that of the pattern's UTF-8 bytes compiled as Latin-1 (measured with `envoy
+# --mode validate`: '\pL{20}' is 144 to Envoy, as it is here, where a UTF-8 compilation makes it 23924).
+_ENVOY = _re2_options(re2.Options.Encoding.LATIN1)
+
+
+def _re2_error(exc: Exception) -> str:
+    message = exc.args[0] if exc.args else str(exc)
+    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+    return text if len(text) <= 120 else text[:120] + "..."  # RE2 quotes the rest of the pattern
 
 
 def check_regex(node: Node) -> str:
+    """A regex Istio accepts (RE2 syntax, at most 1024 characters) and Envoy compiles (RE2, within its program
+    size limit). Checked with RE2 itself, so the message names the field instead of Envoy refusing the config."""
     pattern = node.string(required=True)
-    for finder, what in _RE2_UNSUPPORTED:
-        if finder.search(pattern):
-            raise node.error(f"invalid regex {pattern!r}: RE2 (used by Istio and Envoy) has no {what}")
+    assert pattern is not None
+    if len(pattern) > MAX_REGEX_CHARS:
+        raise node.error(f"regex of {len(pattern)} characters is too long: Istio takes at most {MAX_REGEX_CHARS}")
     try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise node.error(f"invalid regex {pattern!r}: {exc}") from None
+        re2.compile(pattern, _UTF8)
+        size = re2.compile(pattern.encode("utf-8"), _ENVOY).programsize
+    except re2.error as exc:
+        raise node.error(f"invalid regex {show(pattern)}: {_re2_error(exc)} (Istio and Envoy read RE2 syntax: "
+                         "https://github.com/google/re2/wiki/Syntax)") from None
+    if size > ENVOY_MAX_PROGRAM_SIZE:
+        raise node.error(f"regex {show(pattern)} is too complex for Envoy: its RE2 program size is {size}, Envoy "
+                         f"takes at most {ENVOY_MAX_PROGRAM_SIZE} (re2.max_program_size.error_level); simplify it")
     return pattern
+
+
+# --- host names, as Istio's validation reads them ----------------------------------------------------------------
+
+def _wildcard_label(label: str) -> bool:
+    """Istio's IsWildcardDNS1123Label: '*', or a DNS label, optionally after a leading '*' or '*-'."""
+    if label == "*":
+        return True
+    rest = label[2:] if label.startswith("*-") else label[1:] if label.startswith("*") else label
+    return len(label) <= 63 and bool(_LABEL_ANY_CASE.fullmatch(rest))
+
+
+_LABEL_ANY_CASE = re.compile(r"[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?")
+
+
+def host_problem(host: str, *, ip: bool = False) -> str | None:
+    """Why ``host`` is no host name Istio accepts (ValidateWildcardDomain: at most 255 characters, a wildcard only
+    in the first label, DNS-1123 labels, a top-level domain that is not all digits), or None. ``ip``: an IP
+    address is a host too."""
+    if ip and _is_ip(host):
+        return None
+    if not host:
+        return "must not be empty"
+    if len(host) > 255:
+        return f"must be at most 255 characters (got {len(host)})"
+    first, _, rest = host.partition(".")
+    if not _wildcard_label(first):
+        return f"label {show(first)} is not a DNS-1123 label (letters, digits and '-'; a wildcard only first)"
+    labels = rest.split(".") if rest else []
+    if labels and labels[-1] == "":  # a trailing dot, as in 'istio.io.'
+        labels = labels[:-1]
+    last = labels[-1] if labels else first
+    if last.isdigit():
+        return f"the top-level domain {show(last)} cannot be all digits"
+    for label in labels:
+        if len(label) > 63 or not _LABEL_ANY_CASE.fullmatch(label):
+            return f"label {show(label)} is not a DNS-1123 label (letters, digits and '-', at most 63)"
+    return None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_host(node: Node, host: str, *, ip: bool = False, what: str = "host") -> str:
+    problem = host_problem(host, ip=ip)
+    if problem:
+        raise node.error(f"invalid {what} {show(host)}: {problem}")
+    return host
+
+
+def gateway_host_problem(host: str, *, ip: bool = True) -> str | None:
+    """Why ``host`` cannot be a Gateway server's host (``ip``: an IPv4 address is one too) or a Sidecar's host part
+    (Istio's validateSidecarOrGatewayHostnamePart): a fully qualified name or '*', a wildcard only as a whole
+    first label."""
+    if host != "*" and "." not in host:
+        return "short names are not allowed here: write the fully qualified name (e.g. 'bookinfo.example.com')"
+    problem = host_problem(host, ip=ip)
+    if problem:
+        return problem
+    if "*" in host and host != "*" and not host.startswith("*."):
+        return "a wildcard must be the whole first label, as in '*.example.com'"
+    return None
+
+
+def namespace_problem(namespace: str, allowed: Iterable[str]) -> str | None:
+    """Why ``namespace`` (of a 'namespace/host' reference) is neither one of ``allowed`` nor a DNS label."""
+    if namespace in allowed:
+        return None
+    return dns_label_problem(namespace)
 
 
 STRING_MATCH_KINDS = ("exact", "prefix", "regex")

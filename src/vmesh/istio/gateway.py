@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from vmesh.documents import Document
-from vmesh.istio.fields import Node, root
-from vmesh.registry import DNS_LABEL
+from vmesh.documents import Document, dns_subdomain_problem, show
+from vmesh.istio.fields import Node, gateway_host_problem, namespace_problem, root
 
 SERVER_PROTOCOLS = ("HTTP", "HTTPS", "HTTP2", "GRPC", "TCP", "TLS")
 HTTP_SERVER_PROTOCOLS = ("HTTP", "HTTPS", "HTTP2", "GRPC")
@@ -101,12 +100,12 @@ def _tls(node: Node, protocol: str) -> ServerTls | None:
     if mode in TLS_MODES_LATER:
         raise mode_node.error(f"tls mode {mode} is not supported by vmesh yet (supported: {', '.join(TLS_MODES)})")
     if mode not in TLS_MODES:
-        raise mode_node.error(f"expected one of {', '.join(TLS_MODES)}, got {mode!r}")
+        raise mode_node.error(f"expected one of {', '.join(TLS_MODES)}, got {show(mode)}")
     versions = []
     for field in ("minProtocolVersion", "maxProtocolVersion"):
         value = node.get(field).string()
         if value is not None and value not in TLS_VERSIONS:
-            raise node.get(field).error(f"expected one of {', '.join(TLS_VERSIONS)}, got {value!r}")
+            raise node.get(field).error(f"expected one of {', '.join(TLS_VERSIONS)}, got {show(value)}")
         versions.append(TLS_VERSIONS.get(value) if value else None)
     credential = node.get("credentialName").string()
     cert, key, ca = (node.get(f).string() for f in ("serverCertificate", "privateKey", "caCertificates"))
@@ -119,11 +118,12 @@ def _tls(node: Node, protocol: str) -> ServerTls | None:
         if not credential and not (cert and key):
             raise node.error(f"tls mode {mode} needs credentialName, or serverCertificate and privateKey "
                              "(paths on the gateway host)")
-        if credential is not None and not DNS_LABEL.match(credential.replace(".", "-")):
-            raise node.get("credentialName").error(f"expected a name such as 'bookinfo-credential', got {credential!r}")
+        if credential is not None and dns_subdomain_problem(credential):
+            raise node.get("credentialName").error(f"expected a name such as 'bookinfo-credential', got "
+                                                   f"{show(credential)}: {dns_subdomain_problem(credential)}")
         for field, path in (("serverCertificate", cert), ("privateKey", key), ("caCertificates", ca)):
             if path is not None and not path.startswith("/"):
-                raise node.get(field).error(f"expected an absolute path on the gateway host, got {path!r}")
+                raise node.get(field).error(f"expected an absolute path on the gateway host, got {show(path)}")
         if mode == "MUTUAL" and not credential and not ca:
             raise node.error("tls mode MUTUAL needs caCertificates (or a credentialName whose ca.crt is given)")
     return ServerTls(mode, credential, cert, key, ca, redirect, versions[0], versions[1],
@@ -137,7 +137,7 @@ def _server(node: Node) -> Server:
     protocol = (port.get("protocol").string(required=True) or "").upper()
     if protocol not in SERVER_PROTOCOLS:
         raise port.get("protocol").error(f"expected one of {', '.join(SERVER_PROTOCOLS)}, got "
-                                         f"{port.get('protocol').value!r}")
+                                         f"{show(port.get('protocol').value)}")
     if number in (15000, 15001, 15006, 15021, 15090):
         raise port.get("number").error(f"port {number} is the proxy's own")
     bind = node.get("bind").string()
@@ -146,9 +146,14 @@ def _server(node: Node) -> Server:
     hosts = []
     for item in node.get("hosts").items(required=True, non_empty=True):
         text = item.string(required=True)
-        name = text.split("/", 1)[1] if "/" in text else text
-        if not name or ("*" in name and name != "*" and not name.startswith("*.")) or "*" in name[1:]:
-            raise item.error(f"expected a host name or a leading wildcard such as '*.example.com', got {text!r}")
+        namespace, _, name = text.rpartition("/") if "/" in text else ("", "", text)
+        problem = gateway_host_problem(name)
+        if "/" in text:
+            ns_problem = namespace_problem(namespace, ("*", "."))
+            if ns_problem:
+                raise item.error(f"invalid namespace {show(namespace)} in host {show(text)}: {ns_problem}")
+        if problem:
+            raise item.error(f"invalid host {show(text)}: {problem}")
         hosts.append(name.lower())
     return Server(number, protocol, port.get("name").string(default=f"{protocol.lower()}-{number}"), tuple(hosts),
                   _tls(node.get("tls"), protocol), node.get("name").string(), node)
@@ -162,6 +167,9 @@ def parse(doc: Document) -> Gateway:
                                          "e.g. {istio: ingressgateway}")
     servers = [_server(item) for item in spec.get("servers").items(required=True, non_empty=True)]
     for i, server in enumerate(servers):
+        if server.name is not None and server.name in [s.name for s in servers[:i]]:
+            raise server.node.get("name").error(f"server name {show(server.name)} is already the name of another "
+                                                "server of this Gateway (Istio: names must be unique)")
         for other in servers[:i]:
             if other.port != server.port:
                 continue
@@ -171,9 +179,9 @@ def parse(doc: Document) -> Gateway:
                     f"{' ' + other.tls.mode if other.tls else ''}; one port serves one protocol")
             if not (server.terminates_tls or server.protocol == "TLS") and (server.port_name != other.port_name):
                 raise server.node.get("port").error(f"port {server.port} is already served under the name "
-                                                    f"{other.port_name!r}")
+                                                    f"{show(other.port_name)}")
             overlap = [h for h in server.hosts if h in other.hosts]
             if overlap and (server.terminates_tls or server.protocol == "TLS"):
-                raise server.node.get("hosts").error(f"host {overlap[0]!r} is already served on port {server.port} "
+                raise server.node.get("hosts").error(f"host {show(overlap[0])} is already served on port {server.port} "
                                                      "by another server of this Gateway")
     return Gateway(doc, selector, servers)

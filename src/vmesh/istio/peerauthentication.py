@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable
 
-from vmesh.documents import Document
+from vmesh.documents import Document, show
 from vmesh.errors import MeshError
 from vmesh.istio.fields import Node, root
 from vmesh.istio.sidecar import ROOT_NAMESPACE
@@ -45,7 +45,7 @@ def _mode(node: Node) -> str:
         return "UNSET"
     mode = node.mapping(("mode",)).get("mode").string(default="UNSET")
     if mode not in MODES:
-        raise node.get("mode").error(f"expected one of {', '.join(MODES)}, got {mode!r}")
+        raise node.get("mode").error(f"expected one of {', '.join(MODES)}, got {show(mode)}")
     return mode
 
 
@@ -61,7 +61,7 @@ def parse(doc: Document) -> PeerAuthentication:
             if not 1 <= number <= 65535:
                 raise ValueError
         except ValueError:
-            raise node.error(f"expected a port number 1-65535 as key, got {key!r}") from None
+            raise node.error(f"expected a port number 1-65535 as key, got {show(key)}") from None
         ports[number] = _mode(node)
     if ports and not selector:
         raise spec.get("portLevelMtls").error("portLevelMtls applies only with a selector (Istio ignores it "

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
-from vmesh.documents import Document
-from vmesh.istio.fields import Node, root
+from vmesh.documents import Document, show
+from vmesh.istio.fields import Node, check_host, host_problem, root
 from vmesh.registry import LABEL_KEY, Port, Registry, Service
 
 # Istio's port protocols -> the registry's. HTTPS and TLS are both opaque TLS to the sidecar (routed by SNI).
@@ -49,7 +49,7 @@ def _port(node: Node, index: int) -> Port:
     raw = node.get("protocol").string(default="TCP")
     protocol = PROTOCOLS.get(raw.upper())
     if protocol is None:
-        raise node.get("protocol").error(f"expected one of {', '.join(PROTOCOLS)}, got {raw!r}")
+        raise node.get("protocol").error(f"expected one of {', '.join(PROTOCOLS)}, got {show(raw)}")
     name = node.get("name").string(default=f"{raw.lower()}-{number}")
     target = node.get("targetPort").integer(default=number, minimum=1, maximum=65535)
     return Port(number, protocol, name, target)
@@ -67,12 +67,15 @@ def _endpoint(node: Node, resolution: str, port_names: set[str]) -> Endpoint:
     except ValueError:
         is_ip = False
     if resolution == "STATIC" and not is_ip:
-        raise node.get("address").error(f"resolution STATIC needs IP addresses, got {address!r} (use resolution DNS "
-                                        "for names)")
+        raise node.get("address").error(f"resolution STATIC needs IP addresses, got {show(address)} (use resolution "
+                                        "DNS for names)")
+    if not is_ip and ("*" in address or host_problem(address)):
+        raise node.get("address").error(f"expected an IP address or a host name, got {show(address)}: "
+                                        f"{host_problem(address) or 'no wildcard in an address'}")
     ports = []
     for name, value in node.get("ports").entries():
         if name not in port_names:
-            raise value.error(f"no port of this ServiceEntry is named {name!r} (names: {', '.join(sorted(port_names))})")
+            raise value.error(f"no port of this ServiceEntry is named {show(name)} (names: {', '.join(sorted(port_names))})")
         ports.append((name, value.integer(required=True, minimum=1, maximum=65535)))
     labels = node.get("labels").string_map()
     for key in labels:
@@ -87,20 +90,20 @@ def parse(doc: Document, registry: Registry) -> ServiceEntry:
                               "subjectAltNames"), ("workloadSelector",))
     hosts = []
     for node in spec.get("hosts").items(required=True, non_empty=True):
-        name = node.string(required=True).lower()
+        name = check_host(node, node.string(required=True).lower())
         if "*" in name and not (name.startswith("*.") and "*" not in name[1:]):
-            raise node.error(f"expected a host name or a leading wildcard such as '*.example.com', got {name!r}")
+            raise node.error(f"expected a host name or a leading wildcard such as '*.example.com', got {show(name)}")
         if "." not in name:
-            raise node.error(f"expected a fully qualified name such as 'api.example.com', got {name!r}")
+            raise node.error(f"expected a fully qualified name such as 'api.example.com', got {show(name)}")
         if name in registry.services or name in hosts:
-            raise node.error(f"host {name!r} is already a service of the mesh")
+            raise node.error(f"host {show(name)} is already a service of the mesh")
         hosts.append(name)
     addresses = []
     for node in spec.get("addresses").items():
         try:
             addresses.append(str(ipaddress.IPv4Network(node.string(required=True), strict=False)))
         except ValueError:
-            raise node.error(f"expected an IPv4 address or CIDR, got {node.value!r}") from None
+            raise node.error(f"expected an IPv4 address or CIDR, got {show(node.value)}") from None
     ports = tuple(_port(node, i) for i, node in enumerate(spec.get("ports").items(required=True, non_empty=True)))
     seen: dict[int, Port] = {}
     for i, port in enumerate(ports):
@@ -109,10 +112,10 @@ def parse(doc: Document, registry: Registry) -> ServiceEntry:
         seen[port.number] = port
     location = spec.get("location").string(default="MESH_EXTERNAL")
     if location not in LOCATIONS:
-        raise spec.get("location").error(f"expected one of {', '.join(LOCATIONS)}, got {location!r}")
+        raise spec.get("location").error(f"expected one of {', '.join(LOCATIONS)}, got {show(location)}")
     resolution = spec.get("resolution").string(default="NONE")
     if resolution not in RESOLUTIONS:
-        raise spec.get("resolution").error(f"expected one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
+        raise spec.get("resolution").error(f"expected one of {', '.join(RESOLUTIONS)}, got {show(resolution)}")
     endpoints = [_endpoint(node, resolution, {p.name for p in ports}) for node in spec.get("endpoints").items()]
     if resolution == "NONE" and endpoints:
         raise spec.get("endpoints").error("resolution NONE sends traffic to the address the app called: "

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 
-from vmesh.documents import Document
-from vmesh.istio.fields import Node, root
+from vmesh.documents import Document, show
+from vmesh.istio.fields import Node, gateway_host_problem, namespace_problem, root
 from vmesh.registry import Registry
 
 ROOT_NAMESPACE = "istio-system"
@@ -43,10 +43,16 @@ class Sidecar:
 def _egress_host(node: Node) -> EgressHost:
     text = node.string(required=True)
     if "/" not in text:
-        raise node.error(f"expected namespace/host such as './*' or 'istio-system/*', got {text!r}")
+        raise node.error(f"expected namespace/host such as './*' or 'istio-system/*', got {show(text)}")
     namespace, name = text.split("/", 1)
     if not namespace or not name:
-        raise node.error(f"expected namespace/host such as './*', got {text!r}")
+        raise node.error(f"expected namespace/host such as './*', got {show(text)}")
+    problem = namespace_problem(namespace.removeprefix("~") or "~", ("*", ".", "~"))
+    if problem:
+        raise node.error(f"invalid namespace {show(namespace)} in {show(text)}: {problem}")
+    problem = gateway_host_problem(name, ip=False)
+    if problem:
+        raise node.error(f"invalid host {show(name)} in {show(text)}: {problem}")
     return EgressHost(namespace, name)
 
 
@@ -71,7 +77,7 @@ def parse(doc: Document, registry: Registry) -> Sidecar:
         node = spec.get("outboundTrafficPolicy").mapping(("mode",), ("egressProxy",))
         policy = node.get("mode").string(required=True)
         if policy not in POLICIES:
-            raise node.get("mode").error(f"expected ALLOW_ANY or REGISTRY_ONLY, got {policy!r}")
+            raise node.get("mode").error(f"expected ALLOW_ANY or REGISTRY_ONLY, got {show(policy)}")
     if not egress:
         egress = [EgressHost("*", "*")]
     return Sidecar(doc, selector, egress, policy)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from vmesh.documents import show
 from vmesh.istio.fields import Node, duration_ns
 
 SIMPLE_LB = {"UNSPECIFIED": None, "ROUND_ROBIN": "ROUND_ROBIN", "LEAST_REQUEST": "LEAST_REQUEST",
@@ -126,7 +127,7 @@ def _load_balancer(node: Node) -> LoadBalancer | None:
     if simple == "PASSTHROUGH":
         raise node.get("simple").error("PASSTHROUGH is not supported by vmesh yet")
     if simple not in SIMPLE_LB:
-        raise node.get("simple").error(f"expected one of {', '.join(SIMPLE_LB)}, got {simple!r}")
+        raise node.get("simple").error(f"expected one of {', '.join(SIMPLE_LB)}, got {show(simple)}")
     return LoadBalancer(simple=SIMPLE_LB[simple])
 
 
@@ -181,7 +182,7 @@ def _tls(node: Node) -> Tls | None:
                   "insecureSkipVerify", "credentialName", "caCrl"))
     mode = node.get("mode").string(default="DISABLE")
     if mode not in TLS_MODES:
-        raise node.get("mode").error(f"expected one of {', '.join(TLS_MODES)}, got {mode!r}")
+        raise node.get("mode").error(f"expected one of {', '.join(TLS_MODES)}, got {show(mode)}")
     if mode == "ISTIO_MUTUAL":
         for field in ("caCertificates", "clientCertificate", "privateKey"):
             if node.get(field).present:
@@ -198,7 +199,7 @@ def _tls(node: Node) -> Tls | None:
     for field, path in (("caCertificates", tls.ca_certificates), ("clientCertificate", tls.client_certificate),
                         ("privateKey", tls.private_key)):
         if path is not None and not path.startswith("/"):
-            raise node.get(field).error(f"expected an absolute path on the hosts, got {path!r}")
+            raise node.get(field).error(f"expected an absolute path on the hosts, got {show(path)}")
     return tls
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from vmesh.documents import Document
+from vmesh.documents import Document, dns_label_problem, show
 from vmesh.istio.destinationrule import unknown_host
-from vmesh.istio.fields import Node, check_regex, duration_ns, root, string_match
-from vmesh.registry import Registry
+from vmesh.istio.fields import MS, Node, check_host, check_regex, duration_ns, root, string_match
+from vmesh.registry import DNS_LABEL, Registry
 
 StringMatch = tuple[str, str]  # (exact|prefix|regex, value)
 
@@ -152,7 +152,7 @@ def _retries(node: Node) -> Retries | None:
         elif part in RETRY_ON:
             conditions.append(part)
         else:
-            raise node.get("retryOn").error(f"unknown retry condition {part!r}; use HTTP status codes or "
+            raise node.get("retryOn").error(f"unknown retry condition {show(part)}; use HTTP status codes or "
                                             f"{', '.join(sorted(RETRY_ON))}")
     if codes and "retriable-status-codes" not in conditions:
         conditions.append("retriable-status-codes")
@@ -195,7 +195,7 @@ def _header_matches(node: Node) -> tuple[tuple[str, StringMatch | None], ...]:
     out = []
     for name, value in sorted(node.entries()):
         if name != name.lower():
-            raise value.error(f"header name {name!r} must be lower case (Istio compares them lower-cased)")
+            raise value.error(f"header name {show(name)} must be lower case (Istio compares them lower-cased)")
         out.append((name, string_match(value)))
     return tuple(out)
 
@@ -210,7 +210,11 @@ def _gateway_refs(node: Node, namespace: str) -> tuple[str, ...]:
             continue
         ns, _, name = text.rpartition("/")
         if not name or "." in name:
-            raise item.error(f"expected 'mesh', a Gateway name or namespace/name, got {text!r}")
+            raise item.error(f"expected 'mesh', a Gateway name or namespace/name, got {show(text)}")
+        for part, problem in (("namespace", dns_label_problem(ns) if "/" in text else None),
+                              ("Gateway name", dns_label_problem(name))):
+            if problem:
+                raise item.error(f"invalid {part} in {show(text)}: {problem}")
         out.append(f"{ns or namespace}/{name}")
     return tuple(out)
 
@@ -241,7 +245,7 @@ def _header_ops(node: Node) -> HeaderOps:
     for field in ("set", "add"):
         for name, _ in node.get(field).entries():
             if not name or ":" in name[1:]:
-                raise node.get(field).get(name).error(f"invalid header name {name!r}")
+                raise node.get(field).get(name).error(f"invalid header name {show(name)}")
     return HeaderOps(tuple(sorted(node.get("set").string_map().items())),
                      tuple(sorted(node.get("add").string_map().items())), tuple(node.get("remove").strings()))
 
@@ -311,7 +315,7 @@ def _percent(node: Node) -> float:
     node.mapping(("value",))
     value = node.get("value").value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
-        raise node.get("value").error(f"expected a percentage from 0 to 100, got {value!r}")
+        raise node.get("value").error(f"expected a percentage from 0 to 100, got {show(value)}")
     return float(value)
 
 
@@ -340,7 +344,7 @@ def _fault(node: Node) -> Fault | None:
             raise abort.error("set one of httpStatus, grpcStatus")
         if grpc_name is not None:
             if grpc_name not in GRPC_CODES:
-                raise abort.get("grpcStatus").error(f"unknown gRPC status {grpc_name!r}; use e.g. UNAVAILABLE")
+                raise abort.get("grpcStatus").error(f"unknown gRPC status {show(grpc_name)}; use e.g. UNAVAILABLE")
             grpc = GRPC_CODES[grpc_name]
         abort_pct = _percent(abort.get("percentage"))
     if delay_ns is None and http is None and grpc is None:
@@ -351,7 +355,7 @@ def _fault(node: Node) -> Fault | None:
 def _destination_ref(dest: Node, registry: Registry, namespace: str) -> tuple[str, str | None, int | None]:
     dest.mapping(("host", "subset", "port"), required=True)
     host_node = dest.get("host")
-    host = registry.fqdn(host_node.string(required=True), namespace)
+    host = registry.fqdn(check_host(host_node, host_node.string(required=True)), namespace)
     if host not in registry.services:
         raise host_node.error(unknown_host(host_node, registry))
     port = None
@@ -361,7 +365,11 @@ def _destination_ref(dest: Node, registry: Registry, namespace: str) -> tuple[st
         if registry.services[host].port(port) is None:
             ports = ", ".join(str(p.number) for p in registry.services[host].ports)
             raise port_node.get("number").error(f"service {host} has no port {port} (ports: {ports})")
-    return host, dest.get("subset").string(), port
+    subset = dest.get("subset").string()
+    if subset is not None and (len(subset) > 63 or not DNS_LABEL.fullmatch(subset)):
+        raise dest.get("subset").error(f"invalid subset name {show(subset)}: use a DNS label (lower-case letters, "
+                                       "digits and '-', at most 63)")
+    return host, subset, port
 
 
 def _mirrors(node: Node, registry: Registry, namespace: str) -> tuple[Mirror, ...]:
@@ -396,7 +404,7 @@ def _cors(node: Node) -> Cors | None:
         raise node.get("unmatchedPreflights").error("expected FORWARD or IGNORE")
     credentials = node.get("allowCredentials").boolean(default=None) if node.get("allowCredentials").present else None
     return Cors(tuple(origins), tuple(node.get("allowMethods").strings()), tuple(node.get("allowHeaders").strings()),
-                tuple(node.get("exposeHeaders").strings()), duration_ns(node.get("maxAge")), credentials,
+                tuple(node.get("exposeHeaders").strings()), duration_ns(node.get("maxAge"), minimum_ns=MS), credentials,
                 None if preflights in (None, "UNSPECIFIED") else preflights == "FORWARD")
 
 
@@ -439,9 +447,9 @@ def _http_route(node: Node, registry: Registry, namespace: str) -> HttpRoute:
 def _sni_hosts(node: Node) -> tuple[str, ...]:
     hosts = []
     for item in node.items(required=True, non_empty=True):
-        name = item.string(required=True).lower()
+        name = check_host(item, item.string(required=True).lower(), what="server name")
         if "*" in name and not (name == "*" or (name.startswith("*.") and "*" not in name[1:])):
-            raise item.error(f"expected a server name or a leading wildcard such as '*.example.com', got {name!r}")
+            raise item.error(f"expected a server name or a leading wildcard such as '*.example.com', got {show(name)}")
         hosts.append(name)
     return tuple(hosts)
 
@@ -470,20 +478,20 @@ def parse(doc: Document, registry: Registry) -> VirtualService:
     gateways = _gateway_refs(spec.get("gateways"), doc.namespace) or (MESH_GATEWAY,)
     hosts = []
     for node in spec.get("hosts").items(required=True, non_empty=True):
-        name = node.string(required=True).lower()
+        name = check_host(node, node.string(required=True).lower(), ip=True)
         fqdn = registry.fqdn(name, doc.namespace)
         if MESH_GATEWAY in gateways:
             # the sidecars route services they know; a name that is none of them is a mistake
             if "*" in name:
-                raise node.error(f"wildcard host {name!r} applies only to Gateways: set gateways to the Gateway "
+                raise node.error(f"wildcard host {show(name)} applies only to Gateways: set gateways to the Gateway "
                                  "(and leave out 'mesh')")
             if fqdn not in registry.services:
                 raise node.error(unknown_host(node, registry))
         elif "*" in name and not (name == "*" or (name.startswith("*.") and "*" not in name[1:])):
-            raise node.error(f"expected a host name or a leading wildcard such as '*.example.com', got {name!r}")
+            raise node.error(f"expected a host name or a leading wildcard such as '*.example.com', got {show(name)}")
         host = fqdn if fqdn in registry.services else name
         if host in hosts:
-            raise node.error(f"host {name!r} is listed twice")
+            raise node.error(f"host {show(name)} is listed twice")
         hosts.append(host)
     spec.get("exportTo").strings()
     http = [_http_route(node, registry, doc.namespace) for node in spec.get("http").items()]
