@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 
 from conftest import DATA, bookinfo_hosts, build, outbound_routes, resources
 from vmesh import registry
 from vmesh.compile import mtls, render_all, render_host
+from vmesh.errors import MeshError
 
 VS_ALL_V1 = """
 apiVersion: networking.istio.io/v1
@@ -306,3 +310,115 @@ def test_tcp_route_match_on_another_port_does_not_apply():
     hosts = {**bookinfo_hosts(), **TCP_ECHO_HOSTS}
     mesh = build(TCP_ECHO_80_20.replace("match: [{port: 9000}]", "match: [{port: 9001}]"), hosts=hosts)
     assert _tcp_proxy(mesh, "productpage-v1")["cluster"] == "outbound|9000||tcp-echo.default.svc.cluster.local"
+
+
+# --- route table files: one per route configuration, never shared ---------------------------------------------------
+
+TWO_TLS_SERVERS = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    name: {first}
+    hosts: [a.example.test]
+    tls: {{mode: SIMPLE, credentialName: a-cred}}
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    name: {second}
+    hosts: [b.example.test]
+    tls: {{mode: SIMPLE, credentialName: b-cred}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: edge}}
+spec:
+  hosts: [a.example.test, b.example.test]
+  gateways: [gw]
+  http:
+  - route: [{{destination: {{host: productpage}}}}]
+"""
+
+
+def _with_ingress() -> dict:
+    hosts = bookinfo_hosts()
+    hosts["ingress-1"] = {"vmesh_labels": {"istio": "ingressgateway"}, "ansible_host": "10.213.0.20"}
+    return hosts
+
+
+def test_route_names_that_sanitize_alike_get_files_of_their_own(envoy_validate):
+    # "a b" and "a_b" both became rds_https.443.a_b.gw.default.json: the second table replaced the first unseen
+    mesh = build(TWO_TLS_SERVERS.format(first="'a b'", second="a_b"), hosts=_with_ingress())
+    config = render_host(mesh, "ingress-1")
+    tables = {name: resources(config.files, name)[0]["name"] for name in config.files if name.startswith("rds_https")}
+    assert tables == {"rds_https.443.a~000020b.gw.default.json": "https.443.a b.gw.default",
+                      "rds_https.443.a~00005fb.gw.default.json": "https.443.a_b.gw.default"}
+    (listener,) = [item for item in resources(config.files, "lds.json") if item["name"] == "0.0.0.0_443"]
+    paths = sorted(chain["filters"][0]["typed_config"]["rds"]["config_source"]["path_config_source"]["path"]
+                   for chain in listener["filter_chains"])
+    assert [p.rsplit("/", 1)[1] for p in paths] == sorted(tables)
+    envoy_validate(config.validation)
+
+
+def test_route_file_names_are_distinct_and_bounded():
+    from vmesh.compile.listeners import route_file
+
+    names = ["outbound|9080||reviews.default.svc.cluster.local", "outbound_9080__reviews.default.svc.cluster.local",
+             "a b", "a_b", "a~000020b", "a|b", "x" * 300, "x" * 299 + "y", "é", "e"]
+    files = [route_file(n) for n in names]
+    assert len(set(files)) == len(names)
+    assert files[0] == "rds_outbound_9080__reviews.default.svc.cluster.local.json"  # Istio's names keep their file
+    assert all(len(f) <= 210 and "/" not in f for f in files)
+
+
+def test_a_server_named_like_another_servers_index_is_refused():
+    with pytest.raises(MeshError, match=r"mesh/doc0.yaml: Gateway/gw: spec.servers\[1\].name: server 1 and server 0 "
+                                        r"of this Gateway would share the route table 'https.443.1.gw.default'"):
+        render_host(build(TWO_TLS_SERVERS.format(first="'1'", second="null"), hosts=_with_ingress()), "ingress-1")
+
+
+def test_two_servers_of_one_gateway_with_one_name_are_refused():
+    with pytest.raises(MeshError, match=r"Gateway/gw: spec.servers\[1\].name: server name 'x' is already the name "
+                                        r"of another server of this Gateway"):
+        build(TWO_TLS_SERVERS.format(first="x", second="x"), hosts=_with_ingress())
+
+
+# --- envoy --mode validate leaves nothing behind ----------------------------------------------------------------------
+
+VALIDATE = """
+import json, sys
+from vmesh import envoy
+for _ in range(2):
+    results = envoy.validate_many(json.load(open(sys.argv[1])), stub_missing=True)
+    assert all(ok for ok, _ in results.values()), results
+"""
+
+
+def test_validation_leaves_no_files_in_tmp(tmp_path):
+    # a fresh process (as the CLI and the Ansible preflight run it), its TMPDIR a directory of its own
+    private = tmp_path / "tmp"
+    private.mkdir()
+    mesh = build(TWO_TLS_SERVERS.format(first="a", second="b"), hosts=_with_ingress())
+    configs = tmp_path / "configs.json"  # the gateway's certificate files exist only on the VMs: stubbed
+    configs.write_text(json.dumps({host: render_host(mesh, host).validation for host in ("ingress-1", "reviews-v1")}))
+    proc = subprocess.run([sys.executable, "-c", VALIDATE, str(configs)], capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(private)}, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(private)) == []
+
+
+def test_envoy_takes_the_regexes_vmesh_takes(envoy_validate):
+    # RE2 as Envoy reads it: a Unicode class is fine, and the largest program Envoy accepts is accepted
+    mesh = build("""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {regex: '/\\pL+/[a-z]{80}'}}, {headers: {x-name: {regex: 'é+\\p{Greek}'}}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - route: [{destination: {host: reviews, subset: v1}}]
+""")
+    envoy_validate(render_host(mesh, "productpage-v1").validation)

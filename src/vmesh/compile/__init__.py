@@ -114,8 +114,14 @@ def render_host(mesh: Mesh, host: str) -> HostConfig:
     patches.apply(mesh, workload, lds, rds)
     boot = bootstrap.bootstrap(workload, registry)
     files = {BOOTSTRAP_FILE: dumps(boot), bootstrap.LDS_FILE: _resources(lds), bootstrap.CDS_FILE: _resources(cds)}
-    for name, config in rds.items():
-        files[listeners.route_file(name)] = _resources([{"@type": ROUTE_CONFIGURATION, **config}])
+    route_files: dict[str, str] = {}
+    for name, config in sorted(rds.items()):
+        file = listeners.route_file(name)
+        other = route_files.setdefault(file, name)
+        if other != name:  # route_file keeps names apart; never let one route table replace another unseen
+            raise MeshError(f"route tables {other!r} and {name!r} would both be written to {file}",
+                            file="inventory", doc=f"host {host}")
+        files[file] = _resources([{"@type": ROUTE_CONFIGURATION, **config}])
     secrets = {**mtls.secrets(workload), **edge.secrets}
     for name, secret in secrets.items():
         files[name] = _resources([secret])

@@ -32,6 +32,7 @@ class EdgeConfig:
     secrets: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # SDS file name -> Secret
     credentials: list[str] = dataclasses.field(default_factory=list)  # credentialNames the host needs
     ports: list[int] = dataclasses.field(default_factory=list)  # ports the edge proxy listens on
+    route_owners: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)  # TLS route -> server
 
 
 def secret_file(name: str) -> str:
@@ -129,6 +130,11 @@ def _chains(mesh: Mesh, gateway: Gateway, index: int, server: Server, workload: 
     if server.is_http:
         if server.terminates_tls:
             route_name = f"https.{server.port}.{server.name or index}.{gateway.doc.name}.{gateway.doc.namespace}"
+            owner = edge.route_owners.setdefault(route_name, (gateway.key, index))
+            if owner != (gateway.key, index):  # a server named "1" and the unnamed server 1 of one Gateway
+                raise MeshError(f"server {index} and server {owner[1]} of this Gateway would share the route table "
+                                f"{route_name!r}: give server {index} another name", file=gateway.doc.file,
+                                doc=gateway.doc.ref, field=f"spec.servers[{index}].name")
         else:
             route_name = f"http.{server.port}"
         config = edge.routes.setdefault(route_name, {"name": route_name, "virtual_hosts": []})

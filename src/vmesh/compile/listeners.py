@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
 from typing import Any
 
@@ -22,9 +23,21 @@ STATS_PORT = 15090
 ADMIN_CLUSTER = "vmesh_admin"
 
 
+_FILE_CHAR = re.compile(r"[A-Za-z0-9.-]")
+ROUTE_FILE_STEM_MAX = 200  # file names stay well under the usual 255 bytes
+
+
 def route_file(route_name: str) -> str:
-    """The file that holds one RouteConfiguration (Envoy's filesystem RDS reads one resource per file)."""
-    return "rds_" + re.sub(r"[^A-Za-z0-9.-]", "_", route_name) + ".json"
+    """The file that holds one RouteConfiguration (Envoy's filesystem RDS reads one resource per file).
+
+    One file per name, never shared: '|' (Istio's separator in route names) is written '_', every other character
+    but letters, digits, '.' and '-' as '~' and its code point in six hex digits. A longer name is cut, and its
+    SHA-256 follows a '+' (a character the rest never uses)."""
+    stem = "".join("_" if c == "|" else c if _FILE_CHAR.fullmatch(c) else f"~{ord(c):06x}" for c in route_name)
+    if len(stem) > ROUTE_FILE_STEM_MAX:
+        digest = hashlib.sha256(route_name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        stem = stem[:ROUTE_FILE_STEM_MAX - 17] + "+" + digest
+    return f"rds_{stem}.json"
 
 
 def _hcm(stat_prefix: str, route_name: str | None, workload: Workload, *, inbound: bool,
