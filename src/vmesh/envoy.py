@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -11,6 +12,11 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 
 def binary() -> str:
@@ -30,34 +36,48 @@ def binary() -> str:
 
 
 STUB_ROLES = {"certificate_chain": "cert", "private_key": "key", "trusted_ca": "cert"}
-_stubs: dict[str, str] = {}
+_stub_pem: dict[str, bytes] = {}
 _stub_lock = threading.Lock()
 
 
-def _stub_files() -> dict[str, str]:
-    """A throwaway certificate and key (made once per process with openssl) that stand in for TLS files that live
-    only on the VMs, so the controller can still check everything else of a config."""
+def _stub_contents() -> dict[str, bytes]:
+    """A throwaway self-signed certificate and its key, PEM, made once per process in memory: they stand in for TLS
+    files that live only on the VMs, so the controller can still check everything else of a config."""
     with _stub_lock:
-        if not _stubs:
-            folder = tempfile.mkdtemp(prefix="vmesh-stub-tls-")
-            cert, key = os.path.join(folder, "stub.crt"), os.path.join(folder, "stub.key")
-            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                            "-nodes", "-days", "1", "-subj", "/CN=vmesh-validate-stub", "-keyout", key, "-out", cert],
-                           capture_output=True, check=True, timeout=30)
-            _stubs.update(cert=cert, key=key)
-        return dict(_stubs)
+        if not _stub_pem:
+            key = ec.generate_private_key(ec.SECP256R1())
+            name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vmesh-validate-stub")])
+            now = datetime.datetime.now(datetime.timezone.utc)
+            cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                    .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+                    .not_valid_after(now + datetime.timedelta(days=1))
+                    .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                    .sign(key, hashes.SHA256()))
+            _stub_pem.update(cert=cert.public_bytes(serialization.Encoding.PEM),
+                             key=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()))
+        return dict(_stub_pem)
 
 
-def stub_missing_tls_files(config: str) -> str:
-    """``config`` with each certificate, key or CA file that does not exist here replaced by a stand-in."""
+def stub_missing_tls_files(config: str, folder: str) -> str:
+    """``config`` with each certificate, key or CA file that does not exist here replaced by a stand-in written
+    to ``folder`` (the caller's temporary directory, so nothing is left behind)."""
     data = json.loads(config)
     missing = False
+
+    def stub(role: str) -> str:
+        path = os.path.join(folder, f"stub.{role}")
+        if not os.path.exists(path):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(_stub_contents()[role])
+        return path
 
     def walk(node: object, role: str | None) -> None:
         nonlocal missing
         if isinstance(node, dict):
             if role and isinstance(node.get("filename"), str) and not os.path.exists(node["filename"]):
-                node["filename"] = _stub_files()[role]
+                node["filename"] = stub(role)
                 missing = True
             for key, value in node.items():
                 walk(value, STUB_ROLES.get(key))
@@ -72,15 +92,15 @@ def stub_missing_tls_files(config: str) -> str:
 def validate(config: str, envoy: str | None = None, *, stub_missing: bool = False) -> tuple[bool, str]:
     """Validate one static bootstrap text; return (ok, Envoy's message). ``stub_missing``: certificate files
     that exist only on the VMs are replaced by stand-ins (the controller's view; each VM checks the real ones)."""
-    if stub_missing:
-        config = stub_missing_tls_files(config)
     with tempfile.TemporaryDirectory(prefix="vmesh-validate-") as tmp:
+        if stub_missing:
+            config = stub_missing_tls_files(config, tmp)
         path = os.path.join(tmp, "validate.json")
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(config)
         proc = subprocess.run([envoy or binary(), "--mode", "validate", "-c", path, "-l", "critical",
                                "--use-dynamic-base-id"], capture_output=True, text=True, check=False)
-    message = (proc.stdout + proc.stderr).strip().replace(path, "<config>")
+    message = (proc.stdout + proc.stderr).strip().replace(path, "<config>").replace(tmp, "<tmp>")
     return proc.returncode == 0, message
 
 
