@@ -95,13 +95,13 @@ def flow(ca: Path, certs: Path, *, identity=IDENTITY, lifetime=24, ratio=0.5, fo
     """The tasks of a role: CA (r0), key and CSR on the VM (r1), signing (r2, when needed), install (r3)."""
     return [
         ca_task(ca, **(ca_options or {})),
-        {"vmesh_workload_key": {"path": str(certs), "identity": identity, "owner": OWNER, "group": GROUP,
+        {"vmesh_workload_key": {"path": str(certs), "identity": identity, "group": GROUP,
                                 "issuer": "{{ r0.chain or r0.trust_bundle }}", "renew_ratio": ratio, "force": force}},
         {"vmesh_ca_sign": {"path": str(ca), "csr": "{{ r1.csr }}", "identity": identity, "lifetime_hours": lifetime,
                            **(sign_options or {})},
          "when": "r1.needed | default(false)"},
         {"vmesh_workload_cert": {"path": str(certs), "chain": "{{ r2.chain | default('') }}",
-                                 "trust_bundle": "{{ r0.trust_bundle }}", "owner": OWNER, "group": GROUP}},
+                                 "trust_bundle": "{{ r0.trust_bundle }}", "group": GROUP}},
     ]
 
 
@@ -209,7 +209,7 @@ def test_issue_four_steps_and_the_installed_files(tmp_path):
     assert "TLS Web Server Authentication, TLS Web Client Authentication" in usage
     assert verifies(certs)
     assert (certs / "root-cert.pem").read_text() == applied[0]["trust_bundle"]
-    assert mode(certs / "key.pem") == 0o600 and mode(certs / "cert-chain.pem") == 0o644 and mode(certs) == 0o750
+    assert mode(certs / "key.pem") == 0o640 and mode(certs / "cert-chain.pem") == 0o644 and mode(certs) == 0o750
     assert openssl("pkey", "-in", str(certs / "key.pem"), "-pubout") == openssl(
         "x509", "-noout", "-pubkey", "-in", str(certs / "cert-chain.pem"))
     # the atomic-writer layout Envoy's watched_directory expects
@@ -235,7 +235,7 @@ def test_sign_refuses_a_csr_for_another_identity_or_with_a_bad_signature(tmp_pat
                     f"subjectAltName=URI:{IDENTITY},DNS:reviews.default.svc")
     results = play(tmp_path, [
         ca_task(ca),
-        {"vmesh_workload_key": {"path": str(certs), "identity": other, "owner": OWNER, "group": GROUP}},
+        {"vmesh_workload_key": {"path": str(certs), "identity": other, "group": GROUP}},
         {"vmesh_ca_sign": {"path": str(ca), "csr": "{{ r1.csr }}", "identity": IDENTITY}},
         {"vmesh_ca_sign": {"path": str(ca), "csr": tampered, "identity": IDENTITY}},
         {"vmesh_ca_sign": {"path": str(ca), "csr": extra, "identity": IDENTITY}},
@@ -302,11 +302,11 @@ def test_install_refuses_a_chain_for_another_key(tmp_path):
                   str(tmp_path / "stray.pem"), "-subj", "/O=cluster.local", "-addext", f"subjectAltName=URI:{IDENTITY}")
     results = play(tmp_path, [
         ca_task(ca),
-        {"vmesh_workload_key": {"path": str(certs), "identity": IDENTITY, "owner": OWNER, "group": GROUP,
+        {"vmesh_workload_key": {"path": str(certs), "identity": IDENTITY, "group": GROUP,
                                 "force": True}},
         {"vmesh_ca_sign": {"path": str(ca), "csr": csr, "identity": IDENTITY}},
         {"vmesh_workload_cert": {"path": str(certs), "chain": "{{ r2.chain }}", "trust_bundle": "{{ r0.trust_bundle }}",
-                                 "owner": OWNER, "group": GROUP}},
+                                 "group": GROUP}},
     ])
     assert results[3]["failed"] is True and "does not match" in results[3]["msg"]
     assert in_force() == before
@@ -339,7 +339,7 @@ def test_root_rotation(tmp_path):
     checked = play(tmp_path, flow(ca, certs, ca_options=options)[:2], check=True)
     assert checked[1]["reason"] == "issuer"
     bundle_only = play(tmp_path, [ca_task(ca, **options), {"vmesh_workload_cert": {
-        "path": str(certs), "trust_bundle": "{{ r0.trust_bundle }}", "owner": OWNER, "group": GROUP}}])
+        "path": str(certs), "trust_bundle": "{{ r0.trust_bundle }}", "group": GROUP}}])
     assert ok(bundle_only[1])["changed_files"] == ["root-cert.pem"]
     assert bundle_only[1]["diff"]["after"]["bundle_fingerprints"] == [rotated["root_fingerprint"],
                                                                       first[0]["root_fingerprint"]]

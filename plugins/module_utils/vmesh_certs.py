@@ -16,16 +16,20 @@ reloads on without a restart)::
 
     <path>/                         0750 root:<group>
       ..20260102T030405.a1b2c3/     0750 root:<group>  one version
-        cert-chain.pem              0644 <owner>:<group>  leaf + intermediates
-        key.pem                     0600 <owner>:<group>
-        root-cert.pem               0644 <owner>:<group>  the trust bundle
+        cert-chain.pem              0644 root:<group>  leaf + intermediates
+        key.pem                     0640 root:<group>  Envoy (the proxy's user, in <group>) reads it
+        root-cert.pem               0644 root:<group>  the trust bundle
       ..data -> ..20260102T030405.a1b2c3     swapped with one rename(2) of ``..data_tmp``
       cert-chain.pem -> ..data/cert-chain.pem
       key.pem -> ..data/key.pem
       root-cert.pem -> ..data/root-cert.pem
-      pending/                      0700 <owner>:<group>  between the CSR and the install
+      pending/                      0700 root:root  between the CSR and the install
         key.pem                     0600
         csr.pem                     0600
+
+Everything there belongs to root: the proxy's user only reads, through its group, so it can plant no link that
+root would follow (see "owners, directories and files root can trust" below). Outside root (tests), everything
+belongs to the user running us.
 
 Private keys are made by ``openssl genpkey`` on the VM and never leave it: nothing here returns key bytes.
 Failures raise :class:`CertError`; nothing here calls ``fail_json``.
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import errno
 import grp
 import hashlib
 import os
@@ -42,6 +47,7 @@ import pwd
 import re
 import secrets
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -58,7 +64,10 @@ CSR = "csr.pem"
 DIR_MODE = 0o750
 PENDING_MODE = 0o700
 KEY_MODE = 0o600
+SHARED_KEY_MODE = 0o640
 CERT_MODE = 0o644
+#: Certificates, keys and bundles are small: a larger file is refused rather than read.
+MAX_FILE_BYTES = 1 << 20
 
 #: ``..<YYYYmmddTHHMMSS>.<6 hex>``: one version of the files.
 VERSION_RE = re.compile(r"^\.\.\d{8}T\d{6}\.[0-9a-f]{6}$")
@@ -307,7 +316,24 @@ class Openssl:
             return rc == 0 and "Verified OK" in (out or "")
 
 
-# --- owners and atomic writes ---------------------------------------------------------------------------------
+# --- owners, directories and files root can trust --------------------------------------------------------------
+#
+# A root process never follows a link or opens a file in a directory a less-privileged user can write. Otherwise
+# the proxy's user, which reads the certificates, could plant ``pending/key.pem -> /etc/vmesh/node/node-key.pem``
+# and have root copy the node key (or any root-only file) into a file it can read. So every directory we work in
+# is checked with lstat: a real directory, owned by root (by the user running us, outside root) and writable by
+# nobody else, as is every directory above it. Files are opened with O_NOFOLLOW and O_NONBLOCK and must be regular
+# files. A staging or version directory found owned or writable by another user (pending/ belonged to the proxy's
+# user before this rule) is removed without looking inside (shutil.rmtree's fd-based walk never follows a link)
+# and made again.
+
+
+def resolve_group(group):
+    """gid of group ``group`` (a name or a number)."""
+    try:
+        return int(group) if str(group).isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise CertError("group: no group %r on this host" % group) from None
 
 
 def resolve_owner(owner, group):
@@ -316,77 +342,227 @@ def resolve_owner(owner, group):
         uid = int(owner) if str(owner).isdigit() else pwd.getpwnam(owner).pw_uid
     except KeyError:
         raise CertError("owner: no user %r on this host" % owner) from None
+    return uid, resolve_group(group)
+
+
+def ignored_owner(owner):
+    """The warning for an ``owner`` option (of the workload modules) naming another user than the one running us,
+    or "": the files belong to root, whatever it says."""
+    if owner in (None, "", str(os.geteuid())):
+        return ""
     try:
-        gid = int(group) if str(group).isdigit() else grp.getgrnam(group).gr_gid
+        if pwd.getpwnam(owner).pw_uid == os.geteuid():
+            return ""
     except KeyError:
-        raise CertError("group: no group %r on this host" % group) from None
-    return uid, gid
-
-
-def _chown(path, uid, gid, follow=True):
-    try:
-        st = os.stat(path, follow_symlinks=follow)
-        if (st.st_uid, st.st_gid) != (uid, gid):
-            os.chown(path, uid, gid, follow_symlinks=follow)
-    except OSError as exc:
-        raise CertError("%s: cannot chown to %d:%d: %s" % (path, uid, gid, exc.strerror)) from None
+        pass
+    return ("owner=%s is ignored: the key and certificate files belong to root and the proxy reads them through "
+            "their group (a user that owned them could make root follow a link)" % owner)
 
 
 def dir_owner():
-    """Directories belong to root when we run as root, else to the user running us (tests, rootless use)."""
+    """Directories and files belong to root when we run as root, else to the user running us (tests, rootless use)."""
     return 0 if os.geteuid() == 0 else os.geteuid()
 
 
+def _lstat(path):
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CertError("%s: %s" % (path, exc.strerror)) from None
+
+
+def _kind(st):
+    if stat.S_ISLNK(st.st_mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory"
+    if stat.S_ISREG(st.st_mode):
+        return "a regular file"
+    return "a special file"
+
+
+def is_ours(st):
+    """Whether ``st`` (an lstat result, or None) is a real directory of ours that no one else can write."""
+    return (st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == dir_owner()
+            and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def check_parents(path):
+    """Raise unless no one but root (or us) can change what ``path`` resolves to: every directory above it, as
+    written and as resolved, is owned by root or us and writable by no one else (sticky ones such as /tmp aside,
+    where others cannot rename or remove our entries), and every link on the way is owned by root or us."""
+    path = os.path.abspath(path)
+    for top in sorted({os.path.dirname(path), os.path.realpath(os.path.dirname(path))}):
+        current = top
+        while True:
+            st = _lstat(current)
+            if st is not None and (st.st_uid not in (0, os.geteuid()) or (
+                    stat.S_ISDIR(st.st_mode) and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+                    and not st.st_mode & stat.S_ISVTX)):
+                raise CertError("%s: %s is %s of uid %d with mode %04o: another user could swap what it holds; "
+                                "refused (the directories above it must belong to root and be writable by root "
+                                "only)" % (path, current, _kind(st), st.st_uid, stat.S_IMODE(st.st_mode)))
+            parent = os.path.dirname(current)
+            if parent == current:
+                break
+            current = parent
+
+
+def check_private_file(path, what="file"):
+    """Raise unless ``path`` is a regular file (not a link) whose directories no one but root (or us) can write:
+    a key root hands to ``openssl`` by its path."""
+    check_parents(path)
+    st = _lstat(path)
+    if st is None:
+        raise CertError("%s %s is missing" % (what, path))
+    if not stat.S_ISREG(st.st_mode):
+        raise CertError("%s %s is %s, not a regular file; refused" % (what, path, _kind(st)))
+
+
 def ensure_dir(path, mode, uid, gid):
-    """``path`` exists as a directory with ``mode`` and ``uid``:``gid``; returns whether anything changed."""
+    """``path`` is a real directory with ``mode`` and ``uid``:``gid``; returns whether anything changed. A link or
+    anything else in its place is refused, never followed."""
     changed = False
     try:
-        if not os.path.isdir(path):
-            os.makedirs(path, mode=mode)
+        st = _lstat(path)
+        if st is None:
+            parent = os.path.dirname(path)
+            if parent and not os.path.isdir(parent):
+                os.makedirs(parent)
+            os.mkdir(path, mode)
             changed = True
-        if os.stat(path).st_mode & 0o7777 != mode:
+            st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise CertError("%s is %s, not a directory; refused (nothing is followed or replaced there: remove it "
+                            "and run again)" % (path, _kind(st)))
+        # A real directory (lstat), whose parent no one else can write: chown and chmod act on it, nothing else.
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.chown(path, uid, gid, follow_symlinks=False)
+            changed = True
+        if stat.S_IMODE(os.lstat(path).st_mode) != mode:
             os.chmod(path, mode)
             changed = True
     except OSError as exc:
         raise CertError("%s: %s" % (path, exc.strerror)) from None
-    st = os.stat(path)
-    if (st.st_uid, st.st_gid) != (uid, gid):
-        _chown(path, uid, gid)
-        changed = True
     return changed
 
 
+def remove_tree(path):
+    """Remove ``path`` (a directory with what it holds, a link or a file) without following any link."""
+    st = _lstat(path)
+    if st is None:
+        return
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            if not shutil.rmtree.avoids_symlink_attacks:  # True on Linux (fd-based walk)
+                raise CertError("%s: this platform cannot remove a directory without following links" % path)
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except OSError as exc:
+        raise CertError("%s: cannot remove it: %s" % (path, exc.strerror)) from None
+
+
+def _set_attributes(fd, mode, uid, gid):
+    st = os.fstat(fd)
+    if (st.st_uid, st.st_gid) != (uid, gid):
+        os.fchown(fd, uid, gid)
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.fchmod(fd, mode)
+
+
+def fix_attributes(path, mode, uid, gid):
+    """Set ``mode`` and ``uid``:``gid`` of the regular file ``path`` through a descriptor opened without
+    following a link; returns whether anything changed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CertError("%s: %s" % (path, _open_error(exc))) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CertError("%s is %s, not a regular file; refused" % (path, _kind(st)))
+        before = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+        _set_attributes(fd, mode, uid, gid)
+        return before != (mode, uid, gid)
+    except OSError as exc:
+        raise CertError("%s: %s" % (path, exc.strerror)) from None
+    finally:
+        os.close(fd)
+
+
+def _open_error(exc):
+    if exc.errno == errno.ELOOP:
+        return "a symbolic link, not a regular file; refused (a root process does not follow links here)"
+    return exc.strerror or str(exc)
+
+
+def read_file(path, limit=MAX_FILE_BYTES):
+    """The bytes of the regular file ``path``, or None when there is none. Never through a link (O_NOFOLLOW), never
+    a FIFO or a device (O_NONBLOCK, then fstat); at most ``limit`` bytes. The caller checks the directory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CertError("%s: %s" % (path, _open_error(exc))) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CertError("%s is %s, not a regular file; refused" % (path, _kind(st)))
+        if st.st_size > limit:
+            raise CertError("%s is larger than %d bytes; refused" % (path, limit))
+        chunks, size = [], 0
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > limit:
+                raise CertError("%s is larger than %d bytes; refused" % (path, limit))
+            chunks.append(chunk)
+    except OSError as exc:
+        raise CertError("%s: %s" % (path, exc.strerror)) from None
+    finally:
+        os.close(fd)
+
+
+def _read_text(path):
+    data = read_file(path)
+    if data is None:
+        return None
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        raise CertError("%s: not ASCII text (PEM expected)" % path) from None
+
+
 def write_file(path, data, mode, uid, gid):
-    """Write ``data`` to ``path`` atomically (temp file in the same directory, then rename(2)) with ``mode`` and
-    ``uid``:``gid`` set before the rename, so a key is never readable by others, not even for a moment.
+    """Write ``data`` to ``path`` atomically: a new temporary file in the same directory (O_CREAT|O_EXCL, so never
+    through a link) gets ``mode`` and ``uid``:``gid`` through its descriptor before a byte is written, then takes
+    the name with rename(2), which replaces whatever entry was there (a link included) without following it.
 
     Not ``module.atomic_move``: that gives a new file the umask's mode after the move, and these helpers are also
     used outside Ansible."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".vmesh-", suffix=".tmp", dir=directory)  # created 0600
+    directory = os.path.dirname(path) or "."
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".vmesh-", suffix=".tmp", dir=directory)  # created 0600
+    except OSError as exc:
+        raise CertError("%s: %s" % (path, exc.strerror)) from None
     try:
         with os.fdopen(fd, "wb") as handle:
+            _set_attributes(handle.fileno(), mode, uid, gid)
             handle.write(data.encode("ascii") if isinstance(data, str) else data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        _chown(tmp, uid, gid)
         os.rename(tmp, path)
     except OSError as exc:
         raise CertError("%s: %s" % (path, exc.strerror)) from None
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
-
-
-def _read(path):
-    try:
-        with open(path, encoding="ascii") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CertError("%s: %s" % (path, getattr(exc, "strerror", None) or exc)) from None
 
 
 # --- the installed certificate ----------------------------------------------------------------------------------
@@ -394,21 +570,91 @@ def _read(path):
 
 @dataclass
 class Installed:
-    """The files in force: chain and bundle text, where the key is, the version directory."""
+    """The files in force: chain and bundle text, where the key is (a regular file in a directory of ours), the
+    version directory; ``problem`` says why something there is not used, ``untrusted`` names the staging and
+    version directories that another user owns or can write (removed, never read, by :func:`install`)."""
 
     chain: str | None
     bundle: str | None
     key_path: str | None
     version: str | None
+    problem: str = ""
+    untrusted: list = field(default_factory=list)
+
+
+def _certs_dir(path):
+    """The lstat of the certificate directory ``path`` (None when missing), after checking it and its parents."""
+    check_parents(path)
+    st = _lstat(path)
+    if st is None:
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        raise CertError("%s is %s, not a directory; refused" % (path, _kind(st)))
+    if st.st_uid != dir_owner() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise CertError("%s belongs to uid %d with mode %04o: another user could plant links in it; refused "
+                        "(it must belong to root, mode 0750: fix or remove it, then run again)"
+                        % (path, st.st_uid, stat.S_IMODE(st.st_mode)))
+    return st
+
+
+def _untrusted_entries(path):
+    """Names of pending/ and version directories in ``path`` that are not real directories of ours."""
+    try:
+        names = sorted(os.listdir(path))
+    except OSError as exc:
+        raise CertError("%s: %s" % (path, exc.strerror)) from None
+    return [n for n in names if (n == PENDING or VERSION_RE.match(n)) and not is_ours(_lstat(os.path.join(path, n)))]
+
+
+def _regular(path):
+    st = _lstat(path)
+    return st is not None and stat.S_ISREG(st.st_mode)
+
+
+def _version_files(base):
+    """(chain, bundle, key path, problem) of the regular files in the version directory ``base`` (one of ours):
+    a link or anything else but a regular file makes the version unusable, and is never followed."""
+    for name in FILES:
+        st = _lstat(os.path.join(base, name))
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            return None, None, None, ("%s is %s, not a regular file: nothing in %s is used (a new version replaces "
+                                      "it)" % (os.path.join(base, name), _kind(st), base))
+    key_path = os.path.join(base, KEY)
+    return (_read_text(os.path.join(base, CHAIN)), _read_text(os.path.join(base, BUNDLE)),
+            key_path if _regular(key_path) else None, "")
 
 
 def installed(path):
-    """The files in force in ``path``: through ``..data`` when it exists, else top-level regular files."""
-    base = os.path.join(path, DATA) if os.path.islink(os.path.join(path, DATA)) else path
-    version = os.readlink(os.path.join(path, DATA)) if base != path else None
-    key_path = os.path.join(base, KEY)
-    return Installed(chain=_read(os.path.join(base, CHAIN)), bundle=_read(os.path.join(base, BUNDLE)),
-                     key_path=key_path if os.path.exists(key_path) else None, version=version)
+    """The files in force in ``path``: those of the version directory ``..data`` names; without ``..data``, regular
+    files at the top level (put there by hand; links there are ours, into ``..data``, and not followed). A version
+    directory another user can write, or holding anything but regular files, counts as nothing installed: a
+    renewal replaces it."""
+    if _certs_dir(path) is None:
+        return Installed(None, None, None, None)
+    untrusted = _untrusted_entries(path)
+    data = _lstat(os.path.join(path, DATA))
+    if data is None:  # no version in force; the top-level links, if any, are ours into ..data: not followed
+        chain, bundle, key = (os.path.join(path, n) for n in (CHAIN, BUNDLE, KEY))
+        return Installed(_read_text(chain) if _regular(chain) else None,
+                         _read_text(bundle) if _regular(bundle) else None,
+                         key if _regular(key) else None, None, untrusted=untrusted)
+    if not stat.S_ISLNK(data.st_mode):
+        raise CertError("%s is %s, expected a link to a version directory; refused (remove it and run again)"
+                        % (os.path.join(path, DATA), _kind(data)))
+    version = os.readlink(os.path.join(path, DATA))
+    if not VERSION_RE.match(version):
+        raise CertError("%s points to %r, not to a version directory beside it; refused (remove it and run again)"
+                        % (os.path.join(path, DATA), version))
+    base = os.path.join(path, version)
+    st = _lstat(base)
+    if st is None:
+        return Installed(None, None, None, version, "%s points to %s, which is missing" % (DATA, base), untrusted)
+    if not is_ours(st):
+        return Installed(None, None, None, version, "%s is %s of uid %d with mode %04o: another user can write it, "
+                         "so nothing in it is read (a new version replaces it)"
+                         % (base, _kind(st), st.st_uid, stat.S_IMODE(st.st_mode)), untrusted)
+    chain, bundle, key_path, problem = _version_files(base)
+    return Installed(chain, bundle, key_path, version, problem, untrusted)
 
 
 def key_matches(openssl, key_path, cert_pem):
@@ -424,12 +670,13 @@ def state(path, openssl=None):
     ``present``, ``serial`` (lower-case hex), ``not_before``, ``not_after`` (ISO 8601 UTC), ``identity`` (the
     SPIFFE URI SAN), ``uris`` (every URI SAN), ``issuer`` (RFC 2253 DN), ``authority_key_id`` (lower-case hex
     with colons), ``key_matches`` (key.pem belongs to the certificate), ``version`` (the ``..data`` target),
-    ``bundle_fingerprints`` (SHA-256 of each trusted root) and ``error`` (a certificate that cannot be read)."""
+    ``bundle_fingerprints`` (SHA-256 of each trusted root) and ``error`` (a certificate that cannot be read, or
+    files that are not used because another user could have put them there)."""
     openssl = openssl or Openssl()
     current = installed(path)
     result = {"present": False, "serial": "", "not_before": "", "not_after": "", "identity": "", "uris": [],
               "issuer": "", "authority_key_id": "", "key_matches": False, "version": current.version or "",
-              "bundle_fingerprints": fingerprints(current.bundle or ""), "error": ""}
+              "bundle_fingerprints": fingerprints(current.bundle or ""), "error": current.problem}
     if not current.chain:
         return result
     try:
@@ -481,21 +728,25 @@ def pending_paths(path):
     return pending, os.path.join(pending, KEY), os.path.join(pending, CSR)
 
 
-def prepare_pending(path, identity, uid, gid, openssl=None):
+def prepare_pending(path, identity, gid, openssl=None):
     """Make ``pending/key.pem`` (unless an interrupted run left one: it is reused) and a new ``pending/csr.pem``
-    for ``identity``; returns the CSR (PEM text)."""
+    for ``identity``; returns the CSR (PEM text). ``pending/`` is root's alone (0700): one that another user owns or
+    can write, or a link in its place, is removed unread and made again; a key.pem there that is not a regular
+    file is replaced, never followed."""
     openssl = openssl or Openssl()
     parse_identity(identity)
     pending, key_path, csr_path = pending_paths(path)
+    _certs_dir(path)
     ensure_dir(path, DIR_MODE, dir_owner(), gid)
-    ensure_dir(pending, PENDING_MODE, uid, gid)
-    if not os.path.exists(key_path) or not _valid_key(openssl, key_path):
-        write_file(key_path, openssl.new_key(key_path), KEY_MODE, uid, gid)
-    else:  # reused: make sure of its mode and owner
-        os.chmod(key_path, KEY_MODE)
-        _chown(key_path, uid, gid)
+    if not is_ours(_lstat(pending)):
+        remove_tree(pending)
+    ensure_dir(pending, PENDING_MODE, dir_owner(), os.getegid())
+    if _regular(key_path) and _valid_key(openssl, key_path):
+        fix_attributes(key_path, KEY_MODE, dir_owner(), os.getegid())  # reused: make sure of its mode and owner
+    else:
+        write_file(key_path, openssl.new_key(key_path), KEY_MODE, dir_owner(), os.getegid())
     csr = openssl.new_csr(key_path, identity, csr_path)
-    write_file(csr_path, csr, KEY_MODE, uid, gid)
+    write_file(csr_path, csr, KEY_MODE, dir_owner(), os.getegid())
     return csr
 
 
@@ -507,12 +758,19 @@ def _valid_key(openssl, key_path):
         return False
 
 
+def _pending_key(path):
+    """The path of ``pending/key.pem`` when it is a regular file in a pending/ of ours, else None."""
+    pending, key_path, _ = pending_paths(path)
+    return key_path if is_ours(_lstat(pending)) and _regular(key_path) else None
+
+
 # --- installing ---------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class InstallPlan:
-    """What :func:`plan_install` decided: the wanted files (``key_from`` is a path) and what differs."""
+    """What :func:`plan_install` decided: the wanted files (``key_from`` is a path), what differs, and the
+    directories another user could write, to remove (``cleanup``)."""
 
     chain: str | None
     bundle: str
@@ -522,10 +780,11 @@ class InstallPlan:
     after: dict
     info: CertInfo | None = None
     warnings: list = field(default_factory=list)
+    cleanup: list = field(default_factory=list)
 
     @property
     def changed(self):
-        return bool(self.changed_files)
+        return bool(self.changed_files or self.cleanup)
 
 
 def _summary(info, bundle):
@@ -535,13 +794,14 @@ def _summary(info, bundle):
             "bundle_fingerprints": fingerprints(bundle or "")}
 
 
-def plan_install(path, chain, bundle, openssl=None, check_mode=False, uid=None, gid=None):
+def plan_install(path, chain, bundle, openssl=None, check_mode=False, gid=None):
     """Decide what installing ``chain`` (or, when empty, keeping the current certificate) with ``bundle`` changes.
 
     With a chain that is not the one installed, the leaf's public key must match ``pending/key.pem`` and the
     chain must verify to ``bundle``. Without a chain, the current certificate and key stay and only the bundle
     may change; with neither a chain nor a certificate installed there is nothing to install, which is an error
-    except in check mode (where the chain is empty because the signing step was skipped)."""
+    except in check mode (where the chain is empty because the signing step was skipped). ``gid`` is the proxy's
+    group (None: not checked, in check mode before the group exists)."""
     openssl = openssl or Openssl()
     current = installed(path)
     cur_info = None
@@ -551,7 +811,7 @@ def plan_install(path, chain, bundle, openssl=None, check_mode=False, uid=None, 
         except CertError:
             cur_info = None
     want_bundle = normalize_certs(bundle, "trust_bundle") if (bundle or "").strip() or not check_mode else ""
-    _, pending_key, _ = pending_paths(path)
+    pending_key = pending_paths(path)[1]
     warnings = []
 
     if (chain or "").strip():
@@ -560,9 +820,9 @@ def plan_install(path, chain, bundle, openssl=None, check_mode=False, uid=None, 
         if want_chain == current.chain:
             key_from = current.key_path
         else:
-            if not os.path.exists(pending_key):
-                raise CertError("chain: no pending key at %s to install it with; run vmesh_workload_key first"
-                                % pending_key)
+            if _pending_key(path) is None:
+                raise CertError("chain: no pending key at %s to install it with (or not a regular file in a "
+                                "directory of root's); run vmesh_workload_key first" % pending_key)
             if not key_matches(openssl, pending_key, want_chain):
                 raise CertError("chain: the leaf's public key does not match %s (was it signed for another CSR?); "
                                 "nothing was changed" % pending_key)
@@ -580,7 +840,8 @@ def plan_install(path, chain, bundle, openssl=None, check_mode=False, uid=None, 
     elif check_mode:
         want_chain, info, key_from = None, None, None
     else:
-        raise CertError("no certificate is installed in %s and no chain was given" % path)
+        raise CertError("no certificate is installed in %s and no chain was given%s" % (
+            path, " (%s)" % current.problem if current.problem else ""))
 
     if want_chain is None:  # check mode, first install: everything would be written
         changed = list(FILES)
@@ -592,96 +853,113 @@ def plan_install(path, chain, bundle, openssl=None, check_mode=False, uid=None, 
             changed.append(KEY)
         if want_bundle != (current.bundle or "") and (want_bundle or not check_mode):
             changed.append(BUNDLE)
-        if not changed and not (_layout_ok(path, current) and _attributes_ok(path, uid, gid)):
+        if not changed and not (_layout_ok(path, current) and _attributes_ok(path, current.version, gid)):
             changed = list(FILES)  # same content, wrong layout, mode or owner: write a new version
         if key_from is None:
             raise CertError("%s holds a certificate but no key.pem; run vmesh_workload_key with force=true"
                             % path)
     return InstallPlan(chain=want_chain, bundle=want_bundle, key_from=key_from, changed_files=changed,
                        before=_summary(cur_info, current.bundle), after=_summary(info, want_bundle), info=info,
-                       warnings=warnings)
+                       warnings=warnings, cleanup=list(current.untrusted))
 
 
 def _layout_ok(path, current):
     """Whether the files are in force through ``..data`` and the three top-level links."""
     if current.version is None:
         return False
-    return all(os.path.islink(os.path.join(path, n)) and os.readlink(os.path.join(path, n)) == DATA + "/" + n
-               for n in FILES)
-
-
-def _attributes_ok(path, uid, gid):
-    """Whether the directory and the files in force have their modes and, when ``uid``/``gid`` are known, their
-    owners."""
-    st = os.stat(path)
-    if st.st_mode & 0o7777 != DIR_MODE or (gid is not None and (st.st_uid, st.st_gid) != (dir_owner(), gid)):
-        return False
-    for name, mode in ((CHAIN, CERT_MODE), (KEY, KEY_MODE), (BUNDLE, CERT_MODE)):
-        try:
-            st = os.stat(os.path.join(path, DATA, name))
-        except OSError:
-            return False
-        if st.st_mode & 0o7777 != mode:
-            return False
-        if uid is not None and (st.st_uid, st.st_gid) != (uid, gid):
+    for name in FILES:
+        link = os.path.join(path, name)
+        st = _lstat(link)
+        if st is None or not stat.S_ISLNK(st.st_mode) or os.readlink(link) != DATA + "/" + name:
             return False
     return True
 
 
-def install(path, plan, uid, gid):
-    """Write a new version directory from ``plan``, swap ``..data`` to it with one rename, make the top-level
-    links, then remove ``pending/`` (when its key was used) and the old versions."""
+#: Modes of the files in a version directory: the proxy's group reads them (Envoy runs as the proxy's user).
+FILE_MODES = {CHAIN: CERT_MODE, KEY: SHARED_KEY_MODE, BUNDLE: CERT_MODE}
+
+
+def _attributes_ok(path, version, gid):
+    """Whether the directory, the version directory and the files in force have their modes and owners (root,
+    and the group ``gid`` when it is known)."""
+    for directory in (path, os.path.join(path, version)):
+        st = _lstat(directory)
+        if st is None or stat.S_IMODE(st.st_mode) != DIR_MODE or st.st_uid != dir_owner():
+            return False
+        if gid is not None and st.st_gid != gid:
+            return False
+    for name, mode in FILE_MODES.items():
+        st = _lstat(os.path.join(path, version, name))
+        if st is None or not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != mode:
+            return False
+        if st.st_uid != dir_owner() or (gid is not None and st.st_gid != gid):
+            return False
+    return True
+
+
+def install(path, plan, gid):
+    """Carry out ``plan``: write a new version directory (root's, readable by the group ``gid``), swap ``..data``
+    to it with one rename, make the top-level links, then remove ``pending/`` (when its key was used), the old
+    versions and the directories another user could write (``plan.cleanup``), without following any link.
+    Returns the version in force."""
+    _certs_dir(path)
     ensure_dir(path, DIR_MODE, dir_owner(), gid)
+    version = installed(path).version
+    if plan.changed_files:
+        version = _write_version(path, plan, gid)
+    pending, pending_key, _ = pending_paths(path)
+    if plan.key_from == pending_key or not is_ours(_lstat(pending)):
+        remove_tree(pending)
+    for name in sorted(os.listdir(path)):
+        if name != version and VERSION_RE.match(name):
+            remove_tree(os.path.join(path, name))
+    return version
+
+
+def _write_version(path, plan, gid):
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
     version = "..%s.%s" % (stamp, secrets.token_hex(3))
     vdir = os.path.join(path, version)
     try:
-        os.mkdir(vdir, DIR_MODE)
-        os.chmod(vdir, DIR_MODE)
+        os.mkdir(vdir, DIR_MODE)  # a new directory, never an existing entry
     except OSError as exc:
         raise CertError("%s: %s" % (vdir, exc.strerror)) from None
-    _chown(vdir, dir_owner(), gid)
-    try:
-        with open(plan.key_from, "rb") as handle:
-            key_bytes = handle.read()
-    except OSError as exc:
-        raise CertError("%s: %s" % (plan.key_from, exc.strerror)) from None
-    write_file(os.path.join(vdir, CHAIN), plan.chain, CERT_MODE, uid, gid)
-    write_file(os.path.join(vdir, KEY), key_bytes, KEY_MODE, uid, gid)
-    write_file(os.path.join(vdir, BUNDLE), plan.bundle, CERT_MODE, uid, gid)
+    ensure_dir(vdir, DIR_MODE, dir_owner(), gid)
+    key_bytes = read_file(plan.key_from)  # a regular file in a directory of ours (plan_install checked)
+    if key_bytes is None:
+        raise CertError("%s: vanished before it could be installed" % plan.key_from)
+    for name, data in ((CHAIN, plan.chain), (KEY, key_bytes), (BUNDLE, plan.bundle)):
+        write_file(os.path.join(vdir, name), data, FILE_MODES[name], dir_owner(), gid)
     _fsync_dir(vdir)
     # The swap: readers see the old version or the new one, never a mix.
     _symlink_atomic(path, DATA, version)
     for name in FILES:
         link = os.path.join(path, name)
-        if not (os.path.islink(link) and os.readlink(link) == DATA + "/" + name):
+        st = _lstat(link)
+        if not (st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(link) == DATA + "/" + name):
             _symlink_atomic(path, name, DATA + "/" + name)
     _fsync_dir(path)
-    pending, pending_key, _ = pending_paths(path)
-    if plan.key_from == pending_key:
-        shutil.rmtree(pending, ignore_errors=True)
-    for name in os.listdir(path):
-        full = os.path.join(path, name)
-        if name != version and VERSION_RE.match(name) and os.path.isdir(full) and not os.path.islink(full):
-            shutil.rmtree(full, ignore_errors=True)
     return version
 
 
 def _symlink_atomic(path, name, target):
+    """Make ``path/name`` a link to ``target`` with one rename(2), which replaces a link or file there without
+    following it; a directory in its place is refused."""
     tmp = os.path.join(path, DATA_TMP if name == DATA else ".%s.tmp" % name)
     try:
+        existing = _lstat(os.path.join(path, name))
+        if existing is not None and stat.S_ISDIR(existing.st_mode):
+            raise CertError("%s is a directory, expected a link to %s" % (os.path.join(path, name), target))
         if os.path.lexists(tmp):
             os.unlink(tmp)
         os.symlink(target, tmp)
-        if os.path.isdir(os.path.join(path, name)) and not os.path.islink(os.path.join(path, name)):
-            raise CertError("%s is a directory, expected a link to %s" % (os.path.join(path, name), target))
         os.rename(tmp, os.path.join(path, name))
     except OSError as exc:
         raise CertError("%s: %s" % (os.path.join(path, name), exc.strerror)) from None
 
 
 def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:

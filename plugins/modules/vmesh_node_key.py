@@ -11,10 +11,13 @@ module: vmesh_node_key
 short_description: A private key made once on this host, which never leaves it; returns its public key
 description:
   - Makes an EC P-256 private key at O(path) (C(openssl genpkey), PKCS#8 PEM), written atomically with mode
-    C(0600) and owner O(owner):O(group) set before it appears. Its parent directory is made with mode C(0700)
-    when it is missing (an existing one is left as it is).
+    C(0600) and owner O(owner):O(group) set before it appears. Its parent directory is made C(0700), owned by the
+    user running the module (root), when it is missing.
   - An existing key is kept, whatever its type, as long as C(openssl) can read it; a wrong mode or owner is
     corrected. Only the public key (SPKI PEM) is returned, never key bytes.
+  - 'Runs as root, so it never follows a link or opens a file in a directory another user can write: the
+    directories above O(path) must belong to root and be writable by root only, and O(path) must be a regular
+    file, not a link (O(force) replaces whatever is there without following it); otherwise the module fails.'
   - 'The node key of the certificate renewal agent (C(vmesh-renew)): it signs the agent''s requests to the CA
     server, which holds the public key and the one identity this node may ask for. The key does not expire;
     deleting the node''s registration on the CA server revokes it. The CA server''s intermediate key is made
@@ -26,11 +29,11 @@ options:
     type: path
     default: /etc/vmesh/node/node-key.pem
   owner:
-    description: User owning the key (and its directory when made). A name or a uid.
+    description: User owning the key (its directory, when made, is root's). A name or a uid.
     type: str
     default: root
   group:
-    description: Group of the key (and of its directory when made). A name or a gid.
+    description: Group of the key. A name or a gid.
     type: str
     default: root
   force:
@@ -94,7 +97,8 @@ import os
 import stat
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vmesh_certs import KEY_MODE, CertError, Openssl, pem_blocks, resolve_owner, write_file
+from ansible.module_utils.vmesh_certs import KEY_MODE, CertError, Openssl, check_parents, dir_owner, ensure_dir
+from ansible.module_utils.vmesh_certs import fix_attributes, pem_blocks, resolve_owner, write_file
 
 
 def argument_spec():
@@ -119,9 +123,17 @@ def fingerprint(public_key):
     return hashlib.sha256(ders[0]).hexdigest() if ders else ""
 
 
-def _attributes(path):
-    st = os.stat(path)
+def _attributes(st):
     return {"mode": "%04o" % stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
+
+
+def _lstat(path):
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CertError("%s: %s" % (path, exc.strerror)) from None
 
 
 def ensure(module):
@@ -135,19 +147,22 @@ def ensure(module):
         if not module.check_mode:
             raise
         uid = gid = None  # the user is made by a task that check mode skipped
-    exists = os.path.lexists(path)
-    if exists and not os.path.isfile(path):
-        raise CertError("%s is not a regular file" % path)
+    check_parents(path)  # nothing above the key that another user could swap
+    st = _lstat(path)
+    if st is not None and not stat.S_ISREG(st.st_mode) and not p["force"]:
+        raise CertError("%s is %s, not a regular file; refused (a root process does not follow it): remove it, or "
+                        "set force=true to replace it with a new key" % (path, "a symbolic link" if stat.S_ISLNK(
+                            st.st_mode) else "not a regular file"))
     public = ""
-    if exists and not p["force"]:
+    if st is not None and not p["force"]:
         try:
-            public = openssl.key_public_key(path, path)
+            public = openssl.key_public_key(path, path)  # a regular file in directories only root can write
         except CertError as exc:
             raise CertError("%s is not a private key openssl can read (%s); remove it, or set force=true to make "
                             "a new one" % (path, exc)) from None
-    before = dict(_attributes(path), fingerprint=fingerprint(public)) if exists else None
+    before = dict(_attributes(st), fingerprint=fingerprint(public)) if st is not None else None
 
-    if not exists:
+    if st is None:
         reason = "missing"
     elif p["force"]:
         reason = "forced"
@@ -158,21 +173,13 @@ def ensure(module):
 
     if reason and not module.check_mode:
         directory = os.path.dirname(path) or "."
-        if not os.path.isdir(directory):
-            try:
-                os.makedirs(directory, mode=0o700)
-                os.chown(directory, uid, gid)
-            except OSError as exc:
-                raise CertError("%s: %s" % (directory, exc.strerror)) from None
+        if _lstat(directory) is None:
+            ensure_dir(directory, 0o700, dir_owner(), os.getegid())
         if reason in ("missing", "forced"):
-            write_file(path, openssl.new_key(path), KEY_MODE, uid, gid)
+            write_file(path, openssl.new_key(path), KEY_MODE, uid, gid)  # rename(2) replaces a link, unfollowed
             public = openssl.key_public_key(path, path)
         else:
-            try:
-                os.chmod(path, KEY_MODE)
-                os.chown(path, uid, gid)
-            except OSError as exc:
-                raise CertError("%s: %s" % (path, exc.strerror)) from None
+            fix_attributes(path, KEY_MODE, uid, gid)
     result = dict(changed=bool(reason), reason=reason, path=path, public_key=public, fingerprint=fingerprint(public))
     if module._diff:
         after = {"mode": "%04o" % KEY_MODE, "uid": uid, "gid": gid,

@@ -12,10 +12,11 @@ short_description: Install a VM's workload certificate and trust bundle atomical
 description:
   - Step 3 of 3 of issuing a workload certificate (after M(vmesh_workload_key) and M(vmesh_ca_sign)).
   - 'Layout of O(path) (Kubernetes'' atomic-writer layout): a version directory C(..<YYYYmmddTHHMMSS>.<6 hex>)
-    holding C(cert-chain.pem) (C(0644)), C(key.pem) (C(0600)) and C(root-cert.pem) (C(0644), the trust bundle),
-    all owned by O(owner):O(group); a link C(..data) to it, swapped with one C(rename(2)) of C(..data_tmp); and
-    top-level links C(cert-chain.pem), C(key.pem), C(root-cert.pem) into C(..data). Envoy''s SDS
-    C(watched_directory) on O(path) reloads on the swap, with no restart. O(path) itself is C(0750) C(root):O(group).'
+    (C(0750)) holding C(cert-chain.pem) (C(0644)), C(key.pem) (C(0640)) and C(root-cert.pem) (C(0644), the trust
+    bundle), all owned by C(root):O(group); a link C(..data) to it, swapped with one C(rename(2)) of
+    C(..data_tmp); and top-level links C(cert-chain.pem), C(key.pem), C(root-cert.pem) into C(..data). Envoy''s
+    SDS C(watched_directory) on O(path) reloads on the swap, with no restart; Envoy runs as the proxy''s user and
+    reads the files through its group. O(path) itself is C(0750) C(root):O(group).'
   - With O(chain), checks that the leaf's public key matches C(pending/key.pem) and that the chain verifies to
     O(trust_bundle) (C(openssl verify)); if either fails nothing changes. Then installs a new version with the
     chain, the pending key and the bundle, swaps C(..data), and removes C(pending/) and the old versions. A chain
@@ -24,7 +25,12 @@ description:
     when O(trust_bundle) differs from the installed one (the steps of a root rotation). It warns when the kept
     certificate does not verify against the new bundle (a root retired before the workload was reissued).
   - Contents are compared as bytes after normalising the PEM (64-column base64, no text outside the blocks). A
-    new version is also written when the files in force have another mode or owner than wanted.
+    new version is also written when the files in force have another mode or owner than wanted (files owned by
+    the proxy's user, as earlier versions made them, are rewritten as root's).
+  - 'Runs as root, so it never follows a link or opens a file in a directory another user can write: every file
+    is opened with C(O_NOFOLLOW) and must be a regular file; a C(pending/) or version directory that another user
+    owns or can write is never read, and is removed (without following links) by the next install, which is then
+    reported as a change. Directories above O(path) must belong to root and be writable by root only.'
   - Uses the C(openssl) command line and the Python standard library only.
 options:
   path:
@@ -39,11 +45,12 @@ options:
     type: str
     required: true
   owner:
-    description: User owning the files (the proxy's user). A name or a uid.
+    description:
+      - Ignored, with a warning when it names another user than the one running the module. The files belong to
+        root; the proxy reads them through O(group).
     type: str
-    default: vmesh-proxy
   group:
-    description: Group of the files and of O(path). A name or a gid.
+    description: Group of the files and of O(path) (the proxy's group). A name or a gid.
     type: str
     default: vmesh-proxy
 extends_documentation_fragment:
@@ -99,12 +106,19 @@ version:
   description: Name of the version directory in force afterwards (in check mode, the current one).
   type: str
   returned: always
+removed:
+  description: Staging and version directories that another user owned or could write, removed (or, in check
+    mode, to remove) without being read.
+  type: list
+  elements: str
+  returned: always
 """
 
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vmesh_certs import CertError, Openssl, install, installed, plan_install, resolve_owner
+from ansible.module_utils.vmesh_certs import CertError, Openssl, ignored_owner, install, installed, plan_install
+from ansible.module_utils.vmesh_certs import resolve_group
 
 
 def argument_spec():
@@ -112,7 +126,7 @@ def argument_spec():
         path=dict(type="path", required=True),
         chain=dict(type="str"),
         trust_bundle=dict(type="str", required=True),
-        owner=dict(type="str", default="vmesh-proxy"),
+        owner=dict(type="str"),
         group=dict(type="str", default="vmesh-proxy"),
     )
 
@@ -128,19 +142,21 @@ def openssl_for(module):
 def ensure(module):
     """Decide (plan_install), then install unless in check mode. Raises CertError."""
     p = module.params
+    if ignored_owner(p["owner"]):
+        module.warn(ignored_owner(p["owner"]))
     try:
-        uid, gid = resolve_owner(p["owner"], p["group"])
+        gid = resolve_group(p["group"])
     except CertError:
         if not module.check_mode:
             raise
-        uid = gid = None  # the user is made by a task that check mode skipped
-    plan = plan_install(p["path"], p["chain"], p["trust_bundle"], openssl_for(module), module.check_mode, uid, gid)
+        gid = None  # the group is made by a task that check mode skipped
+    plan = plan_install(p["path"], p["chain"], p["trust_bundle"], openssl_for(module), module.check_mode, gid)
     for warning in plan.warnings:
         module.warn(warning)
     version = installed(p["path"]).version or ""
     if plan.changed and not module.check_mode:
-        version = install(p["path"], plan, uid, gid)
-    result = dict(changed=plan.changed, changed_files=plan.changed_files, version=version,
+        version = install(p["path"], plan, gid)
+    result = dict(changed=plan.changed, changed_files=plan.changed_files, version=version, removed=plan.cleanup,
                   serial=plan.after["serial"], not_after=plan.after["not_after"], identity=plan.after["identity"])
     if module._diff:
         result["diff"] = {"before_header": os.path.join(p["path"], "..data"), "before": plan.before,

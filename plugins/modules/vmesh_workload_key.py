@@ -17,9 +17,16 @@ description:
     C(identity) (its URI subjectAltName is not O(identity)), C(issuer) (its authority key identifier is not the
     subject key identifier of O(issuer), for example after a root rotation; CAs without key identifiers are
     compared by name), C(expiring) (less than O(renew_ratio) of its lifetime remains), C(forced).'
-  - When a renewal is needed, makes C(pending/key.pem) (EC P-256, C(openssl genpkey), mode C(0600), owned by
-    O(owner)) unless an interrupted run left one there, which is reused, and a new C(pending/csr.pem)
-    (C(openssl req -new), subject C(O=<trust domain>), subjectAltName C(URI:<identity>)), and returns the CSR.
+  - When a renewal is needed, makes C(pending/key.pem) (EC P-256, C(openssl genpkey), mode C(0600)) unless an
+    interrupted run left one there, which is reused, and a new C(pending/csr.pem) (C(openssl req -new), subject
+    C(O=<trust domain>), subjectAltName C(URI:<identity>)), and returns the CSR.
+  - 'Runs as root, so it never follows a link or opens a file in a directory another user can write: C(pending/)
+    is C(0700) C(root:root); one found owned or writable by another user (the proxy''s user owned it in earlier
+    versions), or a link in its place, is removed without being looked into and made again; a C(key.pem) there that
+    is not a regular file is replaced, never followed. Directories above O(path) must belong to root and be
+    writable by root only, else the module fails.'
+  - A version in force that another user can write, or that holds anything but regular files, counts as no
+    certificate (reason C(missing), with a warning); it is never read, and the next install replaces it.
   - Uses the C(openssl) command line and the Python standard library only.
 options:
   path:
@@ -31,11 +38,12 @@ options:
     type: str
     required: true
   owner:
-    description: User owning the pending key (the proxy's user).
+    description:
+      - Ignored, with a warning when it names another user than the one running the module. The key and its
+        directories belong to root; the proxy reads the installed key through O(group) (see M(vmesh_workload_cert)).
     type: str
-    default: vmesh-proxy
   group:
-    description: Group of the pending key and of O(path).
+    description: Group of O(path) (the proxy's group, which reads the installed files). A name or a gid.
     type: str
     default: vmesh-proxy
   issuer:
@@ -113,15 +121,15 @@ identity:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.vmesh_certs import CertError, Openssl, parse_identity, prepare_pending
-from ansible.module_utils.vmesh_certs import renewal_reasons, resolve_owner, state
+from ansible.module_utils.vmesh_certs import CertError, Openssl, ignored_owner, parse_identity, prepare_pending
+from ansible.module_utils.vmesh_certs import renewal_reasons, resolve_group, state
 
 
 def argument_spec():
     return dict(
         path=dict(type="path", required=True),
         identity=dict(type="str", required=True),
-        owner=dict(type="str", default="vmesh-proxy"),
+        owner=dict(type="str"),
         group=dict(type="str", default="vmesh-proxy"),
         issuer=dict(type="str"),
         renew_ratio=dict(type="float", default=0.5),
@@ -143,8 +151,12 @@ def ensure(module):
     parse_identity(p["identity"])
     if not 0 < p["renew_ratio"] <= 1:
         raise CertError("renew_ratio must be in (0, 1], got %s" % p["renew_ratio"])
+    if ignored_owner(p["owner"]):
+        module.warn(ignored_owner(p["owner"]))
     openssl = openssl_for(module)
     current = state(p["path"], openssl)
+    if current["error"]:
+        module.warn(current["error"])
     issuer = openssl.info(p["issuer"], "issuer") if (p["issuer"] or "").strip() else None
     reasons = renewal_reasons(current, p["identity"], issuer, p["renew_ratio"], p["force"])
     result = dict(changed=bool(reasons), needed=bool(reasons), reason=reasons[0] if reasons else "",
@@ -155,8 +167,7 @@ def ensure(module):
                           "after": {"installed_identity": current["identity"],
                                     "pending_csr_for": p["identity"] if reasons else ""}}
     if reasons and not module.check_mode:
-        uid, gid = resolve_owner(p["owner"], p["group"])
-        result["csr"] = prepare_pending(p["path"], p["identity"], uid, gid, openssl)
+        result["csr"] = prepare_pending(p["path"], p["identity"], resolve_group(p["group"]), openssl)
     return result
 
 
