@@ -66,7 +66,8 @@ def ca_server_tasks(ca: Path, state: Path, config: Path) -> list[dict]:
                                               "intermediate-request"]},
          "environment": {"VMESH_LIB": str(LIB)}, "changed_when": False, "check_mode": False},
         {"vmesh_ca_sign_intermediate": {"path": str(ca), "csr": "{{ %s.csr }}" % request,
-                                        "current": "{{ %s.current }}" % request, "name_constraints": True}},
+                                        "current": "{{ %s.current }}" % request, "name_constraints": True,
+                                        "server_names": ["127.0.0.1"]}},
         {"ansible.builtin.copy": {"content": "{{ r3.certificate }}", "dest": str(state / "intermediate-cert.pem"),
                                   "mode": "0644"}},
         {"ansible.builtin.copy": {"content": "{{ r3.trust_bundle }}", "dest": str(state / "root-cert.pem"),
@@ -357,12 +358,12 @@ def issue_with_ansible(pki: Pki, certs: Path, lifetime: int) -> list[dict]:
     """A certificate the way the identity role issues one today (key and CSR here, the root signs, one swap)."""
     return [ok(r) for r in play(pki.base, [
         {"vmesh_ca": {"path": str(pki.ca)}},
-        {"vmesh_workload_key": {"path": str(certs), "identity": IDENTITY, "owner": OWNER, "group": GROUP,
+        {"vmesh_workload_key": {"path": str(certs), "identity": IDENTITY, "group": GROUP,
                                 "force": True}},
         {"vmesh_ca_sign": {"path": str(pki.ca), "csr": "{{ r1.csr }}", "identity": IDENTITY,
                            "lifetime_hours": lifetime}},
         {"vmesh_workload_cert": {"path": str(certs), "chain": "{{ r2.chain }}", "trust_bundle": "{{ r0.trust_bundle }}",
-                                 "owner": OWNER, "group": GROUP}},
+                                 "group": GROUP}},
     ])]
 
 
@@ -375,7 +376,7 @@ def agent_config(folder: Path, running: Running, certs: Path, node: Node, **sett
     path = folder / f"renew-{secrets.token_hex(3)}.json"
     path.write_text(json.dumps({"server": f"https://127.0.0.1:{running.port}", "node": node.name,
                                 "cert_dir": str(certs), "identity": node.identity, "node_key": str(node.key),
-                                "owner": OWNER, "group": GROUP, **settings}))
+                                "group": GROUP, **settings}))
     return path
 
 
@@ -412,7 +413,7 @@ def test_agent_renews_a_due_certificate_then_finds_nothing_due(pki, server, tmp_
     assert openssl("pkey", "-in", str(certs / "key.pem"), "-pubout") == openssl(
         "x509", "-noout", "-pubkey", "-in", str(certs / "cert-chain.pem"))
     assert verify_chain(after["chain"], certs / "root-cert.pem", tmp_path).returncode == 0
-    assert mode(certs / "key.pem") == 0o600 and mode(certs / "cert-chain.pem") == 0o644 and mode(certs) == 0o750
+    assert mode(certs / "key.pem") == 0o640 and mode(certs / "cert-chain.pem") == 0o644 and mode(certs) == 0o750
     serial = re.search(r"renewed: serial (\w+)", first.stdout).group(1)
     assert f"node={node.name} signed serial={serial}" in server.log_text()
 
@@ -438,6 +439,36 @@ def test_two_agents_at_once_renew_once(pki, server, tmp_path):
     assert [run.returncode for run in runs] == [0, 0], outs
     assert sorted(out.split(":")[0] for out, _ in outs) == ["ok", "renewed"], outs
     assert verify_chain(in_force(certs)["chain"], certs / "root-cert.pem", tmp_path).returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="plants what the proxy's user could, as that user's files: needs root")
+def test_agent_never_follows_a_link_the_proxy_planted_in_pending(pki, server, tmp_path):
+    """pending/ as an earlier version left it (the proxy's user's), where a compromised Envoy pointed key.pem at the
+    node key: the agent, as root, removes it unread and renews with a new key; the node key is neither changed,
+    nor signed for, nor copied anywhere."""
+    certs = tmp_path / "certs"
+    issue_with_ansible(pki, certs, lifetime=1)
+    node = Node(name="vm-links", key=tmp_path / "node" / "node-key.pem", identity=IDENTITY)
+    (made,) = play(pki.base, [{"vmesh_node_key": {"path": str(node.key), "owner": OWNER, "group": GROUP}}])
+    register(pki.state, node.name, IDENTITY, ok(made)["public_key"])
+    pending = certs / "pending"
+    pending.mkdir(mode=0o700)
+    os.chown(pending, 65534, 65534)
+    (pending / "key.pem").symlink_to(node.key)
+    os.lchown(pending / "key.pem", 65534, 65534)
+    secret = node.key.read_bytes()
+    before = os.stat(node.key)
+
+    run = agent(agent_config(tmp_path, server, certs, node, renew_ratio=0.99))
+    assert run.returncode == 0 and run.stdout.startswith("renewed: "), run.stderr
+    after = os.stat(node.key)
+    assert (after.st_uid, after.st_gid, after.st_mode) == (before.st_uid, before.st_gid, before.st_mode)
+    assert node.key.read_bytes() == secret and not pending.exists()
+    assert openssl("pkey", "-in", str(certs / "key.pem"), "-pubout").strip() != ok(made)["public_key"].strip()
+    private_lines = [line for line in secret.decode().splitlines()[1:-2] if len(line) > 20]
+    for path in certs.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert not any(line.encode() in path.read_bytes() for line in private_lines), path
 
 
 def test_agent_fails_clearly_and_changes_nothing(pki, server, node, tmp_path):

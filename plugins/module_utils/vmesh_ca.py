@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import ipaddress
 import os
 import re
 import secrets
@@ -619,13 +620,43 @@ def sign(path, csr_pem, identity, lifetime_hours=24, signer_key_content=None, no
 ONLINE_CA_NAME = "vmesh CA server (%s)"
 
 
-def _wanted_constraints(trust_domain, name_constraints):
-    """The NameConstraints extension the intermediate carries: URIs of the trust domain only, or none."""
+#: Every IPv4 and every IPv6 address: excluded when the CA server is reached by name only.
+ALL_ADDRESSES = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+_DNS_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def server_name_subtrees(server_names):
+    """(DNS names, IP networks) of ``server_names``: the DNS names (lower case) and addresses (one-address networks)
+    the CA server's TLS certificate carries, sorted; raises for anything else."""
+    dns, ips = set(), set()
+    for name in server_names or []:
+        try:
+            address = ipaddress.ip_address(str(name))
+        except ValueError:
+            if not _DNS_RE.match(str(name).lower()):
+                raise CAError("server_names: %r is neither an IP address nor a DNS name" % (name,)) from None
+            dns.add(str(name).lower())
+        else:
+            ips.add(ipaddress.ip_network(address))
+    return sorted(dns), sorted(ips, key=lambda n: (n.version, n))
+
+
+def _wanted_constraints(trust_domain, name_constraints, server_names=()):
+    """The NameConstraints extension the intermediate carries, or None.
+
+    RFC 5280 4.2.1.10: a name type with no permitted subtree is not constrained at all, so each type the mesh
+    uses is permitted exactly and each it does not use is excluded outright. Permitted: URIs whose host is the
+    trust domain (spiffe://<trust domain>/...), and the DNS names and addresses of ``server_names`` (the CA server's
+    own TLS certificate; a permitted DNS name also covers names below it, as the RFC says). Excluded: every DNS name
+    (an empty dNSName matches all) when no DNS name is permitted, every IPv4 and IPv6 address when no address is.
+    So a stolen intermediate key can mint neither www.bank.example nor 8.8.8.8 that verifies to the mesh root."""
     if not name_constraints:
         return None
-    # RFC 5280 4.2.1.10: a URI constraint names the host part; spiffe://<trust domain>/... has the trust domain.
-    return x509.NameConstraints(permitted_subtrees=[x509.UniformResourceIdentifier(trust_domain)],
-                                excluded_subtrees=None)
+    dns, ips = server_name_subtrees(server_names)
+    permitted = ([x509.UniformResourceIdentifier(trust_domain)] + [x509.DNSName(n) for n in dns]
+                 + [x509.IPAddress(n) for n in ips])
+    excluded = ([] if dns else [x509.DNSName("")]) + ([] if ips else [x509.IPAddress(n) for n in ALL_ADDRESSES])
+    return x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=excluded or None)
 
 
 def _constraints_of(cert):
@@ -665,13 +696,16 @@ def intermediate_reasons(current, root, public_key, subject, constraints, now):
 
 
 def sign_intermediate(path, csr_pem, trust_domain="cluster.local", common_name=None, days=365,
-                      name_constraints=False, current=None, signer_key_content=None, check_mode=False, now=None):
+                      name_constraints=True, server_names=(), current=None, signer_key_content=None,
+                      check_mode=False, now=None):
     """Sign the CSR of an intermediate CA whose key was born elsewhere (the CA server's) with the ROOT in ``path``.
 
     The certificate: subject ``O=<trust domain>, CN=<common name>`` (the CSR's subject and extensions are not
     copied), basicConstraints CA:TRUE pathlen 0 (critical), keyUsage keyCertSign, cRLSign, digitalSignature
     (critical), subject and authority key identifiers, and with ``name_constraints`` a critical NameConstraints
-    permitting only URIs of the trust domain. Valid from 5 minutes ago for ``days`` (never beyond the root).
+    permitting only URIs of the trust domain and the DNS names and addresses of ``server_names``, excluding every
+    other DNS name or address (see :func:`_wanted_constraints`). Valid from 5 minutes ago for ``days`` (never
+    beyond the root). An intermediate in use with other constraints (an earlier version's, URIs only) is replaced.
 
     ``current`` is the PEM of the certificate in use now; when :func:`intermediate_reasons` finds nothing wrong
     with it, it is returned as it is and nothing is signed, which keeps a play idempotent. In ``check_mode``
@@ -695,7 +729,7 @@ def sign_intermediate(path, csr_pem, trust_domain="cluster.local", common_name=N
     csr = _load_csr(csr_pem)
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain),
                          x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    constraints = _wanted_constraints(trust_domain, name_constraints)
+    constraints = _wanted_constraints(trust_domain, name_constraints, server_names)
     current_cert = load_cert(current.encode("ascii", "replace"), "current") if (current or "").strip() else None
     reasons = intermediate_reasons(current_cert, ca.root, csr.public_key(), subject, constraints, now)
     result = {"issued": bool(reasons), "reasons": reasons, "trust_bundle": ca.bundle()}

@@ -17,13 +17,15 @@ description:
     beyond the root), subject C(O=<trust domain>, CN=<common name>) (the CSR''s own subject and extensions are
     not copied), basicConstraints CA:TRUE pathlen 0 (critical: it may sign leaves only), keyUsage keyCertSign,
     cRLSign and digitalSignature (critical), subject and authority key identifiers, and with
-    O(name_constraints) a critical nameConstraints extension that permits only URIs of the trust domain.'
+    O(name_constraints) a critical nameConstraints extension (see there).'
   - Refuses a CSR whose signature is invalid (the proof that its key is held), with a key that is neither EC nor
     RSA of at least 2048 bits, and a root that may not issue intermediates (pathlen 0).
   - 'Idempotent through O(current): when the certificate in use now was issued by the current root for the same
     key, with the same subject and constraints, and more than a fifth of its lifetime remains, it is returned
     unchanged and nothing is signed (V(changed=false)). Otherwise a new one is signed (V(changed=true)): on the
-    first run, after a root rotation (C(issuer)), a new key (C(key)) or near its end (C(expiring)).'
+    first run, after a root rotation (C(issuer)), a new key (C(key)), other constraints (C(constraints), for
+    example an intermediate of an earlier version constrained to URIs only, or new O(server_names)) or near its
+    end (C(expiring)).'
   - Unlike M(vmesh_ca_sign), which signs short-lived leaves on every renewal and reports V(changed=false), this
     module reports V(changed=true) whenever it issues a new CA certificate, an event worth seeing in a play.
 options:
@@ -50,11 +52,23 @@ options:
     default: 365
   name_constraints:
     description:
-      - Add a critical nameConstraints extension permitting only C(URI) names in the trust domain, so that even
-        a stolen intermediate key cannot mint identities of another trust domain. DNS and IP names (the CA
-        server's own TLS certificate) are not constrained.
+      - 'Add a critical nameConstraints extension, so that even a stolen intermediate key can mint nothing that
+        verifies to the mesh root outside the mesh: permitted are C(URI) names whose host is the trust domain
+        (C(spiffe://<trust domain>/...)) and the C(DNS) names and C(IP) addresses of O(server_names) (a
+        permitted DNS name also covers the names below it, RFC 5280); excluded are every DNS name when
+        O(server_names) holds none (an empty C(dNSName) matches all) and every IPv4 and IPv6 address when it
+        holds no address. Without an excluded subtree a name type with no permitted one would not be
+        constrained at all.'
     type: bool
-    default: false
+    default: true
+  server_names:
+    description:
+      - DNS names and IP addresses the intermediate may sign besides the trust domain's URIs (with
+        O(name_constraints)), that is those of the CA server's own TLS certificate (the C(ca_server) role's
+        C(ca_server_names)).
+    type: list
+    elements: str
+    default: []
   current:
     description: PEM of the intermediate certificate in use now (empty or left out when there is none).
     type: str
@@ -92,6 +106,7 @@ EXAMPLES = r"""
     current: "{{ (ca_server_request.stdout | from_json).current }}"
     trust_domain: cluster.local
     name_constraints: true
+    server_names: [10.0.0.5, ca.mesh.example]
   delegate_to: localhost
   run_once: true
   register: ca_server_intermediate
@@ -144,7 +159,8 @@ def argument_spec():
         trust_domain=dict(type="str", default="cluster.local"),
         common_name=dict(type="str"),
         days=dict(type="int", default=365),
-        name_constraints=dict(type="bool", default=False),
+        name_constraints=dict(type="bool", default=True),
+        server_names=dict(type="list", elements="str", default=[]),
         current=dict(type="str", default=""),
         signer_key_content=dict(type="str", no_log=True),
     )
@@ -165,7 +181,8 @@ def ensure(module):
                     certificate="", issued=False, reasons=[], serial="", not_after="", fingerprint="",
                     trust_bundle="")
     result = sign_intermediate(p["path"], p["csr"], trust_domain=p["trust_domain"], common_name=p["common_name"],
-                               days=p["days"], name_constraints=p["name_constraints"], current=p["current"],
+                               days=p["days"], name_constraints=p["name_constraints"],
+                               server_names=p["server_names"], current=p["current"],
                                signer_key_content=p["signer_key_content"], check_mode=module.check_mode)
     result["changed"] = result["issued"]
     if module._diff:
