@@ -65,7 +65,21 @@ def push(tmp_path: Path, dest: Path, files: dict, validation: str, *, check=Fals
 
 
 def snapshot(dest: Path) -> dict:
-    return {p.name: p.read_text() for p in sorted(dest.iterdir())} if dest.exists() else {}
+    """The config files Envoy reads: ``dest/<name>``, links into the version ``..data`` names."""
+    if not dest.exists():
+        return {}
+    return {p.name: p.read_text() for p in sorted(dest.iterdir()) if not p.name.startswith(".")}
+
+
+def tree(dest: Path) -> dict:
+    """Everything under ``dest``: files with their text, links with their target (never followed)."""
+    found = {}
+    for top, dirs, names in os.walk(dest):
+        for name in dirs + names:
+            path = Path(top) / name
+            found[str(path.relative_to(dest))] = "-> " + os.readlink(path) if path.is_symlink() else \
+                "dir" if path.is_dir() else path.read_text()
+    return found
 
 
 def test_four_steps_and_stale_files(tmp_path):
@@ -76,6 +90,9 @@ def test_four_steps_and_stale_files(tmp_path):
     applied = push(tmp_path, dest, config.files, config.validation)
     assert applied["changed"] is True and applied["bootstrap_changed"] is True
     assert snapshot(dest) == config.files
+    for name in config.files:  # each a link into the version in force
+        assert os.readlink(dest / name) == f"..data/{name}"
+    assert os.readlink(dest / "..data") == applied["version"]
     assert push(tmp_path, dest, config.files, config.validation, check=True)["changed"] is False
     assert push(tmp_path, dest, config.files, config.validation)["changed"] is False
     # a routing change touches only the route file, and needs no restart
@@ -96,14 +113,14 @@ def test_refused_config_keeps_the_last_good_one(tmp_path):
     dest = tmp_path / "envoy"
     good = compiled(dest)
     push(tmp_path, dest, good.files, good.validation)
-    before = snapshot(dest)
+    before = tree(dest)
     routed = compiled(dest, VS_V3)
     broken = json.loads(routed.validation)
     broken["static_resources"]["clusters"][0]["lb_policy"] = "NO_SUCH_POLICY"
     result = push(tmp_path, dest, routed.files, json.dumps(broken))
     assert result["failed"] is True
     assert "envoy --mode validate refused the new config; the running config is unchanged" in result["msg"]
-    assert snapshot(dest) == before
+    assert tree(dest) == before  # not a file written, not a version left
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".vmesh-staging")]
 
 
@@ -144,7 +161,10 @@ def test_running_envoy_hot_reloads_a_pushed_change(tmp_path):
         assert before and all(v >= 1 for v in before.values())
         uptime = stats("server.uptime")["server.uptime"]
         routed = compiled(dest, VS_V3)
-        assert push(tmp_path, dest, routed.files, routed.validation, netns=ns)["changed"] is True
+        result = push(tmp_path, dest, routed.files, routed.validation, netns=ns)
+        assert result["changed"] is True
+        # the module waited until this Envoy (its admin endpoint, in the namespace) had read the swap
+        assert result["envoy_confirmed"] is True and result["steps"] == ["listeners and routes"]
         deadline = time.monotonic() + 10
         while stats(rds) == before and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -36,6 +36,8 @@ def bootstrap(workload: Workload, registry: Registry) -> dict[str, Any]:
                               "cluster_name": listeners.ADMIN_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {
                                   "address": socket_address("127.0.0.1", listeners.ADMIN_PORT)}}]}]}}],
         },
+        # The files of the config dir (each a link into the version in force, see file_source): Envoy reloads
+        # them when the version is switched, with no restart; only this bootstrap needs one.
         "dynamic_resources": {
             "lds_config": file_source(workload.config_dir, LDS_FILE),
             "cds_config": file_source(workload.config_dir, CDS_FILE),

@@ -51,7 +51,13 @@ def access_logs(enabled: bool) -> list[dict[str, Any]]:
 
 
 def file_source(config_dir: str, file: str) -> dict[str, Any]:
-    """Filesystem xDS: Envoy re-reads ``file`` when a file is moved into ``config_dir`` (atomic swap)."""
+    """Filesystem xDS: Envoy re-reads ``config_dir/file`` whenever something is moved into ``config_dir``.
+
+    On the VM ``config_dir/file`` is a link ``..data/file`` and ``..data`` a link to the version directory in
+    force (plugins/module_utils/vmesh_envoy_files.py): the one rename of ``..data`` that switches versions is a
+    move into ``config_dir``, so every resource watching it (LDS, CDS, each RDS and SDS file) re-reads, through
+    the links, the new version. Path and watched directory are therefore the plain ones, the same for a directory
+    of plain files (the layout before versions, and the test harness's), and nothing here names a version."""
     return {
         "path_config_source": {"path": f"{config_dir}/{file}", "watched_directory": {"path": config_dir}},
         "resource_api_version": "V3",
