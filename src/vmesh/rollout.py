@@ -29,6 +29,7 @@ from typing import Any, Iterable, Mapping
 
 from vmesh.documents import Document
 from vmesh.errors import MeshError
+from vmesh.names import outbound_name
 from vmesh.registry import Registry
 
 # Flagger's defaults: request success rate at least 99 %, p99 latency at most 500 ms.
@@ -496,9 +497,6 @@ def window(before: Mapping[str, Any], after: Mapping[str, Any], state: Mapping[s
     """What one version got between two snapshots of every client sidecar ({host: /stats JSON}). A sidecar
     that restarted in between counts from zero. The version's cluster is its subset's: the rollout names subsets
     after the versions."""
-    # imported here: vmesh.compile imports vmesh.istio, which imports this module
-    from vmesh.compile.clusters import outbound_name
-
     total = Measure()
     for host, answer in sorted(after.items()):
         for port in state["ports"]:

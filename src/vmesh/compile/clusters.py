@@ -10,19 +10,12 @@ from vmesh.compile.envoy_types import (BLACKHOLE, CLUSTER, HTTP_PROTOCOL_OPTIONS
 from vmesh.istio import Mesh, selects
 from vmesh.istio.fields import envoy_duration
 from vmesh.istio.trafficpolicy import Tls, TrafficPolicy
+from vmesh.names import inbound_name, outbound_name
 from vmesh.registry import Port, Service, Workload
 
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"  # Debian's bundle: SIMPLE TLS with no caCertificates
 
 CONNECT_TIMEOUT = "10s"  # Istio's default connectTimeout
-
-
-def outbound_name(port: int, subset: str | None, fqdn: str) -> str:
-    return f"outbound|{port}|{subset or ''}|{fqdn}"
-
-
-def inbound_name(port: int) -> str:
-    return f"inbound|{port}||"
 
 
 def _circuit_breakers(policy: TrafficPolicy | None = None) -> dict[str, Any]:

@@ -7,12 +7,13 @@ import hashlib
 import re
 from typing import Any
 
-from vmesh.compile import clusters, mtls, rbac, routes
+from vmesh.compile import mtls, rbac, routes
 from vmesh.compile.envoy_types import (BLACKHOLE, CORS, HCM, HTTP_FAULT, INBOUND_PASSTHROUGH, LISTENER, ORIGINAL_DST,
                                        PASSTHROUGH, ROUTER, TLS_INSPECTOR, access_logs, file_source, socket_address,
                                        tcp_proxy, typed)
 from vmesh.errors import MeshError
 from vmesh.istio import Mesh
+from vmesh.names import inbound_name, outbound_name
 from vmesh.registry import Port, Service, Workload
 
 OUTBOUND_PORT = 15001
@@ -101,7 +102,7 @@ def edge_hcm(stat_prefix: str, route_name: str, workload: Workload,
 def _service_chains(mesh: Mesh, service: Service, port: Port, workload: Workload, match: dict[str, Any],
                     sni_ports: set[int]) -> list[dict[str, Any]]:
     """The filter chains of one service port: HTTP routes, TCP routes, or TLS routes by SNI."""
-    name = clusters.outbound_name(port.number, None, service.fqdn)
+    name = outbound_name(port.number, None, service.fqdn)
     stat_prefix = f"outbound_{service.vip}_{port.number}" if service.vip else name
     if port.is_http:
         filters = [_hcm(stat_prefix, routes.outbound_name_for(service, port), workload, inbound=False)]
@@ -188,7 +189,7 @@ def authorization_filters(mesh: Mesh, workload: Workload, port: Port) -> list[di
 
 def _inbound_filters(workload: Workload, port: Port, stat_prefix: str, authorization: list[dict[str, Any]], *,
                      secure: bool) -> list[dict[str, Any]]:
-    name = clusters.inbound_name(port.number)
+    name = inbound_name(port.number)
     authorization = copy.deepcopy(authorization)  # each chain owns its filters (EnvoyFilter patches edit them)
     if not port.is_http:
         return authorization + [tcp_proxy(stat_prefix, name)]
@@ -211,7 +212,7 @@ def inbound(mesh: Mesh, workload: Workload) -> dict[str, Any]:
     chains = []
     inspected = []
     for port in workload.ports:
-        name = clusters.inbound_name(port.number)
+        name = inbound_name(port.number)
         stat_prefix = f"inbound_0.0.0.0_{port.number}"
         mode = mesh.mtls_mode(workload, port.target_port)
         authorization = authorization_filters(mesh, workload, port)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmesh.compile.clusters import inbound_name, outbound_name
+from vmesh.names import inbound_name, outbound_name
 from vmesh.compile.envoy_types import CORS_POLICY, HTTP_FAULT, PASSTHROUGH, PREVIOUS_HOSTS, TCP_PROXY
 from vmesh.istio import Mesh, selects
 from vmesh.istio.fields import envoy_duration
