@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from vmesh import istio
+from vmesh import load
+from vmesh.istio.model import Mesh
 from vmesh.compile import render_host
 
 DATA = Path(__file__).parent / "data"
@@ -39,17 +40,17 @@ def destination_rules() -> tuple[str, str]:
     return (str(path.relative_to(DATA.parent)), path.read_text())
 
 
-def build(*docs: str, hosts: dict | None = None, with_rules: bool = True) -> istio.Mesh:
+def build(*docs: str, hosts: dict | None = None, with_rules: bool = True) -> Mesh:
     sources = [destination_rules()] if with_rules else []
     sources += [(f"mesh/doc{i}.yaml", text) for i, text in enumerate(docs)]
-    return istio.build(hosts if hosts is not None else bookinfo_hosts(), sources)
+    return load.mesh(hosts if hosts is not None else bookinfo_hosts(), sources)
 
 
 def resources(files: dict[str, str], name: str) -> list[dict]:
     return json.loads(files[name])["resources"]
 
 
-def outbound_routes(mesh: istio.Mesh, host: str, service: str, port: int = 9080) -> list[dict]:
+def outbound_routes(mesh: Mesh, host: str, service: str, port: int = 9080) -> list[dict]:
     files = render_host(mesh, host).files
     fqdn = f"{service}.default.svc.cluster.local"
     (config,) = resources(files, f"rds_outbound_{port}__{fqdn}.json")

@@ -58,7 +58,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import certs
 from vmesh import envoy as envoy_mod
-from vmesh import istio
+from vmesh import load
 from vmesh.compile import BOOTSTRAP_FILE, HostConfig, render_all
 
 REPO = Path(__file__).resolve().parents[1]
@@ -486,7 +486,7 @@ class NetMesh:
         return self.logs / f"{self._host(host).slug}.envoy.log"
 
     def _compile(self, sources: Iterable[tuple[str, str]]) -> dict[str, HostConfig]:
-        mesh = istio.build({h.name: h.vars for h in self._hosts.values() if not h.outside}, list(sources))
+        mesh = load.mesh({h.name: h.vars for h in self._hosts.values() if not h.outside}, list(sources))
         self._registry = mesh.registry
         return render_all(mesh)
 

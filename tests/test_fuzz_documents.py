@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import bookinfo_hosts
-from vmesh import istio
+from vmesh import load
 from vmesh.compile import render_all
 from vmesh.errors import MeshError, MeshErrors
 
@@ -332,7 +332,7 @@ def deadline(seconds: int) -> Iterator[None]:
 
 
 def compile_mesh(text: str) -> None:
-    mesh = istio.build(bookinfo_hosts(), [(FILE, text)])
+    mesh = load.mesh(bookinfo_hosts(), [(FILE, text)])
     render_all(mesh)
 
 

@@ -1,5 +1,5 @@
 """The compiler's layers point down: each module imports on its own, in a fresh interpreter, and imports nothing
-from a layer above it (cli -> compile -> istio -> registry/documents -> names/errors)."""
+from a layer above it (cli -> compile -> load -> rollout -> istio -> registry/documents -> names/errors)."""
 
 from __future__ import annotations
 
@@ -22,12 +22,13 @@ MODULES = sorted(
 LAYERS = [
     (0, ("vmesh.names", "vmesh.errors", "vmesh.envoy")),
     (1, ("vmesh.documents", "vmesh.registry", "vmesh.inputs")),
-    # The canary rollouts' routing is still applied inside vmesh.istio.build (issue F moves it above the model).
-    (2, ("vmesh.rollout",)),
-    (3, ("vmesh.istio",)),
-    (4, ("vmesh.compile",)),
-    (5, ("vmesh.plot", "vmesh.lab")),
-    (6, ("vmesh.cli",)),
+    (2, ("vmesh.istio",)),
+    # A rollout's routing is a transform of the documents, applied before the model is built (vmesh.load).
+    (3, ("vmesh.rollout",)),
+    (4, ("vmesh.load",)),
+    (5, ("vmesh.compile",)),
+    (6, ("vmesh.plot", "vmesh.lab")),
+    (7, ("vmesh.cli",)),
 ]
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from conftest import DATA, bookinfo_hosts, destination_rules, resources
-from vmesh import istio, registry as registry_mod, rollout
+from vmesh import load, registry as registry_mod, rollout
 from vmesh.compile import render_host
 from vmesh.errors import MeshError
 
@@ -135,7 +135,7 @@ def compiled_routes(stage_index: int, *docs: str, with_rules: bool = True, **set
     r = parse({"reviews": {"stable": "v1", "canary": "v3", "steps": [25, 100], **settings}})["reviews"]
     stage = rollout.stages(r)[stage_index]
     sources = ([destination_rules()] if with_rules else []) + [(f"mesh/doc{i}.yaml", t) for i, t in enumerate(docs)]
-    mesh = istio.build(bookinfo_hosts(), sources, rollouts={"reviews": (r, stage)})
+    mesh = load.mesh(bookinfo_hosts(), sources, rollouts={"reviews": (r, stage)})
     (config,) = resources(render_host(mesh, "productpage-v1").files, f"rds_outbound_9080__{FQDN}.json")
     return config["virtual_hosts"][0]["routes"]
 
@@ -288,7 +288,7 @@ def test_resume_and_abort():
 
 
 def test_a_declared_rollout_keeps_the_canary_out_until_it_starts():
-    mesh = istio.build({h: {**v, "vmesh_rollouts": {"reviews": {"stable": "v1", "canary": "v3"}}}
+    mesh = load.mesh({h: {**v, "vmesh_rollouts": {"reviews": {"stable": "v1", "canary": "v3"}}}
                         for h, v in bookinfo_hosts().items()}, [destination_rules()])
     (config,) = resources(render_host(mesh, "productpage-v1").files, f"rds_outbound_9080__{FQDN}.json")
     (route,) = config["virtual_hosts"][0]["routes"]
@@ -336,7 +336,7 @@ def test_two_rollouts_route_their_services_each_by_its_own_state():
     assert ratings["status"] == "rolled back"
     reviews = rollout.step(plans[1]["state"], ZERO, HEALTHY, 3.0, 4.0)  # promoted next stage: at 100 %
     states = {"ratings": ratings, "reviews": reviews}
-    mesh = istio.build({h: {**v, "vmesh_rollouts": settings} for h, v in hosts.items()}, [destination_rules()],
+    mesh = load.mesh({h: {**v, "vmesh_rollouts": settings} for h, v in hosts.items()}, [destination_rules()],
                        rollout_states=states)
     files = render_host(mesh, "productpage-v1").files
     (reviews_rds,) = resources(files, f"rds_outbound_9080__{FQDN}.json")
@@ -349,6 +349,6 @@ def test_two_rollouts_route_their_services_each_by_its_own_state():
 def test_every_stage_compiles_to_a_config_envoy_accepts(envoy_validate):
     r = parse({"reviews": {"stable": "v1", "canary": "v3", "steps": [25, 100], "mirror": 20, "match": [JASON]}})
     for stage in rollout.stages(r["reviews"]) + [rollout.STABLE_ONLY]:
-        mesh = istio.build(bookinfo_hosts(), [destination_rules(), ("mesh/all-v1.yaml", ALL_V1)],
+        mesh = load.mesh(bookinfo_hosts(), [destination_rules(), ("mesh/all-v1.yaml", ALL_V1)],
                            rollouts={"reviews": (r["reviews"], stage)})
         envoy_validate(render_host(mesh, "productpage-v1").validation)

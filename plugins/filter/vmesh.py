@@ -7,11 +7,11 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 
 try:
-    from vmesh import istio, registry, rollout
+    from vmesh import load, registry, rollout
     from vmesh.compile import render_all
     from vmesh.errors import MeshError
 except ImportError as exc:  # pragma: no cover - install problem, reported when the filter is used
-    istio = registry = rollout = None
+    load = registry = rollout = None
     IMPORT_ERROR = exc
 else:
     IMPORT_ERROR = None
@@ -44,7 +44,7 @@ def vmesh_compile(sources, hostvars, hosts, rollouts=None):
     if not hosts:
         raise AnsibleFilterError("vmesh_compile: no hosts in group 'vmesh'")
     try:
-        mesh = istio.build({h: _host_vars(hostvars, h) for h in hosts}, [(str(p), str(t)) for p, t in sources],
+        mesh = load.mesh({h: _host_vars(hostvars, h) for h in hosts}, [(str(p), str(t)) for p, t in sources],
                            rollout_states=states)
         configs = render_all(mesh)
     except MeshError as exc:

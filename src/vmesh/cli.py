@@ -6,12 +6,13 @@ import argparse
 import os
 import sys
 
-from vmesh import envoy, inputs, istio, rollout
+from vmesh import envoy, inputs, load, rollout
+from vmesh.istio.model import Mesh
 from vmesh.compile import render_all, render_host
 from vmesh.errors import MeshError
 
 
-def _mesh(args: argparse.Namespace) -> istio.Mesh:
+def _mesh(args: argparse.Namespace) -> Mesh:
     hostvars = inputs.mesh_hostvars(args.inventory)
     paths = args.mesh or [inputs.default_mesh_dir(args.inventory)]
     for path in args.mesh or []:
@@ -20,7 +21,7 @@ def _mesh(args: argparse.Namespace) -> istio.Mesh:
     sources = [source for path in paths for source in inputs.mesh_sources(path)]
     states = inputs.rollout_states(args.rollouts or inputs.default_rollout_dir(args.inventory))
     # files named one by one apply in order, like kubectl apply -f a -f b: a later object replaces an earlier one
-    return istio.build(hostvars, sources, later_replaces=len(paths) > 1, rollout_states=states)
+    return load.mesh(hostvars, sources, later_replaces=len(paths) > 1, rollout_states=states)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

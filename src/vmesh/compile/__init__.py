@@ -15,7 +15,7 @@ from typing import Any
 from vmesh.compile import bootstrap, clusters, gateways, listeners, mtls, patches, routes
 from vmesh.compile.envoy_types import HCM, ROUTE_CONFIGURATION
 from vmesh.errors import MeshError
-from vmesh.istio import Mesh
+from vmesh.istio.model import Mesh
 
 BOOTSTRAP_FILE = "envoy.json"
 

@@ -7,7 +7,7 @@ from typing import Any
 from vmesh.compile import mtls
 from vmesh.compile.envoy_types import (BLACKHOLE, CLUSTER, HTTP_PROTOCOL_OPTIONS, INBOUND_PASSTHROUGH,
                                        PASSTHROUGH, RAW_BUFFER, UNLIMITED, UPSTREAM_TLS, socket_address)
-from vmesh.istio import Mesh, selects
+from vmesh.istio.model import Mesh, selects
 from vmesh.istio.fields import envoy_duration
 from vmesh.istio.trafficpolicy import Tls, TrafficPolicy
 from vmesh.names import inbound_name, outbound_name

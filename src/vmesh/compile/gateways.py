@@ -19,7 +19,7 @@ from vmesh.compile import routes
 from vmesh.compile.envoy_types import (DOWNSTREAM_TLS, LISTENER, SECRET, TLS_INSPECTOR, file_source, socket_address,
                                        typed)
 from vmesh.errors import MeshError
-from vmesh.istio import Mesh
+from vmesh.istio.model import Mesh
 from vmesh.istio.gateway import Gateway, Server, host_matches
 from vmesh.istio.virtualservice import VirtualService
 from vmesh.registry import Port, Workload

@@ -12,7 +12,7 @@ from vmesh.compile.envoy_types import (BLACKHOLE, CORS, HCM, HTTP_FAULT, INBOUND
                                        PASSTHROUGH, ROUTER, TLS_INSPECTOR, access_logs, file_source, socket_address,
                                        tcp_proxy, typed)
 from vmesh.errors import MeshError
-from vmesh.istio import Mesh
+from vmesh.istio.model import Mesh
 from vmesh.names import inbound_name, outbound_name
 from vmesh.registry import Port, Service, Workload
 

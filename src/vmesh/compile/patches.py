@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from vmesh.compile.envoy_types import HCM
-from vmesh.istio import Mesh
+from vmesh.istio.model import Mesh
 from vmesh.istio.envoyfilter import Patch, applies_to, merge
 from vmesh.registry import Workload
 

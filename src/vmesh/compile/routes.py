@@ -6,7 +6,7 @@ from typing import Any
 
 from vmesh.names import inbound_name, outbound_name
 from vmesh.compile.envoy_types import CORS_POLICY, HTTP_FAULT, PASSTHROUGH, PREVIOUS_HOSTS, TCP_PROXY
-from vmesh.istio import Mesh, selects
+from vmesh.istio.model import Mesh, selects
 from vmesh.istio.fields import envoy_duration
 from vmesh.istio.virtualservice import (MESH_GATEWAY, Cors, Destination, Fault, HeaderOps, Headers, HttpMatch,
                                         HttpRoute, Mirror, Retries, TcpMatch, VirtualService)
