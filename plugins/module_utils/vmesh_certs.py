@@ -364,7 +364,8 @@ def dir_owner():
     return 0 if os.geteuid() == 0 else os.geteuid()
 
 
-def _lstat(path):
+def lstat_or_none(path):
+    """``os.lstat(path)``, or None when there is nothing there; other errors name the path."""
     try:
         return os.lstat(path)
     except FileNotFoundError:
@@ -397,7 +398,7 @@ def check_parents(path):
     for top in sorted({os.path.dirname(path), os.path.realpath(os.path.dirname(path))}):
         current = top
         while True:
-            st = _lstat(current)
+            st = lstat_or_none(current)
             if st is not None and (st.st_uid not in (0, os.geteuid()) or (
                     stat.S_ISDIR(st.st_mode) and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
                     and not st.st_mode & stat.S_ISVTX)):
@@ -414,7 +415,7 @@ def check_private_file(path, what="file"):
     """Raise unless ``path`` is a regular file (not a link) whose directories no one but root (or us) can write:
     a key root hands to ``openssl`` by its path."""
     check_parents(path)
-    st = _lstat(path)
+    st = lstat_or_none(path)
     if st is None:
         raise CertError("%s %s is missing" % (what, path))
     if not stat.S_ISREG(st.st_mode):
@@ -426,7 +427,7 @@ def ensure_dir(path, mode, uid, gid):
     anything else in its place is refused, never followed."""
     changed = False
     try:
-        st = _lstat(path)
+        st = lstat_or_none(path)
         if st is None:
             parent = os.path.dirname(path)
             if parent and not os.path.isdir(parent):
@@ -451,7 +452,7 @@ def ensure_dir(path, mode, uid, gid):
 
 def remove_tree(path):
     """Remove ``path`` (a directory with what it holds, a link or a file) without following any link."""
-    st = _lstat(path)
+    st = lstat_or_none(path)
     if st is None:
         return
     try:
@@ -476,14 +477,8 @@ def _set_attributes(fd, mode, uid, gid):
 def fix_attributes(path, mode, uid, gid):
     """Set ``mode`` and ``uid``:``gid`` of the regular file ``path`` through a descriptor opened without
     following a link; returns whether anything changed."""
+    fd, st = _open_regular(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise CertError("%s: %s" % (path, _open_error(exc))) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CertError("%s is %s, not a regular file; refused" % (path, _kind(st)))
         before = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
         _set_attributes(fd, mode, uid, gid)
         return before != (mode, uid, gid)
@@ -491,6 +486,30 @@ def fix_attributes(path, mode, uid, gid):
         raise CertError("%s: %s" % (path, exc.strerror)) from None
     finally:
         os.close(fd)
+
+
+def _open_regular(path, missing_ok=False):
+    """(descriptor, fstat) of the regular file ``path``, opened read-only without following a link and without
+    blocking on a FIFO; anything else is refused. With ``missing_ok``, (None, None) when there is no file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if missing_ok:
+            return None, None
+        raise CertError("%s: %s" % (path, os.strerror(errno.ENOENT))) from None
+    except OSError as exc:
+        raise CertError("%s: %s" % (path, _open_error(exc))) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CertError("%s is %s, not a regular file; refused" % (path, _kind(st)))
+    except OSError as exc:
+        os.close(fd)
+        raise CertError("%s: %s" % (path, exc.strerror)) from None
+    except CertError:
+        os.close(fd)
+        raise
+    return fd, st
 
 
 def _open_error(exc):
@@ -502,16 +521,10 @@ def _open_error(exc):
 def read_file(path, limit=MAX_FILE_BYTES):
     """The bytes of the regular file ``path``, or None when there is none. Never through a link (O_NOFOLLOW), never
     a FIFO or a device (O_NONBLOCK, then fstat); at most ``limit`` bytes. The caller checks the directory."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+    fd, st = _open_regular(path, missing_ok=True)
+    if fd is None:
         return None
-    except OSError as exc:
-        raise CertError("%s: %s" % (path, _open_error(exc))) from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CertError("%s is %s, not a regular file; refused" % (path, _kind(st)))
         if st.st_size > limit:
             raise CertError("%s is larger than %d bytes; refused" % (path, limit))
         chunks, size = [], 0
@@ -585,7 +598,7 @@ class Installed:
 def _certs_dir(path):
     """The lstat of the certificate directory ``path`` (None when missing), after checking it and its parents."""
     check_parents(path)
-    st = _lstat(path)
+    st = lstat_or_none(path)
     if st is None:
         return None
     if not stat.S_ISDIR(st.st_mode):
@@ -603,11 +616,12 @@ def _untrusted_entries(path):
         names = sorted(os.listdir(path))
     except OSError as exc:
         raise CertError("%s: %s" % (path, exc.strerror)) from None
-    return [n for n in names if (n == PENDING or VERSION_RE.match(n)) and not is_ours(_lstat(os.path.join(path, n)))]
+    return [n for n in names
+            if (n == PENDING or VERSION_RE.match(n)) and not is_ours(lstat_or_none(os.path.join(path, n)))]
 
 
 def _regular(path):
-    st = _lstat(path)
+    st = lstat_or_none(path)
     return st is not None and stat.S_ISREG(st.st_mode)
 
 
@@ -615,7 +629,7 @@ def _version_files(base):
     """(chain, bundle, key path, problem) of the regular files in the version directory ``base`` (one of ours):
     a link or anything else but a regular file makes the version unusable, and is never followed."""
     for name in FILES:
-        st = _lstat(os.path.join(base, name))
+        st = lstat_or_none(os.path.join(base, name))
         if st is not None and not stat.S_ISREG(st.st_mode):
             return None, None, None, ("%s is %s, not a regular file: nothing in %s is used (a new version replaces "
                                       "it)" % (os.path.join(base, name), _kind(st), base))
@@ -632,7 +646,7 @@ def installed(path):
     if _certs_dir(path) is None:
         return Installed(None, None, None, None)
     untrusted = _untrusted_entries(path)
-    data = _lstat(os.path.join(path, DATA))
+    data = lstat_or_none(os.path.join(path, DATA))
     if data is None:  # no version in force; the top-level links, if any, are ours into ..data: not followed
         chain, bundle, key = (os.path.join(path, n) for n in (CHAIN, BUNDLE, KEY))
         return Installed(_read_text(chain) if _regular(chain) else None,
@@ -646,7 +660,7 @@ def installed(path):
         raise CertError("%s points to %r, not to a version directory beside it; refused (remove it and run again)"
                         % (os.path.join(path, DATA), version))
     base = os.path.join(path, version)
-    st = _lstat(base)
+    st = lstat_or_none(base)
     if st is None:
         return Installed(None, None, None, version, "%s points to %s, which is missing" % (DATA, base), untrusted)
     if not is_ours(st):
@@ -738,7 +752,7 @@ def prepare_pending(path, identity, gid, openssl=None):
     pending, key_path, csr_path = pending_paths(path)
     _certs_dir(path)
     ensure_dir(path, DIR_MODE, dir_owner(), gid)
-    if not is_ours(_lstat(pending)):
+    if not is_ours(lstat_or_none(pending)):
         remove_tree(pending)
     ensure_dir(pending, PENDING_MODE, dir_owner(), os.getegid())
     if _regular(key_path) and _valid_key(openssl, key_path):
@@ -761,7 +775,7 @@ def _valid_key(openssl, key_path):
 def _pending_key(path):
     """The path of ``pending/key.pem`` when it is a regular file in a pending/ of ours, else None."""
     pending, key_path, _ = pending_paths(path)
-    return key_path if is_ours(_lstat(pending)) and _regular(key_path) else None
+    return key_path if is_ours(lstat_or_none(pending)) and _regular(key_path) else None
 
 
 # --- installing ---------------------------------------------------------------------------------------------------
@@ -869,7 +883,7 @@ def _layout_ok(path, current):
         return False
     for name in FILES:
         link = os.path.join(path, name)
-        st = _lstat(link)
+        st = lstat_or_none(link)
         if st is None or not stat.S_ISLNK(st.st_mode) or os.readlink(link) != DATA + "/" + name:
             return False
     return True
@@ -883,13 +897,13 @@ def _attributes_ok(path, version, gid):
     """Whether the directory, the version directory and the files in force have their modes and owners (root,
     and the group ``gid`` when it is known)."""
     for directory in (path, os.path.join(path, version)):
-        st = _lstat(directory)
+        st = lstat_or_none(directory)
         if st is None or stat.S_IMODE(st.st_mode) != DIR_MODE or st.st_uid != dir_owner():
             return False
         if gid is not None and st.st_gid != gid:
             return False
     for name, mode in FILE_MODES.items():
-        st = _lstat(os.path.join(path, version, name))
+        st = lstat_or_none(os.path.join(path, version, name))
         if st is None or not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != mode:
             return False
         if st.st_uid != dir_owner() or (gid is not None and st.st_gid != gid):
@@ -908,7 +922,7 @@ def install(path, plan, gid):
     if plan.changed_files:
         version = _write_version(path, plan, gid)
     pending, pending_key, _ = pending_paths(path)
-    if plan.key_from == pending_key or not is_ours(_lstat(pending)):
+    if plan.key_from == pending_key or not is_ours(lstat_or_none(pending)):
         remove_tree(pending)
     for name in sorted(os.listdir(path)):
         if name != version and VERSION_RE.match(name):
@@ -935,7 +949,7 @@ def _write_version(path, plan, gid):
     _symlink_atomic(path, DATA, version)
     for name in FILES:
         link = os.path.join(path, name)
-        st = _lstat(link)
+        st = lstat_or_none(link)
         if not (st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(link) == DATA + "/" + name):
             _symlink_atomic(path, name, DATA + "/" + name)
     _fsync_dir(path)
@@ -947,7 +961,7 @@ def _symlink_atomic(path, name, target):
     following it; a directory in its place is refused."""
     tmp = os.path.join(path, DATA_TMP if name == DATA else ".%s.tmp" % name)
     try:
-        existing = _lstat(os.path.join(path, name))
+        existing = lstat_or_none(os.path.join(path, name))
         if existing is not None and stat.S_ISDIR(existing.st_mode):
             raise CertError("%s is a directory, expected a link to %s" % (os.path.join(path, name), target))
         if os.path.lexists(tmp):

@@ -98,7 +98,7 @@ import stat
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.vmesh_certs import KEY_MODE, CertError, Openssl, check_parents, dir_owner, ensure_dir
-from ansible.module_utils.vmesh_certs import fix_attributes, pem_blocks, resolve_owner, write_file
+from ansible.module_utils.vmesh_certs import fix_attributes, lstat_or_none, pem_blocks, resolve_owner, write_file
 
 
 def argument_spec():
@@ -127,15 +127,6 @@ def _attributes(st):
     return {"mode": "%04o" % stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
 
 
-def _lstat(path):
-    try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise CertError("%s: %s" % (path, exc.strerror)) from None
-
-
 def ensure(module):
     """Decide (make, keep, or fix mode and owner), then act unless in check mode. Raises CertError."""
     p = module.params
@@ -148,7 +139,7 @@ def ensure(module):
             raise
         uid = gid = None  # the user is made by a task that check mode skipped
     check_parents(path)  # nothing above the key that another user could swap
-    st = _lstat(path)
+    st = lstat_or_none(path)
     if st is not None and not stat.S_ISREG(st.st_mode) and not p["force"]:
         raise CertError("%s is %s, not a regular file; refused (a root process does not follow it): remove it, or "
                         "set force=true to replace it with a new key" % (path, "a symbolic link" if stat.S_ISLNK(
@@ -173,7 +164,7 @@ def ensure(module):
 
     if reason and not module.check_mode:
         directory = os.path.dirname(path) or "."
-        if _lstat(directory) is None:
+        if lstat_or_none(directory) is None:
             ensure_dir(directory, 0o700, dir_owner(), os.getegid())
         if reason in ("missing", "forced"):
             write_file(path, openssl.new_key(path), KEY_MODE, uid, gid)  # rename(2) replaces a link, unfollowed
