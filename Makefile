@@ -1,6 +1,6 @@
 # vmesh: `make demo` shows Bookinfo on local test VMs through Envoy sidecars; `make test` runs every test.
 SHELL := /bin/bash
-INVENTORY ?= inventory/bookinfo
+INVENTORY ?= examples/bookinfo/inventory
 VENV := $(CURDIR)/.venv
 export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
@@ -19,18 +19,18 @@ image: setup
 demo: image
 	scripts/demo-certs.sh
 	vmesh lab up --inventory $(INVENTORY)
-	ansible-playbook -i $(INVENTORY) playbooks/bookinfo.yml
-	ansible-playbook -i $(INVENTORY) playbooks/site.yml
+	ansible-playbook -i $(INVENTORY) examples/bookinfo/bookinfo.yml
+	ansible-playbook -i $(INVENTORY) vmesh.mesh.site
 	@$(MAKE) --no-print-directory demo-traffic
 
 demo-traffic:
-	@ansible-playbook -i $(INVENTORY) playbooks/demo-traffic.yml
+	@ansible-playbook -i $(INVENTORY) examples/bookinfo/demo-traffic.yml
 
 ## A canary rollout of reviews v3 on the running demo (after `make demo`), under steady traffic; prints the step table.
 ## Each run starts afresh: the demo's earlier rollout state is removed first.
 demo-canary: setup
 	rm -f $(INVENTORY)/rollouts/reviews.json $(INVENTORY)/rollouts/reviews.txt $(INVENTORY)/rollouts/reviews.png
-	ansible-playbook -i $(INVENTORY) playbooks/demo-canary.yml -e @examples/rollouts/reviews-v3.yml
+	ansible-playbook -i $(INVENTORY) examples/bookinfo/demo-canary.yml -e @examples/bookinfo/reviews-v3-rollout.yml
 
 demo-down: setup
 	vmesh lab down --inventory $(INVENTORY)
@@ -41,7 +41,7 @@ test: image lint
 	cd $(CURDIR) && molecule test --all
 
 lint: setup
-	ansible-lint --profile production --offline roles playbooks
+	ansible-lint
 
 test-unit: setup
 	pytest -q -m "not netns and not vm" tests

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A self-signed CA and a certificate for bookinfo.example.test, for the ingress VM's HTTPS port in the demo and the
-# molecule scenario (inventory/bookinfo/group_vars/ingress.yml points vmesh_credentials here). Idempotent.
+# molecule scenario (examples/bookinfo/inventory/group_vars/ingress.yml points vmesh_credentials here). Idempotent.
 set -euo pipefail
 dir="${1:-$(dirname "$0")/../.cache/demo-certs}"
 mkdir -p "$dir"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ from vmesh.istio.model import Mesh
 from vmesh.compile import render_host
 
 DATA = Path(__file__).parent / "data"
+# The checkout is the vmesh.mesh collection: tests import its module_utils as Ansible does,
+# ansible_collections.vmesh.mesh.plugins.module_utils.X (see ansible.cfg).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / ".collections"))
 
 _PORTS = [{"port": 9080, "protocol": "http", "name": "http"}]
 BOOKINFO_HOSTS = {

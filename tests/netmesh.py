@@ -62,9 +62,9 @@ from vmesh import load
 from vmesh.compile import BOOTSTRAP_FILE, HostConfig, render_all
 
 REPO = Path(__file__).resolve().parents[1]
-IPTABLES_CLI = REPO / "plugins" / "module_utils" / "vmesh_iptables.py"
-CONFIG_MODULE = REPO / "plugins" / "modules" / "vmesh_envoy_config.py"
-BOOKINFO = REPO / "roles" / "bookinfo" / "files" / "bookinfo.py"
+IPTABLES_CLI = REPO / "plugins" / "module_utils" / "iptables.py"
+CONFIG_MODULE = REPO / "plugins" / "modules" / "envoy_config.py"
+BOOKINFO = REPO / "examples" / "bookinfo" / "roles" / "bookinfo" / "files" / "bookinfo.py"
 ECHO_SERVER = Path(__file__).resolve().parent / "echo_server.py"
 
 PROXY_UID = 1337  # Envoy's uid and gid, exempt from capture (vmesh_proxy_uid's default)

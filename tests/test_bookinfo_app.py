@@ -1,4 +1,4 @@
-"""Behaviour of the Bookinfo stand-ins (roles/bookinfo/files/bookinfo.py), through real HTTP on loopback.
+"""Behaviour of the Bookinfo stand-ins (examples/bookinfo/roles/bookinfo/files/bookinfo.py), through real HTTP on loopback.
 
 Each service runs as its own process, as on the VMs, wired to the others with the same environment variables
 the real Bookinfo reads (DETAILS_HOSTNAME, REVIEWS_SERVICE_PORT, ...). Where a test must see what a service
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "roles" / "bookinfo" / "files" / "bookinfo.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "bookinfo" / "roles" / "bookinfo" / "files" / "bookinfo.py"
 HOSTNAME = socket.gethostname()
 
 REVIEWS_SORRY = "Sorry, product reviews are currently unavailable for this book."

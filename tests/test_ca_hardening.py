@@ -108,7 +108,7 @@ def test_an_intermediate_constrained_to_uris_only_is_replaced(pki, tmp_path):
                           critical=True)
            .sign(root_key, hashes.SHA256()))
     request = json.loads(server_cli(pki.config, "intermediate-request").stdout)
-    (signed,) = play(tmp_path, [{"vmesh_ca_sign_intermediate": {
+    (signed,) = play(tmp_path, [{"vmesh.mesh.ca_sign_intermediate": {
         "path": str(pki.ca), "csr": request["csr"], "server_names": ["127.0.0.1"],
         "current": old.public_bytes(serialization.Encoding.PEM).decode()}}])
     assert ok(signed)["changed"] is True and signed["reasons"] == ["constraints"]
@@ -128,7 +128,7 @@ def prune(tmp_path: Path, state: Path, *, check: bool) -> int:
     (run / "play.json").write_text(json.dumps([{
         "hosts": "localhost", "connection": "local", "gather_facts": False,
         "vars": {"ansible_python_interpreter": sys.executable},
-        "tasks": [{"ansible.builtin.include_role": {"name": "ca_server", "tasks_from": "prune.yml"},
+        "tasks": [{"ansible.builtin.include_role": {"name": "vmesh.mesh.ca_server", "tasks_from": "prune.yml"},
                    "vars": {"ca_server_host": "localhost", "ca_server_dir": str(state)}}]}]))
     proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(run / "hosts.json"),
                            str(run / "play.json")] + ["--check"] * check, capture_output=True, text=True, cwd=ROOT,

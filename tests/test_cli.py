@@ -28,7 +28,7 @@ ADDRESSES = """all:
 @pytest.fixture
 def inventory(tmp_path):
     inv = tmp_path / "bookinfo"
-    shutil.copytree(ROOT / "inventory" / "bookinfo", inv, ignore=shutil.ignore_patterns("lab-hosts.yml", "ca", "rollouts"))
+    shutil.copytree(ROOT / "examples" / "bookinfo" / "inventory", inv, ignore=shutil.ignore_patterns("lab-hosts.yml", "ca", "rollouts"))
     (inv / "addresses.yml").write_text(ADDRESSES)
     return inv
 
@@ -87,7 +87,7 @@ def test_validate_refuses_bad_weights_naming_file_document_field(inventory):
 
 def test_validate_refuses_host_without_address(tmp_path):
     inv = tmp_path / "inv"
-    shutil.copytree(ROOT / "inventory" / "bookinfo", inv, ignore=shutil.ignore_patterns("lab-hosts.yml", "ca", "rollouts"))
+    shutil.copytree(ROOT / "examples" / "bookinfo" / "inventory", inv, ignore=shutil.ignore_patterns("lab-hosts.yml", "ca", "rollouts"))
     proc = run("validate", "--inventory", inv)
     assert proc.returncode == 1
     assert "inventory: host details-v1: vmesh_address:" in proc.stderr

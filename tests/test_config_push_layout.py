@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from test_config_push_live import Ports, args, config, in_force, pushes, tree, vmesh_envoy_files, write_plain
+from test_config_push_live import Ports, args, config, in_force, pushes, tree, envoy_files, write_plain
 
 NOBODY = 65534
 
 
 def versions(dest: Path) -> set[str]:
-    return {p.name for p in dest.iterdir() if vmesh_envoy_files.VERSION_RE.match(p.name)}
+    return {p.name for p in dest.iterdir() if envoy_files.VERSION_RE.match(p.name)}
 
 
 def test_versions_links_previous_and_leftovers(tmp_path):
@@ -182,16 +182,16 @@ def _merged(*names: str) -> str:
         id="first-push"),
 ])
 def test_make_before_break_steps(before, wanted, expected):
-    steps = vmesh_envoy_files.steps(before, wanted, "envoy.json")
+    steps = envoy_files.steps(before, wanted, "envoy.json")
     assert [(s.label, s.files) for s in steps] == expected
 
 
 def test_plan_a_mode_change_is_one_swap_and_nothing_is_none():
     files = {"cds.json": _cds("a"), "lds.json": "l"}
-    current = vmesh_envoy_files.Current("/x", exists=True, files=dict(files), modes={"cds.json": 0o644,
+    current = envoy_files.Current("/x", exists=True, files=dict(files), modes={"cds.json": 0o644,
                                         "lds.json": 0o600}, version="..20260101T000000.abcdef", links=list(files))
-    todo = vmesh_envoy_files.plan(current, files, "envoy.json", 0o644)
+    todo = envoy_files.plan(current, files, "envoy.json", 0o644)
     assert todo.changed == ["lds.json"] and [(s.label, s.files) for s in todo.steps] == [("final", files)]
     current.modes["lds.json"] = 0o644
-    nothing = vmesh_envoy_files.plan(current, files, "envoy.json", 0o644)
+    nothing = envoy_files.plan(current, files, "envoy.json", 0o644)
     assert not nothing.changed_any and nothing.steps == []

@@ -27,13 +27,12 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.vmesh.mesh.plugins.module_utils import envoy_files  # the module's library, for set-ups
 from vmesh import envoy
 from vmesh.compile.envoy_types import CLUSTER, HCM, LISTENER, ROUTE_CONFIGURATION, ROUTER, file_source, socket_address
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-sys.path.insert(0, str(ROOT / "plugins" / "module_utils"))
-import vmesh_envoy_files  # noqa: E402  (the module's library, for set-ups: quicker than a playbook run)
 # The mount points of the disk-full test, found and removed by name before it starts.
 TMPFS_PREFIX = "vmesh-test-config-push-tmpfs-"
 TMPFS_PARENT = Path("/run")
@@ -125,7 +124,7 @@ def pushes(tmp_path: Path, *calls: dict) -> list[dict]:
     for index, call in enumerate(calls):
         path = tmp_path / f"args{index}.json"
         path.write_text(json.dumps({k: v for k, v in call.items() if not k.startswith("_")}))
-        tasks.append({"vmesh_envoy_config": "{{ lookup('ansible.builtin.file', '%s') | from_json }}" % path,
+        tasks.append({"vmesh.mesh.envoy_config": "{{ lookup('ansible.builtin.file', '%s') | from_json }}" % path,
                       "register": f"result{index}", "ignore_errors": True,
                       "check_mode": bool(call.get("_check")), "diff": bool(call.get("_diff"))})
     results = "[" + ", ".join(f"result{i}" for i in range(len(calls))) + "]"
@@ -144,9 +143,9 @@ def pushes(tmp_path: Path, *calls: dict) -> list[dict]:
 
 def install(dest: Path, files: dict[str, str]) -> None:
     """Put ``files`` in force in ``dest`` the module's way, no Envoy running (a set-up, in this process)."""
-    current = vmesh_envoy_files.read_current(str(dest))
-    todo = vmesh_envoy_files.plan(current, files, "envoy.json", 0o644)
-    vmesh_envoy_files.push(str(dest), current, todo, 0o644, 10)
+    current = envoy_files.read_current(str(dest))
+    todo = envoy_files.plan(current, files, "envoy.json", 0o644)
+    envoy_files.push(str(dest), current, todo, 0o644, 10)
 
 
 def in_force(dest: Path) -> dict[str, str]:

@@ -51,7 +51,7 @@ def push(tmp_path: Path, dest: Path, files: dict, validation: str, *, check=Fals
     play = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
              "vars": {"ansible_python_interpreter": sys.executable,
                       "push_args": "{{ lookup('ansible.builtin.file', '%s') | from_json }}" % (tmp_path / "args.json")},
-             "tasks": [{"vmesh_envoy_config": "{{ push_args }}", "register": "result", "ignore_errors": True},
+             "tasks": [{"vmesh.mesh.envoy_config": "{{ push_args }}", "register": "result", "ignore_errors": True},
                        {"ansible.builtin.copy": {"content": "{{ result | to_json }}", "dest": str(tmp_path / "result.json"),
                                                  "mode": "0600"}, "check_mode": False}]}]
     (tmp_path / "play.yml").write_text(json.dumps(play))

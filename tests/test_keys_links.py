@@ -229,7 +229,7 @@ def test_a_link_in_a_version_folder_is_never_read(world, tmp_path, owner):
     openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
             str(world.base / "other-root.key"), "-subj", "/CN=other", "-days", "2", "-out", str(other_root))
     bundle = first[0]["trust_bundle"] + other_root.read_text()
-    (trust_only,) = play(tmp_path, [{"vmesh_workload_cert": {"path": str(certs), "trust_bundle": bundle,
+    (trust_only,) = play(tmp_path, [{"vmesh.mesh.workload_cert": {"path": str(certs), "trust_bundle": bundle,
                                                              "owner": LESSER, "group": LESSER_GROUP}}])
     assert world.snapshot() == before and world.leaks() == []
     assert trust_only.get("failed") is True
@@ -283,14 +283,14 @@ def test_node_key_refuses_a_link_and_a_folder_another_user_can_write(world, tmp_
     (safe / "node-key.pem").symlink_to(world.loose_secret)
     before = world.snapshot()
     results = play(tmp_path, [
-        {"vmesh_node_key": {"path": str(folder / "node-key.pem"), "owner": LESSER, "group": LESSER_GROUP}},
-        {"vmesh_node_key": {"path": str(safe / "node-key.pem"), "owner": LESSER, "group": LESSER_GROUP}},
+        {"vmesh.mesh.node_key": {"path": str(folder / "node-key.pem"), "owner": LESSER, "group": LESSER_GROUP}},
+        {"vmesh.mesh.node_key": {"path": str(safe / "node-key.pem"), "owner": LESSER, "group": LESSER_GROUP}},
     ])
     assert results[0]["failed"] is True and "another user could swap what it holds" in results[0]["msg"]
     assert results[1]["failed"] is True and "is a symbolic link, not a regular file" in results[1]["msg"]
     assert world.snapshot() == before and world.leaks() == []
     # force replaces the link itself with a new key (rename(2) over it), never writing through it
-    (forced,) = play(tmp_path, [{"vmesh_node_key": {"path": str(safe / "node-key.pem"), "force": True}}])
+    (forced,) = play(tmp_path, [{"vmesh.mesh.node_key": {"path": str(safe / "node-key.pem"), "force": True}}])
     assert ok(forced)["reason"] == "forced" and not (safe / "node-key.pem").is_symlink()
     assert world.snapshot() == before
     assert re.search(r"BEGIN PUBLIC KEY", forced["public_key"])
@@ -303,7 +303,7 @@ def test_no_module_touches_anything_under_a_parent_another_user_can_write(world,
     os.chown(shared, 0, gid)
     os.chmod(shared, 0o775)  # writable by the proxy's group
     results = play(tmp_path, [ca_task(world.base / "ca"),
-                              {"vmesh_workload_key": {"path": str(shared / "certs"), "identity": IDENTITY,
+                              {"vmesh.mesh.workload_key": {"path": str(shared / "certs"), "identity": IDENTITY,
                                                       "owner": LESSER, "group": LESSER_GROUP}}])
     assert results[1]["failed"] is True and "another user could swap what it holds" in results[1]["msg"]
     assert not (shared / "certs").exists()

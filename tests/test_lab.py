@@ -120,6 +120,10 @@ def test_lab_name_and_paths(tmp_path):
     # Gone already (`down` after deleting the inventory): the same lab name as before.
     assert lab.lab_name(tmp_path / "shop") == "shop"
     assert lab.lab_name(tmp_path / "shop" / "hosts.yml") == "shop"
+    # An example's inventory/ directory: the lab is named after the example.
+    (tmp_path / "shop" / "inventory").mkdir(parents=True)
+    assert lab.lab_name(tmp_path / "shop" / "inventory") == "shop"
+    assert lab.lab_name(tmp_path / "shop" / "inventory" / "hosts.yml") == "shop"
 
 
 def test_find_cache_dir(tmp_path):

@@ -87,7 +87,7 @@ def ok(result: dict) -> dict:
 
 
 def ca_task(path: Path, **options) -> dict:
-    return {"vmesh_ca": {"path": str(path), **options}}
+    return {"vmesh.mesh.ca": {"path": str(path), **options}}
 
 
 def flow(ca: Path, certs: Path, *, identity=IDENTITY, lifetime=24, ratio=0.5, force=False, ca_options=None,
@@ -95,12 +95,12 @@ def flow(ca: Path, certs: Path, *, identity=IDENTITY, lifetime=24, ratio=0.5, fo
     """The tasks of a role: CA (r0), key and CSR on the VM (r1), signing (r2, when needed), install (r3)."""
     return [
         ca_task(ca, **(ca_options or {})),
-        {"vmesh_workload_key": {"path": str(certs), "identity": identity, "group": GROUP,
+        {"vmesh.mesh.workload_key": {"path": str(certs), "identity": identity, "group": GROUP,
                                 "issuer": "{{ r0.chain or r0.trust_bundle }}", "renew_ratio": ratio, "force": force}},
-        {"vmesh_ca_sign": {"path": str(ca), "csr": "{{ r1.csr }}", "identity": identity, "lifetime_hours": lifetime,
+        {"vmesh.mesh.ca_sign": {"path": str(ca), "csr": "{{ r1.csr }}", "identity": identity, "lifetime_hours": lifetime,
                            **(sign_options or {})},
          "when": "r1.needed | default(false)"},
-        {"vmesh_workload_cert": {"path": str(certs), "chain": "{{ r2.chain | default('') }}",
+        {"vmesh.mesh.workload_cert": {"path": str(certs), "chain": "{{ r2.chain | default('') }}",
                                  "trust_bundle": "{{ r0.trust_bundle }}", "group": GROUP}},
     ]
 
@@ -235,11 +235,11 @@ def test_sign_refuses_a_csr_for_another_identity_or_with_a_bad_signature(tmp_pat
                     f"subjectAltName=URI:{IDENTITY},DNS:reviews.default.svc")
     results = play(tmp_path, [
         ca_task(ca),
-        {"vmesh_workload_key": {"path": str(certs), "identity": other, "group": GROUP}},
-        {"vmesh_ca_sign": {"path": str(ca), "csr": "{{ r1.csr }}", "identity": IDENTITY}},
-        {"vmesh_ca_sign": {"path": str(ca), "csr": tampered, "identity": IDENTITY}},
-        {"vmesh_ca_sign": {"path": str(ca), "csr": extra, "identity": IDENTITY}},
-        {"vmesh_ca_sign": {"path": str(ca), "csr": "{{ r1.csr }}", "identity": other}},
+        {"vmesh.mesh.workload_key": {"path": str(certs), "identity": other, "group": GROUP}},
+        {"vmesh.mesh.ca_sign": {"path": str(ca), "csr": "{{ r1.csr }}", "identity": IDENTITY}},
+        {"vmesh.mesh.ca_sign": {"path": str(ca), "csr": tampered, "identity": IDENTITY}},
+        {"vmesh.mesh.ca_sign": {"path": str(ca), "csr": extra, "identity": IDENTITY}},
+        {"vmesh.mesh.ca_sign": {"path": str(ca), "csr": "{{ r1.csr }}", "identity": other}},
     ])
     assert ok(results[1])["needed"] is True
     assert results[2]["failed"] is True and "URI:%s" % IDENTITY in results[2]["msg"]
@@ -302,10 +302,10 @@ def test_install_refuses_a_chain_for_another_key(tmp_path):
                   str(tmp_path / "stray.pem"), "-subj", "/O=cluster.local", "-addext", f"subjectAltName=URI:{IDENTITY}")
     results = play(tmp_path, [
         ca_task(ca),
-        {"vmesh_workload_key": {"path": str(certs), "identity": IDENTITY, "group": GROUP,
+        {"vmesh.mesh.workload_key": {"path": str(certs), "identity": IDENTITY, "group": GROUP,
                                 "force": True}},
-        {"vmesh_ca_sign": {"path": str(ca), "csr": csr, "identity": IDENTITY}},
-        {"vmesh_workload_cert": {"path": str(certs), "chain": "{{ r2.chain }}", "trust_bundle": "{{ r0.trust_bundle }}",
+        {"vmesh.mesh.ca_sign": {"path": str(ca), "csr": csr, "identity": IDENTITY}},
+        {"vmesh.mesh.workload_cert": {"path": str(certs), "chain": "{{ r2.chain }}", "trust_bundle": "{{ r0.trust_bundle }}",
                                  "group": GROUP}},
     ])
     assert results[3]["failed"] is True and "does not match" in results[3]["msg"]
@@ -338,7 +338,7 @@ def test_root_rotation(tmp_path):
     # the bundle reaches the VM first (no chain: only root-cert.pem changes), the old leaf stays in force
     checked = play(tmp_path, flow(ca, certs, ca_options=options)[:2], check=True)
     assert checked[1]["reason"] == "issuer"
-    bundle_only = play(tmp_path, [ca_task(ca, **options), {"vmesh_workload_cert": {
+    bundle_only = play(tmp_path, [ca_task(ca, **options), {"vmesh.mesh.workload_cert": {
         "path": str(certs), "trust_bundle": "{{ r0.trust_bundle }}", "group": GROUP}}])
     assert ok(bundle_only[1])["changed_files"] == ["root-cert.pem"]
     assert bundle_only[1]["diff"]["after"]["bundle_fingerprints"] == [rotated["root_fingerprint"],
@@ -449,6 +449,6 @@ def test_adopt_a_user_intermediate_without_the_root_key(tmp_path):
     stranger, _ = _user_intermediate(tmp_path / "stranger", stranger_root, stranger_key)
     (refused,) = play(tmp_path, [ca_task(ca, root_cert=str(root), intermediate_cert=str(stranger))])
     assert refused["failed"] is True and "was not issued by root_cert" in refused["msg"]
-    (nokey,) = play(tmp_path, [{"vmesh_ca_sign": {"path": str(ca), "csr": "x", "identity": IDENTITY}}])
+    (nokey,) = play(tmp_path, [{"vmesh.mesh.ca_sign": {"path": str(ca), "csr": "x", "identity": IDENTITY}}])
     assert nokey["failed"] is True and "ca-key.pem is absent and signer_key_content is not given" in nokey["msg"]
     assert_no_private_key(tmp_path, inter_key, inter2_key, root_key, certs / "key.pem")

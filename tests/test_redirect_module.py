@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = REPO / "plugins" / "module_utils" / "vmesh_iptables.py"
+CLI = REPO / "plugins" / "module_utils" / "iptables.py"
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"])
 # The module runs on the VM with plain python3; do the same here (system python, not the venv).
 TARGET_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
@@ -260,7 +260,7 @@ class Redirect:
             "gather_facts": False,
             "vars": {"ansible_python_interpreter": TARGET_PYTHON},
             "tasks": [
-                {"name": "Run vmesh_redirect", "vmesh_redirect": args, "register": "redirect_result",
+                {"name": "Run vmesh_redirect", "vmesh.mesh.redirect": args, "register": "redirect_result",
                  "ignore_errors": True},
                 {"name": "Report", "ansible.builtin.debug": {"msg": "{{ redirect_result | to_json }}"}},
             ],

@@ -33,7 +33,11 @@ from test_pki_modules import _user_root, openssl
 
 SERVER = ROOT / "roles" / "ca_server" / "files" / "vmesh-ca-server"
 AGENT = ROOT / "roles" / "identity" / "files" / "vmesh-renew"
-LIB = ROOT / "plugins" / "module_utils"
+# The agent and the server import the collection's certs.py as vmesh_certs, as the roles install it on the VMs.
+LIB = ROOT / ".cache" / "node-lib"
+LIB.mkdir(parents=True, exist_ok=True)
+if not (LIB / "vmesh_certs.py").is_symlink():
+    (LIB / "vmesh_certs.py").symlink_to(ROOT / "plugins" / "module_utils" / "certs.py")
 # What runs on the VMs and the CA server: the system python3, like there.
 TARGET_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 ENV = dict(os.environ, VMESH_LIB=str(LIB), LC_ALL="C")
@@ -60,12 +64,12 @@ def ca_server_tasks(ca: Path, state: Path, config: Path) -> list[dict]:
     CSR and the certificate in force (r2), the root signs (r3), the certificate and the bundle installed (r4, r5)."""
     request = "(r2.stdout | from_json)"
     return [
-        {"vmesh_ca": {"path": str(ca)}},
-        {"vmesh_node_key": {"path": str(state / "intermediate-key.pem"), "owner": OWNER, "group": GROUP}},
+        {"vmesh.mesh.ca": {"path": str(ca)}},
+        {"vmesh.mesh.node_key": {"path": str(state / "intermediate-key.pem"), "owner": OWNER, "group": GROUP}},
         {"ansible.builtin.command": {"argv": [TARGET_PYTHON, str(SERVER), "--config", str(config),
                                               "intermediate-request"]},
          "environment": {"VMESH_LIB": str(LIB)}, "changed_when": False, "check_mode": False},
-        {"vmesh_ca_sign_intermediate": {"path": str(ca), "csr": "{{ %s.csr }}" % request,
+        {"vmesh.mesh.ca_sign_intermediate": {"path": str(ca), "csr": "{{ %s.csr }}" % request,
                                         "current": "{{ %s.current }}" % request, "name_constraints": True,
                                         "server_names": ["127.0.0.1"]}},
         {"ansible.builtin.copy": {"content": "{{ r3.certificate }}", "dest": str(state / "intermediate-cert.pem"),
@@ -357,12 +361,12 @@ def test_server_tls_certificate_names_the_ca_server(pki, server, tmp_path):
 def issue_with_ansible(pki: Pki, certs: Path, lifetime: int) -> list[dict]:
     """A certificate the way the identity role issues one today (key and CSR here, the root signs, one swap)."""
     return [ok(r) for r in play(pki.base, [
-        {"vmesh_ca": {"path": str(pki.ca)}},
-        {"vmesh_workload_key": {"path": str(certs), "identity": IDENTITY, "group": GROUP,
+        {"vmesh.mesh.ca": {"path": str(pki.ca)}},
+        {"vmesh.mesh.workload_key": {"path": str(certs), "identity": IDENTITY, "group": GROUP,
                                 "force": True}},
-        {"vmesh_ca_sign": {"path": str(pki.ca), "csr": "{{ r1.csr }}", "identity": IDENTITY,
+        {"vmesh.mesh.ca_sign": {"path": str(pki.ca), "csr": "{{ r1.csr }}", "identity": IDENTITY,
                            "lifetime_hours": lifetime}},
-        {"vmesh_workload_cert": {"path": str(certs), "chain": "{{ r2.chain }}", "trust_bundle": "{{ r0.trust_bundle }}",
+        {"vmesh.mesh.workload_cert": {"path": str(certs), "chain": "{{ r2.chain }}", "trust_bundle": "{{ r0.trust_bundle }}",
                                  "group": GROUP}},
     ])]
 
@@ -393,7 +397,7 @@ def test_agent_renews_a_due_certificate_then_finds_nothing_due(pki, server, tmp_
     before = in_force(certs)
     # the node key made by the module and registered, as renewal.yml does
     node = Node(name="vm-e2e", key=tmp_path / "node" / "node-key.pem", identity=IDENTITY)
-    (made,) = play(pki.base, [{"vmesh_node_key": {"path": str(node.key), "owner": OWNER, "group": GROUP}}])
+    (made,) = play(pki.base, [{"vmesh.mesh.node_key": {"path": str(node.key), "owner": OWNER, "group": GROUP}}])
     register(pki.state, node.name, IDENTITY, ok(made)["public_key"])
     config = agent_config(tmp_path, server, certs, node, renew_ratio=0.99)
 
@@ -430,7 +434,7 @@ def test_two_agents_at_once_renew_once(pki, server, tmp_path):
     certs = tmp_path / "certs"
     issue_with_ansible(pki, certs, lifetime=1)
     node = Node(name="vm-twice", key=tmp_path / "node" / "node-key.pem", identity=IDENTITY)
-    (made,) = play(pki.base, [{"vmesh_node_key": {"path": str(node.key), "owner": OWNER, "group": GROUP}}])
+    (made,) = play(pki.base, [{"vmesh.mesh.node_key": {"path": str(node.key), "owner": OWNER, "group": GROUP}}])
     register(pki.state, node.name, IDENTITY, ok(made)["public_key"])
     config = agent_config(tmp_path, server, certs, node, renew_ratio=0.99)
     runs = [subprocess.Popen([TARGET_PYTHON, str(AGENT), "--config", str(config)], stdout=subprocess.PIPE,
@@ -449,7 +453,7 @@ def test_agent_never_follows_a_link_the_proxy_planted_in_pending(pki, server, tm
     certs = tmp_path / "certs"
     issue_with_ansible(pki, certs, lifetime=1)
     node = Node(name="vm-links", key=tmp_path / "node" / "node-key.pem", identity=IDENTITY)
-    (made,) = play(pki.base, [{"vmesh_node_key": {"path": str(node.key), "owner": OWNER, "group": GROUP}}])
+    (made,) = play(pki.base, [{"vmesh.mesh.node_key": {"path": str(node.key), "owner": OWNER, "group": GROUP}}])
     register(pki.state, node.name, IDENTITY, ok(made)["public_key"])
     pending = certs / "pending"
     pending.mkdir(mode=0o700)
@@ -499,7 +503,7 @@ def test_agent_fails_clearly_and_changes_nothing(pki, server, node, tmp_path):
 
 def test_node_key_four_steps(tmp_path):
     key = tmp_path / "node" / "node-key.pem"
-    task = [{"vmesh_node_key": {"path": str(key), "owner": OWNER, "group": GROUP}}]
+    task = [{"vmesh.mesh.node_key": {"path": str(key), "owner": OWNER, "group": GROUP}}]
     (checked,) = play(tmp_path, task, check=True)
     assert ok(checked)["changed"] is True and checked["reason"] == "missing" and checked["public_key"] == ""
     assert not key.parent.exists()
@@ -518,7 +522,7 @@ def test_node_key_four_steps(tmp_path):
     os.chmod(key, 0o644)
     (fixed,) = play(tmp_path, task)
     assert ok(fixed)["reason"] == "attributes" and mode(key) == 0o600 and key.read_bytes() == content
-    (forced,) = play(tmp_path, [{"vmesh_node_key": {"path": str(key), "owner": OWNER, "group": GROUP, "force": True}}])
+    (forced,) = play(tmp_path, [{"vmesh.mesh.node_key": {"path": str(key), "owner": OWNER, "group": GROUP, "force": True}}])
     assert ok(forced)["changed"] is True and forced["public_key"] != applied["public_key"]
     key.write_text("not a key\n")
     (broken,) = play(tmp_path, task)
@@ -560,7 +564,7 @@ def test_sign_intermediate_four_steps_and_after_a_root_rotation(tmp_path):
     assert (state / "intermediate-cert.pem").read_text() == signed["certificate"]
 
     # after a root rotation the same key gets a certificate from the new root
-    rotated = [ok(r) for r in play(tmp_path, [{"vmesh_ca": {"path": str(ca), "rotate": True}}] + tasks[1:])]
+    rotated = [ok(r) for r in play(tmp_path, [{"vmesh.mesh.ca": {"path": str(ca), "rotate": True}}] + tasks[1:])]
     assert rotated[3]["changed"] is True and rotated[3]["reasons"] == ["issuer"]
     assert count_certs(rotated[3]["trust_bundle"]) == 2
     assert openssl("x509", "-noout", "-pubkey", data=rotated[3]["certificate"]) == openssl(

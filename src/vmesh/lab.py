@@ -5,7 +5,7 @@ Each inventory host ``H`` becomes a rootful podman container ``vmesh-lab-H`` (ho
 sudo, and an admin user ``vmesh-admin`` with passwordless sudo -- what a freshly provisioned cloud VM looks
 like. Ansible reaches the containers over SSH exactly as it reaches real VMs; nothing in the playbooks knows.
 
-``vmesh lab up --inventory inventory/bookinfo`` starts the VMs and writes ``inventory/bookinfo/lab-hosts.yml``
+``vmesh lab up --inventory examples/bookinfo/inventory`` starts the VMs and writes ``lab-hosts.yml`` there
 (``ansible_host`` per host, the lab's user, key and ``become``). Ansible merges that file with the user's own
 inventory files in the directory, so ``ansible-playbook`` then targets the lab without further flags.
 ``vmesh lab down`` removes the containers and the file again.
@@ -142,7 +142,7 @@ def inventory_dir(inventory: Path) -> Path:
     """The directory an inventory lives in: itself, or the directory holding an inventory file.
 
     A path that no longer exists (``down`` after the inventory was deleted) is taken for a directory unless
-    it has a file suffix, so that ``inventory/bookinfo`` still names the lab ``bookinfo``.
+    it has a file suffix, so that a deleted ``examples/own-vms`` still names the lab ``own-vms``.
     """
     if inventory.is_dir() or (not inventory.exists() and not inventory.suffix):
         return inventory
@@ -150,8 +150,12 @@ def inventory_dir(inventory: Path) -> Path:
 
 
 def lab_name(inventory: Path) -> str:
-    """The lab's name: the name of the inventory directory (``inventory/bookinfo`` -> ``bookinfo``)."""
-    return inventory_dir(inventory).resolve().name or "root"
+    """The lab's name: the name of the inventory directory (``examples/own-vms`` -> ``own-vms``), or of the
+    directory above it when it is called ``inventory`` (``examples/bookinfo/inventory`` -> ``bookinfo``)."""
+    folder = inventory_dir(inventory).resolve()
+    if folder.name == "inventory":
+        folder = folder.parent
+    return folder.name or "root"
 
 
 def lab_hosts_path(inventory: Path) -> Path:

@@ -1,0 +1,191 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: vmesh contributors
+# Apache License 2.0 (see pyproject.toml)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: node_key
+short_description: A private key made once on this host, which never leaves it; returns its public key
+description:
+  - Makes an EC P-256 private key at O(path) (C(openssl genpkey), PKCS#8 PEM), written atomically with mode
+    C(0600) and owner O(owner):O(group) set before it appears. Its parent directory is made C(0700), owned by the
+    user running the module (root), when it is missing.
+  - An existing key is kept, whatever its type, as long as C(openssl) can read it; a wrong mode or owner is
+    corrected. Only the public key (SPKI PEM) is returned, never key bytes.
+  - 'Runs as root, so it never follows a link or opens a file in a directory another user can write: the
+    directories above O(path) must belong to root and be writable by root only, and O(path) must be a regular
+    file, not a link (O(force) replaces whatever is there without following it); otherwise the module fails.'
+  - 'The node key of the certificate renewal agent (C(vmesh-renew)): it signs the agent''s requests to the CA
+    server, which holds the public key and the one identity this node may ask for. The key does not expire;
+    deleting the node''s registration on the CA server revokes it. The CA server''s intermediate key is made
+    the same way (O(path) in its state directory).'
+  - Uses the C(openssl) command line and the Python standard library only.
+options:
+  path:
+    description: Where the key is.
+    type: path
+    default: /etc/vmesh/node/node-key.pem
+  owner:
+    description: User owning the key (its directory, when made, is root's). A name or a uid.
+    type: str
+    default: root
+  group:
+    description: Group of the key. A name or a gid.
+    type: str
+    default: root
+  force:
+    description:
+      - Replace the key with a new one (for example after a suspected leak). The new public key must then be
+        registered again where the old one was (the C(identity) role does it in the same play).
+      - Also the way to replace a file that is not a readable key; without it that fails.
+    type: bool
+    default: false
+extends_documentation_fragment:
+  - action_common_attributes
+  - vmesh.mesh.pki.openssl
+attributes:
+  check_mode:
+    support: full
+    details: Decides only; RV(public_key) is empty when a key would be made.
+  diff_mode:
+    support: full
+    details: SHA-256 of the public key, mode and owner; never key material.
+  platform:
+    platforms: posix
+seealso:
+  - module: vmesh.mesh.workload_key
+  - module: vmesh.mesh.ca_sign_intermediate
+"""
+
+EXAMPLES = r"""
+- name: The node key of the renewal agent (made once; only its public key leaves the host)
+  vmesh.mesh.node_key:
+    path: /etc/vmesh/node/node-key.pem
+  register: node_key
+
+- name: The CA server's intermediate key, born on the CA server
+  vmesh.mesh.node_key:
+    path: /var/lib/vmesh-ca/intermediate-key.pem
+"""
+
+RETURN = r"""
+public_key:
+  description: The public key, SPKI PEM (C(-----BEGIN PUBLIC KEY-----)). Empty in check mode when a key would be
+    made.
+  type: str
+  returned: always
+fingerprint:
+  description: SHA-256 of the public key's DER (SubjectPublicKeyInfo), lower-case hex; empty with RV(public_key).
+  type: str
+  returned: always
+path:
+  description: Where the key is.
+  type: str
+  returned: always
+reason:
+  description: Why something changed (C(missing), C(forced), C(attributes)); empty when nothing did.
+  type: str
+  returned: always
+"""
+
+import hashlib
+import os
+import stat
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vmesh.mesh.plugins.module_utils.certs import KEY_MODE, CertError, Openssl, check_parents, dir_owner, ensure_dir
+from ansible_collections.vmesh.mesh.plugins.module_utils.certs import fix_attributes, lstat_or_none, pem_blocks, resolve_owner, write_file
+
+
+def argument_spec():
+    return dict(
+        path=dict(type="path", default="/etc/vmesh/node/node-key.pem"),
+        owner=dict(type="str", default="root"),
+        group=dict(type="str", default="root"),
+        force=dict(type="bool", default=False),
+    )
+
+
+def openssl_for(module):
+    def run(argv, data=None):
+        # rc is checked by vmesh_certs, which raises CertError with openssl's message.
+        return module.run_command(argv, data=data, binary_data=True, environ_update={"LC_ALL": "C"},
+                                  check_rc=False)
+    return Openssl(run=run, binary=module.get_bin_path("openssl", required=True))
+
+
+def fingerprint(public_key):
+    ders = pem_blocks(public_key, "PUBLIC KEY")
+    return hashlib.sha256(ders[0]).hexdigest() if ders else ""
+
+
+def _attributes(st):
+    return {"mode": "%04o" % stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
+
+
+def ensure(module):
+    """Decide (make, keep, or fix mode and owner), then act unless in check mode. Raises CertError."""
+    p = module.params
+    path = p["path"]
+    openssl = openssl_for(module)
+    try:
+        uid, gid = resolve_owner(p["owner"], p["group"])
+    except CertError:
+        if not module.check_mode:
+            raise
+        uid = gid = None  # the user is made by a task that check mode skipped
+    check_parents(path)  # nothing above the key that another user could swap
+    st = lstat_or_none(path)
+    if st is not None and not stat.S_ISREG(st.st_mode) and not p["force"]:
+        raise CertError("%s is %s, not a regular file; refused (a root process does not follow it): remove it, or "
+                        "set force=true to replace it with a new key" % (path, "a symbolic link" if stat.S_ISLNK(
+                            st.st_mode) else "not a regular file"))
+    public = ""
+    if st is not None and not p["force"]:
+        try:
+            public = openssl.key_public_key(path, path)  # a regular file in directories only root can write
+        except CertError as exc:
+            raise CertError("%s is not a private key openssl can read (%s); remove it, or set force=true to make "
+                            "a new one" % (path, exc)) from None
+    before = dict(_attributes(st), fingerprint=fingerprint(public)) if st is not None else None
+
+    if st is None:
+        reason = "missing"
+    elif p["force"]:
+        reason = "forced"
+    elif uid is not None and before != dict(before, mode="%04o" % KEY_MODE, uid=uid, gid=gid):
+        reason = "attributes"
+    else:
+        reason = ""
+
+    if reason and not module.check_mode:
+        directory = os.path.dirname(path) or "."
+        if lstat_or_none(directory) is None:
+            ensure_dir(directory, 0o700, dir_owner(), os.getegid())
+        if reason in ("missing", "forced"):
+            write_file(path, openssl.new_key(path), KEY_MODE, uid, gid)  # rename(2) replaces a link, unfollowed
+            public = openssl.key_public_key(path, path)
+        else:
+            fix_attributes(path, KEY_MODE, uid, gid)
+    result = dict(changed=bool(reason), reason=reason, path=path, public_key=public, fingerprint=fingerprint(public))
+    if module._diff:
+        after = {"mode": "%04o" % KEY_MODE, "uid": uid, "gid": gid,
+                 "fingerprint": fingerprint(public) or ("(new)" if reason in ("missing", "forced") else "")}
+        result["diff"] = {"before_header": path, "before": before or {}, "after_header": path, "after": after}
+    return result
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    try:
+        result = ensure(module)
+    except CertError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
