@@ -25,7 +25,9 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "bookinfo" / "roles" / "bookinfo" / "files" / "bookinfo.py"
+from harness import ROOT
+
+SCRIPT = ROOT / "examples" / "bookinfo" / "roles" / "bookinfo" / "files" / "bookinfo.py"
 HOSTNAME = socket.gethostname()
 
 REVIEWS_SORRY = "Sorry, product reviews are currently unavailable for this book."

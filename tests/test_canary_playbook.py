@@ -9,8 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from harness import BIN, ROOT
 
 
 def run_canary(tmp_path: Path, rollouts: dict, *extra: str) -> subprocess.CompletedProcess:

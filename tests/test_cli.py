@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-VMESH = str(Path(sys.executable).parent / "vmesh")
-SAMPLES = Path(__file__).parent / "data" / "bookinfo"
+from harness import BIN, DATA, ROOT
+
+VMESH = str(BIN / "vmesh")
+SAMPLES = DATA / "bookinfo"
 
 ADDRESSES = """all:
   hosts:

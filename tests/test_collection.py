@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from harness import BIN, ROOT
 MODULES = sorted(p.stem for p in (ROOT / "plugins" / "modules").glob("*.py"))
 FILTERS = sorted(p.stem for p in (ROOT / "plugins" / "filter").glob("*.yml"))
 LOOKUPS = sorted(p.stem for p in (ROOT / "plugins" / "lookup").glob("*.py"))

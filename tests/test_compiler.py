@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from conftest import DATA, bookinfo_hosts, build, outbound_routes, resources
+from harness import DATA
+from harness.mesh import bookinfo_hosts, build, outbound_routes, resources
 from vmesh import registry
 from vmesh.compile import mtls, render_all, render_host
 from vmesh.errors import MeshError

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import subprocess
 import tempfile
 import time
@@ -14,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import bookinfo_hosts
+from harness import free_port
+from harness.mesh import bookinfo_hosts
 from vmesh import envoy, registry as registry_mod
 from vmesh.compile import rbac
 from vmesh.compile.envoy_types import HCM, ROUTER, socket_address, tcp_proxy, typed
@@ -421,12 +421,6 @@ def test_validate_catches_a_broken_filter():
 
 
 # --- behaviour: real requests through real Envoy ------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def request(port: int, method: str, path: str) -> tuple[int, str]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from conftest import DATA, bookinfo_hosts, build, resources
+from harness import DATA
+from harness.mesh import bookinfo_hosts, build, resources
 from vmesh.compile import render_all, render_host
 from vmesh.errors import MeshError
 

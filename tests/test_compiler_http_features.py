@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import bookinfo_hosts, build, outbound_routes
+from harness.mesh import bookinfo_hosts, build, outbound_routes
 from vmesh.compile import render_all
 
 HEAD = """apiVersion: networking.istio.io/v1

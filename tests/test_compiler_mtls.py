@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import bookinfo_hosts, build, resources
+from harness.mesh import bookinfo_hosts, build, resources
 from vmesh.compile import mtls, render_host
 from vmesh.errors import MeshError
 

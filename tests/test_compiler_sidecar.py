@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import bookinfo_hosts, build, resources
+from harness.mesh import bookinfo_hosts, build, resources
 from vmesh.compile import render_all, render_host
 from vmesh.errors import MeshError
 

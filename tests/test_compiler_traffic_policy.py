@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import build, outbound_routes, resources
+from harness.mesh import build, outbound_routes, resources
 from vmesh.compile import render_all, render_host
 from vmesh.errors import MeshError
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from test_config_push_live import Ports, args, config, in_force, pushes, tree, envoy_files, write_plain
+from ansible_collections.vmesh.mesh.plugins.module_utils import envoy_files
+from harness.config_push import Ports, args, config, in_force, pushes, tree, write_plain
 
 NOBODY = 65534
 

@@ -1,4 +1,4 @@
-"""Bookinfo through real sidecars and the real redirect, in network namespaces (tests/netmesh.py).
+"""Bookinfo through real sidecars and the real redirect, in network namespaces (tests/harness/netmesh.py).
 
 Seven "VMs": the six Bookinfo hosts, each running its Bookinfo stand-in as uid 1000, and a pure client with no
 service. Everything is asserted as a user would see it: which version answered, status codes, the page, and
@@ -11,8 +11,9 @@ import collections
 
 import pytest
 
-from conftest import DATA, bookinfo_hosts, destination_rules
-from netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
+from harness import DATA
+from harness.mesh import bookinfo_hosts, destination_rules
+from harness.netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
 
 pytestmark = [pytest.mark.netns, requires_netns]
 

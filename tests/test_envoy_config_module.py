@@ -13,55 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from certs import make_ca, make_workload
-from conftest import bookinfo_hosts, build
+from harness.config_push import VS_V3, compiled, push, tree
 from vmesh import envoy
-from vmesh.compile import render_host
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-VS_V3 = """apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
-    - destination: {host: reviews, subset: v3}
-"""
-
-
-def compiled(config_dir: Path, *docs: str):
-    """productpage's config, its mesh certificate beside the config dir (Envoy validates with the real files)."""
-    certs = config_dir.parent / "certs"
-    if not (certs / "key.pem").exists():
-        make_workload(certs, make_ca(config_dir.parent / "ca").parent, "spiffe://cluster.local/ns/default/sa/productpage")
-    hosts = bookinfo_hosts()
-    for h in hosts.values():
-        h["vmesh_config_dir"] = str(config_dir)
-        h["vmesh_certs_dir"] = str(certs)
-    return render_host(build(*docs, hosts=hosts), "productpage-v1")
-
-
-def push(tmp_path: Path, dest: Path, files: dict, validation: str, *, check=False, netns=None) -> dict:
-    """Run the module through ansible-playbook on localhost; return its result."""
-    args = {"dest": str(dest), "files": files, "validation": validation, "envoy": envoy.binary()}
-    (tmp_path / "args.json").write_text(json.dumps(args))
-    play = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
-             "vars": {"ansible_python_interpreter": sys.executable,
-                      "push_args": "{{ lookup('ansible.builtin.file', '%s') | from_json }}" % (tmp_path / "args.json")},
-             "tasks": [{"vmesh.mesh.envoy_config": "{{ push_args }}", "register": "result", "ignore_errors": True},
-                       {"ansible.builtin.copy": {"content": "{{ result | to_json }}", "dest": str(tmp_path / "result.json"),
-                                                 "mode": "0600"}, "check_mode": False}]}]
-    (tmp_path / "play.yml").write_text(json.dumps(play))
-    argv = [str(BIN / "ansible-playbook"), "-i", "localhost,", str(tmp_path / "play.yml")] + ["--check"] * check
-    if netns:
-        argv = ["ip", "netns", "exec", netns, *argv]
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=120,
-                          env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return json.loads((tmp_path / "result.json").read_text())
 
 
 def snapshot(dest: Path) -> dict:
@@ -69,17 +22,6 @@ def snapshot(dest: Path) -> dict:
     if not dest.exists():
         return {}
     return {p.name: p.read_text() for p in sorted(dest.iterdir()) if not p.name.startswith(".")}
-
-
-def tree(dest: Path) -> dict:
-    """Everything under ``dest``: files with their text, links with their target (never followed)."""
-    found = {}
-    for top, dirs, names in os.walk(dest):
-        for name in dirs + names:
-            path = Path(top) / name
-            found[str(path.relative_to(dest))] = "-> " + os.readlink(path) if path.is_symlink() else \
-                "dir" if path.is_dir() else path.read_text()
-    return found
 
 
 def test_four_steps_and_stale_files(tmp_path):

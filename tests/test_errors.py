@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import bookinfo_hosts, build
+from harness.mesh import bookinfo_hosts, build
 from vmesh.errors import MeshError
 
 VS = """apiVersion: networking.istio.io/v1

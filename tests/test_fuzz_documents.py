@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import bookinfo_hosts
+from harness.mesh import bookinfo_hosts
 from vmesh import load
 from vmesh.compile import render_all
 from vmesh.errors import MeshError, MeshErrors

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness import ROOT
 from vmesh import lab
 
 # What `ansible-inventory -i DIR --list` printed for a hosts.yml with nested groups (ansible-core 2.19):
@@ -157,7 +158,7 @@ def test_read_inventory_ignores_a_stale_lab_hosts_file(tmp_path):
 
 
 def test_ignoring_lab_hosts_keeps_the_configured_ignore_patterns(monkeypatch):
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the checkout's ansible.cfg ignores ^(mesh|ca|rollouts)$
+    monkeypatch.chdir(ROOT)  # the checkout's ansible.cfg ignores ^(mesh|ca|rollouts)$
     patterns = lab._ignore_lab_hosts_env()["ANSIBLE_INVENTORY_IGNORE_REGEX"].split(",")
     assert patterns == ["^(mesh|ca|rollouts)$", r"^lab\-hosts\.yml$"]
 

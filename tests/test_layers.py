@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from harness import ROOT
+
+SRC = ROOT / "src"
 # Every module but the package's own __init__ (a version string) and __main__ (which runs the CLI).
 MODULES = sorted(
     ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")

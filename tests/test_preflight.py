@@ -11,10 +11,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from netmesh_fixtures import requires_netns
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from harness import BIN, ROOT
+from harness.netmesh_fixtures import requires_netns
 
 GATEWAY = """apiVersion: networking.istio.io/v1
 kind: Gateway

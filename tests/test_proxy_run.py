@@ -8,28 +8,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
+from harness import ROOT, TARGET_PYTHON, free_port
 from vmesh import envoy as envoy_binary
 
-ROOT = Path(__file__).resolve().parents[1]
 RUNNER = ROOT / "roles" / "proxy" / "files" / "vmesh-proxy-run"
-PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _bootstrap(admin: int, listener: int, body: str) -> dict:
@@ -66,13 +56,13 @@ def _server_info(admin: int) -> tuple[int, str] | None:
 @pytest.fixture
 def supervised(tmp_path):
     """vmesh-proxy-run running Envoy with config.json in tmp_path; yields (process, admin port, listener port)."""
-    admin, listener = _free_port(), _free_port()
+    admin, listener = free_port(), free_port()
     config = tmp_path / "config.json"
     config.write_text(json.dumps(_bootstrap(admin, listener, "epoch-config-1")))
     base_id = 4000 + os.getpid() % 1000
-    argv = [PYTHON, str(RUNNER), "--admin", f"127.0.0.1:{admin}", "--", envoy_binary.binary(), "-c", str(config),
-            "--base-id", str(base_id), "--log-level", "warning", "--drain-time-s", "2", "--drain-strategy",
-            "immediate", "--parent-shutdown-time-s", "4"]
+    argv = [TARGET_PYTHON, str(RUNNER), "--admin", f"127.0.0.1:{admin}", "--", envoy_binary.binary(),
+            "-c", str(config), "--base-id", str(base_id), "--log-level", "warning", "--drain-time-s", "2",
+            "--drain-strategy", "immediate", "--parent-shutdown-time-s", "4"]
     process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while _server_info(admin) != (0, "LIVE"):
@@ -93,7 +83,7 @@ def supervised(tmp_path):
 
 
 def _reload(process: subprocess.Popen, admin: int) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, str(RUNNER), "--reload", str(process.pid), "--admin", f"127.0.0.1:{admin}",
+    return subprocess.run([TARGET_PYTHON, str(RUNNER), "--reload", str(process.pid), "--admin", f"127.0.0.1:{admin}",
                            "--ready-timeout", "30"], capture_output=True, text=True, timeout=60)
 
 

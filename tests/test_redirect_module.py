@@ -21,15 +21,19 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-CLI = REPO / "plugins" / "module_utils" / "iptables.py"
+from harness import APPS, ROOT, TARGET_PYTHON  # the module runs on the VM with plain python3; so here
+
+CLI = ROOT / "plugins" / "module_utils" / "iptables.py"
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"])
-# The module runs on the VM with plain python3; do the same here (system python, not the venv).
-TARGET_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+# What runs in the namespaces besides the module (system python3, standard library only).
+ORIGINAL_DST_SERVER = APPS / "original_dst_server.py"
+CONNECT_CLIENT = APPS / "connect_client.py"
+SPEAK_LATER_SERVER = APPS / "speak_later_server.py"
+READ_CLIENT = APPS / "read_client.py"
 
 
 def _ansible_bin_dir() -> Path:
-    venv = REPO / ".venv" / "bin"
+    venv = ROOT / ".venv" / "bin"
     if (venv / "ansible-playbook").exists():
         return venv
     return Path(sys.executable).parent
@@ -185,8 +189,9 @@ class Netns:
         return [line for line in self.nat().splitlines() if "VMESH" in line]
 
     def start_servers(self, *listeners: str) -> None:
-        """Start SERVER with ``PORT=TAG`` listeners; returns when all are listening."""
-        proc = subprocess.Popen(["ip", "netns", "exec", self.name, TARGET_PYTHON, "-c", SERVER, *listeners],
+        """Start original_dst_server.py with ``PORT=TAG`` listeners; returns when all are listening."""
+        proc = subprocess.Popen(["ip", "netns", "exec", self.name, TARGET_PYTHON, str(ORIGINAL_DST_SERVER),
+                                 *listeners],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.procs.append(proc)
         with selectors.DefaultSelector() as sel:
@@ -268,10 +273,10 @@ class Redirect:
         playbook.write_text(json.dumps(play, indent=1))
         argv = [str(_ansible_bin_dir() / "ansible-playbook"), "-i", "localhost,", str(playbook)]
         argv += ["--check"] * check + ["--diff"] * diff
-        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_CALLBACK_RESULT_FORMAT="json",
+        env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_CALLBACK_RESULT_FORMAT="json",
                    ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", PATH=SBIN_PATH)
         proc = subprocess.run(["ip", "netns", "exec", self.netns.name, *argv], capture_output=True, text=True,
-                              cwd=REPO, env=env, timeout=120)
+                              cwd=ROOT, env=env, timeout=120)
         assert proc.returncode == 0, f"ansible-playbook failed:\n{proc.stdout}\n{proc.stderr}"
         marker = "ok: [localhost] => "
         start = proc.stdout.rindex(marker) + len(marker)
@@ -557,59 +562,6 @@ def test_boot_cli_refuses_a_bad_config(ns, tmp_path):
 
 # --- behaviour with real connections ------------------------------------------------------------------------------
 
-# Listens on every PORT=TAG given (6:PORT=TAG: on IPv6 only); answers each connection with "TAG ORIGINAL_DST"
-# and closes. Original destination comes from SO_ORIGINAL_DST (what Envoy's original_dst filter reads), else
-# the local address. Exits by itself after 120 s so nothing outlives a crashed test.
-SERVER = r"""
-import selectors, socket, struct, sys, time
-SO_ORIGINAL_DST = 80
-sel = selectors.DefaultSelector()
-for spec in sys.argv[1:]:
-    port, tag = spec.split("=", 1)
-    if port.startswith("6:"):
-        srv = socket.socket(socket.AF_INET6)
-        srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        srv.bind(("::", int(port[2:])))
-        srv.listen(16)
-        sel.register(srv, selectors.EVENT_READ, tag)
-        continue
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("0.0.0.0", int(port)))
-    srv.listen(16)
-    sel.register(srv, selectors.EVENT_READ, tag)
-print("ready", flush=True)
-deadline = time.monotonic() + 120
-while time.monotonic() < deadline:
-    for key, _ in sel.select(timeout=0.5):
-        conn, _ = key.fileobj.accept()
-        try:
-            raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
-            dst = "%s:%d" % (socket.inet_ntoa(raw[4:8]), struct.unpack("!H", raw[2:4])[0])
-        except OSError:
-            dst = "%s:%d" % conn.getsockname()[:2]
-        conn.sendall(("%s %s" % (key.data, dst)).encode())
-        conn.close()
-"""
-
-# Connects to HOST PORT [from SOURCE_PORT] and prints what the server said.
-CLIENT = r"""
-import socket, sys
-source = ("", int(sys.argv[3])) if len(sys.argv) > 3 else None
-try:
-    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3, source_address=source) as conn:
-        data = b""
-        for _ in range(16):
-            chunk = conn.recv(1024)
-            if not chunk:
-                break
-            data += chunk
-    print(data.decode())
-except OSError as exc:
-    print("ERROR %s" % type(exc).__name__)
-"""
-
 APP, EXCLUDED_APP = 18080, 18081
 LOCAL, PEER = "198.18.0.1", "198.18.0.2"  # benchmark range (RFC 2544), private to these namespaces
 PEER_OTHER = "198.18.0.3"  # a second address of the peer
@@ -618,7 +570,7 @@ LOCAL6, PEER6 = "2001:db8:18::1", "2001:db8:18::2"  # documentation range (RFC 3
 
 def _connect(netns: Netns, host: str, port: int, uid: int | None = None, gid: int | None = None,
              source_port: int | None = None) -> str:
-    argv = [TARGET_PYTHON, "-c", CLIENT, host, str(port), *([str(source_port)] if source_port else [])]
+    argv = [TARGET_PYTHON, str(CONNECT_CLIENT), host, str(port), *([str(source_port)] if source_port else [])]
     if uid is not None:
         gid = uid if gid is None else gid
         argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *argv]
@@ -734,47 +686,17 @@ def test_no_way_around_the_capture(vm_and_peer, tmp_path):
     assert _connect(peer, LOCAL6, APP) == f"APP-LOCAL6 {LOCAL6}:{APP}"
 
 
-PUSH_SERVER = r"""
-import os, socket, sys, time
-# Accepts one connection, answers "before", then - like sshd sending a module's result - speaks first
-# once the flag file exists.
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", int(sys.argv[1])))
-srv.listen(1)
-print("ready", flush=True)
-srv.settimeout(20)
-conn, _ = srv.accept()
-conn.sendall(b"before")
-deadline = time.monotonic() + 30
-while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:
-    time.sleep(0.05)
-conn.sendall(b"after")
-time.sleep(2)
-"""
-
-READ_CLIENT = r"""
-import socket, sys
-conn = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
-for _ in range(2):
-    try:
-        print(conn.recv(1024).decode() or "closed", flush=True)
-    except OSError as exc:
-        print("ERROR %s" % type(exc).__name__, flush=True)
-"""
-
-
 def test_the_ssh_session_that_applies_the_rules_is_not_cut(vm_and_peer, tmp_path):
     """A connection to an excluded port that was open before the rules (the SSH session running the module) keeps
     working, even when the VM speaks first after the rules are in (the module's result going back)."""
     vm, peer = vm_and_peer
     ssh_port = 2222
     flag = tmp_path / "go"
-    server = subprocess.Popen(["ip", "netns", "exec", vm.name, TARGET_PYTHON, "-c", PUSH_SERVER, str(ssh_port),
-                               str(flag)], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(["ip", "netns", "exec", vm.name, TARGET_PYTHON, str(SPEAK_LATER_SERVER),
+                               str(ssh_port), str(flag)], stdout=subprocess.PIPE, text=True)
     vm.procs.append(server)
     assert server.stdout.readline().strip() == "ready"
-    client = subprocess.Popen(["ip", "netns", "exec", peer.name, TARGET_PYTHON, "-c", READ_CLIENT, LOCAL,
+    client = subprocess.Popen(["ip", "netns", "exec", peer.name, TARGET_PYTHON, str(READ_CLIENT), LOCAL,
                                str(ssh_port)], stdout=subprocess.PIPE, text=True)
     peer.procs.append(client)
     assert client.stdout.readline().strip() == "before"

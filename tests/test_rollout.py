@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from conftest import DATA, bookinfo_hosts, destination_rules, resources
+from harness import DATA
+from harness.mesh import bookinfo_hosts, destination_rules, resources
 from vmesh import load, registry as registry_mod, rollout
 from vmesh.compile import render_host
 from vmesh.errors import MeshError

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
+from harness.netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
 
 pytestmark = [pytest.mark.netns, requires_netns]
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import DATA, bookinfo_hosts
-from netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
+from harness import DATA
+from harness.mesh import bookinfo_hosts
+from harness.netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
 
 pytestmark = [pytest.mark.netns, requires_netns]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from certs import ca_folder, make_ca, make_server
-from netmesh import FIRST_HOST_ADDRESS, NETWORK
-from netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
+from harness.netmesh import FIRST_HOST_ADDRESS, NETWORK
+from harness.netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
 
 pytestmark = [pytest.mark.netns, requires_netns]
 

@@ -1,18 +1,19 @@
-"""Istio HTTP traffic features with real requests through real sidecars and the real redirect (tests/netmesh.py).
+"""Istio HTTP traffic features with real requests through real sidecars and the real redirect
+(tests/harness/netmesh.py).
 
 The seed scenarios of the traffic issue, asserted as a user sees them: which version answered, the status code,
-the headers and the body that came back. Backends are tests/echo_server.py (they say which host answered and
-echo the request) and, for ratings, the Bookinfo stand-in (v2 configured to fail every request).
+the headers and the body that came back. Backends are tests/harness/apps/echo_server.py (they say which host
+answered and echo the request) and, for ratings, the Bookinfo stand-in (v2 configured to fail every request).
 """
 
 from __future__ import annotations
 
 import collections
-from pathlib import Path
 
 import pytest
 
-from netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
+from harness import DATA
+from harness.netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
 
 pytestmark = [pytest.mark.netns, requires_netns]
 
@@ -285,7 +286,7 @@ def test_consistent_hash_keeps_a_user_on_one_host(mesh):
 
 def test_tcp_weighted_routing(mesh):
     """Istio's tcp-echo sample shape: 80 % v1, 20 % v2 over plain TCP."""
-    vs = (Path(__file__).parent / "data" / "tcp-echo" / "tcp-echo-80-20.yaml").read_text()
+    vs = (DATA / "tcp-echo" / "tcp-echo-80-20.yaml").read_text()
     mesh.push([("mesh/rules.yaml", RULES), ("mesh/tcp.yaml", vs)])
     vip = mesh.resolve("client", "tcp-echo")
     answers = collections.Counter()
@@ -333,7 +334,7 @@ def test_connection_pool_overflow_gets_503(mesh):
 
 def test_local_rate_limit_from_an_envoy_filter(mesh):
     """Istio's EnvoyFilter form of a local rate limit on reviews' inbound side: 429 and x-local-rate-limit."""
-    limit = (Path(__file__).parent / "data" / "ratelimit" / "local-rate-limit.yaml").read_text()
+    limit = (DATA / "ratelimit" / "local-rate-limit.yaml").read_text()
     all_v1 = """apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: reviews}

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import certs
-from netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
+from harness.netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
 
 pytestmark = [pytest.mark.netns, requires_netns]
 

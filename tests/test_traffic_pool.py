@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from netmesh import NETWORK
-from netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
+from harness.netmesh import NETWORK
+from harness.netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
 
 pytestmark = [pytest.mark.netns, requires_netns]
 

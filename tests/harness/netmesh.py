@@ -31,7 +31,8 @@ Envoy as uid 1337 can read (pytest's tmp_path is under a 0700 directory); ``tmp_
 the Envoy files last applied (``hosts/<host>/envoy``).
 
 Every command, wait and request here is bounded in time. Needs root, ``ip``, ``setpriv`` and iptables
-(:func:`can_run`); the pytest fixtures are in ``netmesh_fixtures.py``.
+(:func:`can_run`); the pytest fixtures are in ``netmesh_fixtures.py``, the programs run inside the namespaces
+in ``apps/``.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
@@ -57,15 +57,20 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import certs
+from harness import APPS, ROOT, TARGET_PYTHON
 from vmesh import envoy as envoy_mod
 from vmesh import load
 from vmesh.compile import BOOTSTRAP_FILE, HostConfig, render_all
 
-REPO = Path(__file__).resolve().parents[1]
-IPTABLES_CLI = REPO / "plugins" / "module_utils" / "iptables.py"
-CONFIG_MODULE = REPO / "plugins" / "modules" / "envoy_config.py"
-BOOKINFO = REPO / "examples" / "bookinfo" / "roles" / "bookinfo" / "files" / "bookinfo.py"
-ECHO_SERVER = Path(__file__).resolve().parent / "echo_server.py"
+IPTABLES_CLI = ROOT / "plugins" / "module_utils" / "iptables.py"
+CONFIG_MODULE = ROOT / "plugins" / "modules" / "envoy_config.py"
+BOOKINFO = ROOT / "examples" / "bookinfo" / "roles" / "bookinfo" / "files" / "bookinfo.py"
+# The programs run inside a namespace (system python3, standard library only), in harness/apps.
+ECHO_SERVER = APPS / "echo_server.py"
+HTTP_CLIENT = APPS / "http_client.py"
+TCP_CLIENT = APPS / "tcp_client.py"
+WAIT_READY = APPS / "wait_ready.py"
+ENVOY_ADMIN = APPS / "envoy_admin.py"
 
 PROXY_UID = 1337  # Envoy's uid and gid, exempt from capture (vmesh_proxy_uid's default)
 APP_UID = 1000  # applications and test clients: an ordinary user, captured
@@ -77,8 +82,6 @@ FIRST_HOST_ADDRESS = 10  # 198.18.0.10 is the first host
 EXCLUDE_INBOUND_PORTS = [22, 15000, 15001, 15006, 15021, 15090]
 
 SBIN_PATH = os.pathsep.join(["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"])
-# What runs inside the namespaces is the VM's side: the system python3, like on a real VM.
-TARGET_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 NAME_RE = re.compile(r"^[a-z0-9]{1,24}$")  # no "-": "vm-<name>-" must not be the prefix of another mesh's names
 SWITCH = "switch"
 RUN_ROOT = Path("/run/vmesh-netmesh")
@@ -158,127 +161,6 @@ def _remove_shared_memory(base_id_file: Path) -> None:
             path.unlink()
     except OSError:
         pass
-
-
-# --- scripts run inside a namespace (system python3, standard library only) ----------------------------------------
-
-_HTTP_COMMON = r"""
-import base64, http.client, json, socket, sys, time, urllib.parse
-
-def call(spec):
-    url = urllib.parse.urlsplit(spec["url"])
-    if url.scheme not in ("http", "https"):
-        raise ValueError("only http:// and https:// URLs, got " + spec["url"])
-    path = (url.path or "/") + ("?" + url.query if url.query else "")
-    if url.scheme == "https":
-        import ssl
-        context = ssl.create_default_context(cafile=spec.get("cafile"))
-        conn = http.client.HTTPSConnection(url.hostname, url.port or 443, timeout=spec["timeout"], context=context)
-    else:
-        conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=spec["timeout"])
-    if spec.get("resolve"):  # like curl --resolve: connect to this address, keep the URL's name (Host, SNI)
-        def connect():
-            sock = socket.create_connection((spec["resolve"], conn.port), conn.timeout)
-            conn.sock = context.wrap_socket(sock, server_hostname=url.hostname) if url.scheme == "https" else sock
-        conn.connect = connect
-    started = time.monotonic()
-    try:
-        body = base64.b64decode(spec["body"]) if spec.get("body") is not None else None
-        conn.request(spec["method"], path, body=body, headers=spec.get("headers") or {})
-        answer = conn.getresponse()
-        data = answer.read()
-        headers = {}
-        for name, value in answer.getheaders():
-            name = name.lower()
-            headers[name] = headers[name] + ", " + value if name in headers else value
-        return {"status": answer.status, "reason": answer.reason, "headers": headers,
-                "body": base64.b64encode(data).decode(), "elapsed": time.monotonic() - started}
-    except Exception as exc:  # an answer that did not come is an observation, not a harness failure
-        return {"status": 0, "reason": "", "headers": {}, "body": "", "elapsed": time.monotonic() - started,
-                "error": "%s: %s" % (type(exc).__name__, exc)}
-    finally:
-        conn.close()
-"""
-
-_REQUEST = _HTTP_COMMON + r"""
-print(json.dumps(call(json.loads(sys.argv[1]))))
-"""
-
-_SAMPLE = _HTTP_COMMON + r"""
-from concurrent.futures import ThreadPoolExecutor
-spec = json.loads(sys.argv[1])
-deadline = time.monotonic() + spec["budget"]
-
-def one(_):
-    if time.monotonic() > deadline:
-        return (0, "harness: sample budget exhausted")
-    answer = call(spec)
-    who = answer["headers"].get("x-vmesh-host") or answer["headers"].get("x-bookinfo-version")
-    return (answer["status"], who if answer["status"] else answer.get("error", "").split(":")[0])
-
-with ThreadPoolExecutor(spec["concurrency"]) as pool:
-    keys = list(pool.map(one, range(spec["count"])))
-print(json.dumps(keys))
-"""
-
-_TCP = r"""
-import base64, json, socket, sys, time
-spec = json.loads(sys.argv[1])
-try:
-    conn = socket.create_connection((spec["address"], spec["port"]), timeout=spec["timeout"])
-except OSError as exc:
-    print(json.dumps({"error": "%s: %s" % (type(exc).__name__, exc)}))
-    sys.exit(0)
-data = b""
-error = None
-try:
-    conn.sendall(base64.b64decode(spec["payload"]))
-    time.sleep(spec["pause"])
-    conn.shutdown(socket.SHUT_WR)
-    while len(data) < 1 << 20:
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-except OSError as exc:
-    error = "%s: %s" % (type(exc).__name__, exc)
-finally:
-    conn.close()
-print(json.dumps({"data": base64.b64encode(data).decode(), "error": error}))
-"""
-
-# Waits (bounded) for Envoy's readiness inside the namespace; prints the last failure when it gives up.
-_WAIT_READY = r"""
-import http.client, sys, time
-deadline = time.monotonic() + float(sys.argv[1])
-last = "no attempt"
-while True:
-    conn = http.client.HTTPConnection("127.0.0.1", 15021, timeout=1)
-    try:
-        conn.request("GET", "/healthz/ready")
-        answer = conn.getresponse()
-        answer.read()
-        if answer.status == 200:
-            sys.exit(0)
-        last = "HTTP %d" % answer.status
-    except Exception as exc:
-        last = "%s: %s" % (type(exc).__name__, exc)
-    finally:
-        conn.close()
-    if time.monotonic() > deadline:
-        print(last)
-        sys.exit(1)
-    time.sleep(0.05)
-"""
-
-_ADMIN = r"""
-import http.client, sys
-conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[3]), timeout=5)
-conn.request(sys.argv[1], sys.argv[2])
-answer = conn.getresponse()
-sys.stdout.write(answer.read().decode("utf-8", "replace"))
-sys.exit(0 if answer.status == 200 else 3)
-"""
 
 
 # --- results ---------------------------------------------------------------------------------------------------
@@ -676,7 +558,7 @@ class NetMesh:
     def _wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         waiters = {}
         for host in self._mesh_hosts:
-            waiters[host.name] = subprocess.Popen(self._in_ns(host, None, [TARGET_PYTHON, "-I", "-c", _WAIT_READY,
+            waiters[host.name] = subprocess.Popen(self._in_ns(host, None, [TARGET_PYTHON, "-I", str(WAIT_READY),
                                                                           str(timeout)]),
                                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                                   env=_env(), cwd="/")
@@ -778,8 +660,9 @@ class NetMesh:
 
     # --- traffic ---
 
-    def _client(self, host: str, script: str, spec: dict[str, Any], uid: int, timeout: float) -> Any:
-        argv = self._in_ns(self._host(host), uid, [TARGET_PYTHON, "-I", "-c", script, json.dumps(spec)])
+    def _client(self, host: str, client: Sequence[str], spec: dict[str, Any], uid: int, timeout: float) -> Any:
+        """Run ``client`` (a program in harness/apps and its first arguments) with ``spec`` as JSON; its output."""
+        argv = self._in_ns(self._host(host), uid, [TARGET_PYTHON, "-I", *client, json.dumps(spec)])
         proc = _run(argv, timeout=timeout, check=False)
         if proc.returncode != 0:
             raise NetMeshError(f"client in {host} failed (rc={proc.returncode}): {proc.stderr.strip()}")
@@ -798,7 +681,7 @@ class NetMesh:
         spec = {"url": url, "method": method, "headers": dict(headers or {}), "timeout": timeout,
                 "body": base64.b64encode(body).decode() if body is not None else None,
                 "cafile": str(cafile) if cafile else None, "resolve": resolve}
-        out = self._client(host, _REQUEST, spec, uid, timeout + COMMAND_TIMEOUT)
+        out = self._client(host, [str(HTTP_CLIENT), "request"], spec, uid, timeout + COMMAND_TIMEOUT)
         return Response(out["status"], out["headers"], base64.b64decode(out["body"]), out["elapsed"],
                         out.get("reason", ""), out.get("error"))
 
@@ -824,7 +707,7 @@ class NetMesh:
         budget = min(count * timeout / concurrency, 300.0)
         spec = {"url": url, "method": method, "headers": dict(headers or {}), "timeout": timeout, "body": None,
                 "count": count, "budget": budget, "concurrency": concurrency}
-        out = self._client(host, _SAMPLE, spec, uid, budget + timeout + COMMAND_TIMEOUT)
+        out = self._client(host, [str(HTTP_CLIENT), "sample"], spec, uid, budget + timeout + COMMAND_TIMEOUT)
         return [tuple(key) for key in out]
 
     def tcp(self, host: str, address: str, port: int, payload: bytes | str, *, timeout: float = 5,
@@ -837,7 +720,7 @@ class NetMesh:
             payload = payload.encode()
         spec = {"address": address, "port": port, "payload": base64.b64encode(payload).decode(),
                 "timeout": timeout, "pause": pause}
-        out = self._client(host, _TCP, spec, uid, timeout * 2 + COMMAND_TIMEOUT)
+        out = self._client(host, [str(TCP_CLIENT)], spec, uid, timeout * 2 + COMMAND_TIMEOUT)
         if "data" not in out:
             raise ConnectionError(f"{host} -> {address}:{port}: {out['error']}")
         return base64.b64decode(out["data"])
@@ -847,7 +730,7 @@ class NetMesh:
     def admin(self, host: str, path: str, method: str = "GET") -> str:
         """The host's Envoy admin (127.0.0.1:15000 in its namespace); raises unless it answers 200."""
         h = self._host(host)
-        proc = _run(self._in_ns(h, None, [TARGET_PYTHON, "-I", "-c", _ADMIN, method, path, str(ADMIN_PORT)]),
+        proc = _run(self._in_ns(h, None, [TARGET_PYTHON, "-I", str(ENVOY_ADMIN), method, path, str(ADMIN_PORT)]),
                     check=False)
         if proc.returncode != 0:
             raise NetMeshError(f"{host}: admin {method} {path} failed (rc={proc.returncode}): "

@@ -1,7 +1,7 @@
 """pytest fixtures for :mod:`netmesh`: a started mesh of network namespaces, stopped after the test (or module).
 
-Use them with ``from netmesh_fixtures import netmesh  # noqa: F401`` (or ``netmesh_module``) and mark the tests
-``pytest.mark.netns``; they skip unless root with ``ip``, ``setpriv`` and iptables::
+Use them with ``from harness.netmesh_fixtures import netmesh  # noqa: F401`` (or ``netmesh_module``) and mark
+the tests ``pytest.mark.netns``; they skip unless root with ``ip``, ``setpriv`` and iptables::
 
     pytestmark = [pytest.mark.netns, requires_netns]
 
@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import pytest
 
-from netmesh import NetMesh, can_run
+from harness.netmesh import NetMesh, can_run
 
 requires_netns = pytest.mark.skipif(not can_run(), reason="needs root, ip, setpriv, unshare and iptables")
 

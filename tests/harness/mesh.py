@@ -1,0 +1,53 @@
+"""A Bookinfo-shaped inventory as plain host variables, and helpers to compile it."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+from harness import DATA
+from vmesh import load
+from vmesh.compile import render_host
+from vmesh.istio.model import Mesh
+
+_PORTS = [{"port": 9080, "protocol": "http", "name": "http"}]
+BOOKINFO_HOSTS = {
+    "productpage-v1": {"vmesh_service": "productpage", "vmesh_labels": {"version": "v1"}, "vmesh_ports": _PORTS,
+                       "ansible_host": "10.213.0.10"},
+    "details-v1": {"vmesh_service": "details", "vmesh_labels": {"version": "v1"}, "vmesh_ports": _PORTS,
+                   "ansible_host": "10.213.0.11"},
+    "reviews-v1": {"vmesh_service": "reviews", "vmesh_labels": {"version": "v1"}, "vmesh_ports": _PORTS,
+                   "ansible_host": "10.213.0.12"},
+    "reviews-v2": {"vmesh_service": "reviews", "vmesh_labels": {"version": "v2"}, "vmesh_ports": _PORTS,
+                   "ansible_host": "10.213.0.13"},
+    "reviews-v3": {"vmesh_service": "reviews", "vmesh_labels": {"version": "v3"}, "vmesh_ports": _PORTS,
+                   "ansible_host": "10.213.0.14"},
+    "ratings-v1": {"vmesh_service": "ratings", "vmesh_labels": {"version": "v1"}, "vmesh_ports": _PORTS,
+                   "ansible_host": "10.213.0.15"},
+}
+
+
+def bookinfo_hosts() -> dict:
+    return copy.deepcopy(BOOKINFO_HOSTS)
+
+
+def destination_rules() -> tuple[str, str]:
+    path = DATA / "bookinfo" / "destination-rule-all.yaml"
+    return (str(path.relative_to(DATA.parent)), path.read_text())
+
+
+def build(*docs: str, hosts: dict | None = None, with_rules: bool = True) -> Mesh:
+    sources = [destination_rules()] if with_rules else []
+    sources += [(f"mesh/doc{i}.yaml", text) for i, text in enumerate(docs)]
+    return load.mesh(hosts if hosts is not None else bookinfo_hosts(), sources)
+
+
+def resources(files: dict[str, str], name: str) -> list[dict]:
+    return json.loads(files[name])["resources"]
+
+
+def outbound_routes(mesh: Mesh, host: str, service: str, port: int = 9080) -> list[dict]:
+    files = render_host(mesh, host).files
+    fqdn = f"{service}.default.svc.cluster.local"
+    (config,) = resources(files, f"rds_outbound_{port}__{fqdn}.json")
+    return config["virtual_hosts"][0]["routes"]
