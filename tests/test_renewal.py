@@ -1,9 +1,9 @@
-"""Automatic renewal of workload certificates on the VM: the CA server's checks (roles/ca_server/files/
-vmesh-ca-server), the agent end to end (roles/identity/files/vmesh-renew), and the modules behind them
-(vmesh_node_key, vmesh_ca_sign_intermediate).
+"""Automatic renewal of workload certificates on the VM: the CA server's checks (module_utils/ca_server.py), the
+agent end to end (module_utils/renew.py), and the modules behind them (vmesh_node_key, vmesh_ca_sign_intermediate).
 
-The server and the agent run as subprocesses with the system python3 (standard library only, as on a VM), the
-project's vmesh_certs.py found through VMESH_LIB, on 127.0.0.1 only. The CA is made with the project's modules,
+The server and the agent run as subprocesses with the system python3 (standard library only, as on a VM),
+installed as the roles install them (:func:`install_program`: the node_source lookup's files in a lib directory
+laid out as the collection, the role's launcher), on 127.0.0.1 only. The CA is made with the project's modules,
 run through ansible-playbook on localhost as the ca_server role chains them. Every wait and request is bounded.
 """
 
@@ -26,21 +26,43 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2
 import pytest
+from ansible_collections.vmesh.mesh.plugins.lookup.node_source import closure
 
 from test_pki_modules import GROUP, IDENTITY, OWNER, ROOT, assert_no_private_key, count_certs, ext, mode, ok, play
 from test_pki_modules import _user_root, openssl
 
-SERVER = ROOT / "roles" / "ca_server" / "files" / "vmesh-ca-server"
-AGENT = ROOT / "roles" / "identity" / "files" / "vmesh-renew"
-# The agent and the server import the collection's certs.py as vmesh_certs, as the roles install it on the VMs.
-LIB = ROOT / ".cache" / "node-lib"
-LIB.mkdir(parents=True, exist_ok=True)
-if not (LIB / "vmesh_certs.py").is_symlink():
-    (LIB / "vmesh_certs.py").symlink_to(ROOT / "plugins" / "module_utils" / "certs.py")
 # What runs on the VMs and the CA server: the system python3, like there.
 TARGET_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-ENV = dict(os.environ, VMESH_LIB=str(LIB), LC_ALL="C")
+INSTALLS = ROOT / ".cache" / "node-install"
+CODE = ("ansible_collections", "vmesh", "mesh", "plugins", "module_utils")
+
+
+def install_program(name: str, home: Path, lib: Path, template: Path, **variables) -> Path:
+    """Install module_utils/<name>.py as its role does: the node_source lookup's files (it and what it imports)
+    in ``lib`` laid out as the collection, and the role's launcher template rendered in ``home/bin``; returns the
+    launcher. Nothing else is on its path: it runs with ``python3 -I``, as on a VM."""
+    shutil.rmtree(home, ignore_errors=True)
+    code = lib.joinpath(*CODE)
+    code.mkdir(parents=True)
+    for file_name, text in closure([name]).items():  # what the lookup returns (test_node_source_ships_...)
+        (code / file_name).write_text(text)
+    launcher = home / "bin" / template.name.removesuffix(".j2")
+    launcher.parent.mkdir(parents=True)
+    launcher.write_text(jinja2.Template(template.read_text(), keep_trailing_newline=True).render(
+        ansible_managed="Ansible managed (test)", **variables))
+    launcher.chmod(0o755)
+    return launcher
+
+
+SERVER = install_program("ca_server", INSTALLS / "vmesh-ca", INSTALLS / "vmesh-ca" / "lib",
+                         ROOT / "roles" / "ca_server" / "templates" / "vmesh-ca-server.j2",
+                         ca_server_install_dir=str(INSTALLS / "vmesh-ca"))
+AGENT = install_program("renew", INSTALLS / "vmesh", INSTALLS / "vmesh" / "lib" / "renew",
+                        ROOT / "roles" / "identity" / "templates" / "vmesh-renew.j2",
+                        __identity_renewal_lib=str(INSTALLS / "vmesh" / "lib" / "renew"))
+ENV = dict(os.environ, LC_ALL="C")
 OTHER = "spiffe://cluster.local/ns/default/sa/ratings"
 SERVER_ID = "spiffe://cluster.local/ns/istio-system/sa/vmesh-ca"
 
@@ -55,7 +77,7 @@ def write_server_config(path: Path, state: Path, port: int = 0, **settings) -> P
 
 
 def server_cli(config: Path, *command: str) -> subprocess.CompletedProcess:
-    return subprocess.run([TARGET_PYTHON, str(SERVER), "--config", str(config), *command], capture_output=True,
+    return subprocess.run([TARGET_PYTHON, "-I", str(SERVER), "--config", str(config), *command], capture_output=True,
                           text=True, env=ENV, timeout=60)
 
 
@@ -66,9 +88,9 @@ def ca_server_tasks(ca: Path, state: Path, config: Path) -> list[dict]:
     return [
         {"vmesh.mesh.ca": {"path": str(ca)}},
         {"vmesh.mesh.node_key": {"path": str(state / "intermediate-key.pem"), "owner": OWNER, "group": GROUP}},
-        {"ansible.builtin.command": {"argv": [TARGET_PYTHON, str(SERVER), "--config", str(config),
+        {"ansible.builtin.command": {"argv": [TARGET_PYTHON, "-I", str(SERVER), "--config", str(config),
                                               "intermediate-request"]},
-         "environment": {"VMESH_LIB": str(LIB)}, "changed_when": False, "check_mode": False},
+         "changed_when": False, "check_mode": False},
         {"vmesh.mesh.ca_sign_intermediate": {"path": str(ca), "csr": "{{ %s.csr }}" % request,
                                         "current": "{{ %s.current }}" % request, "name_constraints": True,
                                         "server_names": ["127.0.0.1"]}},
@@ -151,7 +173,7 @@ def ca_server(pki: Pki, state: Path | None = None, **settings):
     config = write_server_config(state.parent / f"server-{port}.json", state, port, **settings)
     log = state.parent / f"server-{port}.log"
     with open(log, "w") as handle:
-        proc = subprocess.Popen([TARGET_PYTHON, str(SERVER), "--config", str(config), "serve"], stdout=handle,
+        proc = subprocess.Popen([TARGET_PYTHON, "-I", str(SERVER), "--config", str(config), "serve"], stdout=handle,
                                 stderr=subprocess.STDOUT, env=ENV)
     running = Running(port=port, log=log, state=state, bundle=state / "root-cert.pem")
     try:
@@ -372,7 +394,7 @@ def issue_with_ansible(pki: Pki, certs: Path, lifetime: int) -> list[dict]:
 
 
 def agent(config: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([TARGET_PYTHON, str(AGENT), "--config", str(config), *args], capture_output=True,
+    return subprocess.run([TARGET_PYTHON, "-I", str(AGENT), "--config", str(config), *args], capture_output=True,
                           text=True, env=ENV, timeout=120)
 
 
@@ -437,7 +459,7 @@ def test_two_agents_at_once_renew_once(pki, server, tmp_path):
     (made,) = play(pki.base, [{"vmesh.mesh.node_key": {"path": str(node.key), "owner": OWNER, "group": GROUP}}])
     register(pki.state, node.name, IDENTITY, ok(made)["public_key"])
     config = agent_config(tmp_path, server, certs, node, renew_ratio=0.99)
-    runs = [subprocess.Popen([TARGET_PYTHON, str(AGENT), "--config", str(config)], stdout=subprocess.PIPE,
+    runs = [subprocess.Popen([TARGET_PYTHON, "-I", str(AGENT), "--config", str(config)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=ENV) for _ in range(2)]
     outs = [run.communicate(timeout=120) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outs
@@ -499,6 +521,24 @@ def test_agent_fails_clearly_and_changes_nothing(pki, server, node, tmp_path):
 
 
 # --- the modules ---------------------------------------------------------------------------------------------------
+
+
+def test_node_source_ships_what_the_programs_import(tmp_path):
+    """The lookup the roles install the programs with: each program with every module_utils file it imports (and
+    nothing that needs more than the standard library), and the boot-time iptables helper alone, as before."""
+    lookups = {name: "{{ query('vmesh.mesh.node_source', '%s', with_imports=true) }}" % name
+               for name in ("renew", "ca_server")}
+    results = play(tmp_path, [{"ansible.builtin.set_fact": lookups},
+                              {"ansible.builtin.set_fact": {"iptables": "{{ lookup('vmesh.mesh.node_source', "
+                                                                        "'iptables') }}"}}])
+    for name in ("renew", "ca_server"):
+        files = ok(results[0])["ansible_facts"][name]
+        assert [f["name"] for f in files] == sorted(closure([name])) and name + ".py" in [f["name"] for f in files]
+        assert all(f["content"] == (ROOT / "plugins" / "module_utils" / f["name"]).read_text() for f in files)
+        assert "ca.py" not in [f["name"] for f in files]  # the controller's CA needs the cryptography package
+    assert ok(results[1])["ansible_facts"]["iptables"] == (ROOT / "plugins" / "module_utils" / "iptables.py").read_text()
+    for launcher in (SERVER, AGENT):
+        assert launcher.read_text().startswith("#!/usr/bin/python3 -I\n")
 
 
 def test_node_key_four_steps(tmp_path):

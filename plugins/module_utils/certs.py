@@ -7,9 +7,9 @@ This file runs on the VM with plain ``python3`` and imports the standard library
 by the ``openssl`` command line (OpenSSL 3.0 on Debian bookworm; 1.1.1 prints the same fields). Users:
 
 * the ``vmesh.mesh.workload_key``, ``vmesh.mesh.workload_cert`` and ``vmesh.mesh.node_key`` Ansible modules;
-* the renewal agent on the VM (``vmesh-renew`` in roles/identity/files), through :func:`state`,
-  :func:`renewal_reasons`, :func:`prepare_pending`, :func:`plan_install` and :func:`install`;
-* the online CA (``vmesh-ca-server`` in roles/ca_server/files), which checks and signs with :class:`Openssl`.
+* the renewal agent on the VM (module_utils/renew.py), through :func:`state`, :func:`renewal_reasons`,
+  :func:`prepare_pending`, :func:`plan_install` and :func:`install`;
+* the online CA (module_utils/ca_server.py), which checks and signs with :class:`Openssl`.
 
 Layout of a certificate directory (Kubernetes' atomic-writer layout, which Envoy's SDS ``watched_directory``
 reloads on without a restart)::

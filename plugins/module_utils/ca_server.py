@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+# -*- coding: utf-8 -*-
 # Copyright: vmesh contributors
 # Apache License 2.0 (see pyproject.toml)
 """vmesh-ca-server: the online CA that renews the mesh's workload certificates, with no token that can expire.
@@ -51,8 +51,13 @@ State directory (0700 root)::
 Usage: ``vmesh-ca-server [--config /etc/vmesh-ca/server.json] {serve,tls,intermediate-request}``. ``tls`` makes or
 renews the TLS certificate and prints ``issued: <reason>`` or ``ok``; ``intermediate-request`` prints
 ``{"csr": <CSR of intermediate-key.pem>, "current": <intermediate-cert.pem or "">}`` for Ansible. Both are
-read-only unless something is due. Python 3 standard library and the ``openssl`` command only; the certificate
-helpers are the project's ``vmesh_certs.py``, found in ``$VMESH_LIB`` (default /opt/vmesh-ca/lib).
+read-only unless something is due.
+
+Python 3 standard library and the ``openssl`` command only. The ca_server role installs this file with the
+module_utils it imports (the vmesh.mesh.node_source lookup, ``with_imports``) under
+``<install dir>/lib/ansible_collections/vmesh/mesh/plugins/module_utils/``, so the imports read as they do in the
+collection, and runs :func:`main` through the launcher ``<install dir>/bin/vmesh-ca-server`` (``python3 -I``, that
+lib directory first on ``sys.path``).
 """
 
 from __future__ import annotations
@@ -77,8 +82,7 @@ import threading
 import time
 import traceback
 
-sys.path.insert(0, os.environ.get("VMESH_LIB", "/opt/vmesh-ca/lib"))
-import vmesh_certs as certs  # noqa: E402  (found through VMESH_LIB)
+from ansible_collections.vmesh.mesh.plugins.module_utils import certs
 
 NAME = "vmesh-ca-server"
 INTERMEDIATE_KEY = "intermediate-key.pem"
@@ -1094,6 +1098,3 @@ def main(argv=None):
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,24 +1,24 @@
-#!/usr/bin/python3
+# -*- coding: utf-8 -*-
 # Copyright: vmesh contributors
 # Apache License 2.0 (see pyproject.toml)
 """vmesh-renew: renew this VM's workload certificate from the vmesh CA server before it expires.
 
 Run by vmesh-renew.service (Type=oneshot) from vmesh-renew.timer every 15 minutes. Each run:
 
-1. reads the certificate in force in ``cert_dir`` (``vmesh_certs.state``) and decides with the rule of the Ansible
-   modules (``vmesh_certs.renewal_reasons``): renew when it is missing or unreadable, its key does not match,
+1. reads the certificate in force in ``cert_dir`` (``certs.state``) and decides with the rule of the Ansible
+   modules (``certs.renewal_reasons``): renew when it is missing or unreadable, its key does not match,
    its identity is not ``identity``, less than ``renew_ratio`` of its lifetime is left, or (asked from the server,
    ``GET /v1/ca``) it was not issued by the server's current intermediate;
-2. when due, makes a new key and CSR in ``cert_dir/pending/`` (``vmesh_certs.prepare_pending``; the key is born
+2. when due, makes a new key and CSR in ``cert_dir/pending/`` (``certs.prepare_pending``; the key is born
    here and never leaves), signs the request with the node key and sends it to ``POST /v1/sign``, verifying the
    server against the trust bundle installed in ``cert_dir`` and its SPIFFE id ``server_identity``;
 3. checks the returned chain (leaf key = pending key, ``openssl verify`` to the bundle, identity) and installs it
-   with the atomic ``..data`` swap Envoy's SDS reloads on (``vmesh_certs.plan_install`` and ``install``).
+   with the atomic ``..data`` swap Envoy's SDS reloads on (``certs.plan_install`` and ``install``).
 
 The trust bundle is kept as installed: root rotation stays an Ansible operation. Nothing expires in the
 authentication: the node key is a plain key pair whose public half is registered on the CA server.
 
-It runs as root and never follows a link or opens a file in a directory another user can write (``vmesh_certs``
+It runs as root and never follows a link or opens a file in a directory another user can write (``certs``
 checks every directory and opens files with O_NOFOLLOW): the proxy's user, which reads the certificate through its
 group, cannot make it copy the node key or any root-only file anywhere. The node key must be a regular file in
 directories only root can write.
@@ -33,8 +33,11 @@ Config (``--config``, default /etc/vmesh/renew.json)::
      "node_key": "/etc/vmesh/node/node-key.pem", "group": "vmesh-proxy",
      "server_identity": "spiffe://cluster.local/ns/istio-system/sa/vmesh-ca", "timeout_seconds": 30}
 
-Python 3 standard library and the ``openssl`` command; the certificate code is the project's ``vmesh_certs.py``
-(plugins/module_utils), installed beside this script and found in ``$VMESH_LIB`` (default /opt/vmesh/lib).
+Python 3 standard library and the ``openssl`` command. The identity role installs this file with the module_utils
+it imports (the vmesh.mesh.node_source lookup, ``with_imports``) under
+``/opt/vmesh/lib/renew/ansible_collections/vmesh/mesh/plugins/module_utils/``, so the imports read as they do in
+the collection, and runs :func:`main` through the launcher ``/opt/vmesh/bin/vmesh-renew`` (``python3 -I``, that
+lib directory first on ``sys.path``).
 """
 
 from __future__ import annotations
@@ -53,8 +56,7 @@ import sys
 import time
 import urllib.parse
 
-sys.path.insert(0, os.environ.get("VMESH_LIB", "/opt/vmesh/lib"))
-import vmesh_certs as certs  # noqa: E402  (found through VMESH_LIB)
+from ansible_collections.vmesh.mesh.plugins.module_utils import certs
 
 NAME = "vmesh-renew"
 REQUIRED = ("server", "node", "cert_dir", "identity")
@@ -281,6 +283,3 @@ def main(argv=None):
     print(status, flush=True)  # stdout: the journal under systemd, the task's result under Ansible
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
