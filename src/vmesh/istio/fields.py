@@ -62,7 +62,7 @@ class Node:
         unsupported = set(unsupported)
         for key in self.value:
             if key in unsupported:
-                raise self.get(key).error(f"{key} is not supported by vmesh yet (see README, 'Not supported')")
+                raise self.get(key).error(f"{key} is not supported by vmesh yet (see docs/reference/istio.md, 'Not supported yet')")
             if key not in known:
                 hint = _close(key, known)
                 raise self.get(key).error("unknown field" + (f"; did you mean {hint!r}?" if hint else ""))

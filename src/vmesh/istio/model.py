@@ -119,7 +119,7 @@ def build(registry: Registry, docs: Iterable[Document]) -> Mesh:
     authz: list[authorizationpolicy.AuthorizationPolicy] = []
     for doc in docs:
         if doc.kind not in SUPPORTED_KINDS:
-            errors.append(doc.error("kind", f"{doc.kind} is not supported by vmesh yet (see README, 'Not supported')"))
+            errors.append(doc.error("kind", f"{doc.kind} is not supported by vmesh yet (see docs/reference/istio.md, 'Not supported yet')"))
             continue
         if doc.kind in ("ServiceEntry", "Gateway"):
             continue

@@ -41,7 +41,7 @@ PACKAGES = (
 )
 
 
-# The minimal image: exactly the prerequisites the README lists for a user's own VMs (and sshd), nothing else;
+# The minimal image: exactly the prerequisites docs/tasks/own-vms.md lists for a user's own VMs (and sshd), nothing else;
 # its VMs keep podman's bind-mounted /etc/hosts, as system containers (LXC, podman) used as VMs have it.
 MINIMAL_IMAGE = "localhost/vmesh-testvm-minimal:bookworm"
 
@@ -64,7 +64,7 @@ class Flavour:
 FULL = Flavour(IMAGE, PACKAGES, True, "systemd, sshd, python3, iptables, sudo, curl")
 
 
-MINIMAL = Flavour(MINIMAL_IMAGE, MINIMAL_PACKAGES, False, "only the README's prerequisites")
+MINIMAL = Flavour(MINIMAL_IMAGE, MINIMAL_PACKAGES, False, "only the prerequisites of docs/tasks/own-vms.md")
 
 
 SSHD_CONFIG = """\
