@@ -132,7 +132,7 @@ def proxy_flow(world: World, *, force=False, check=False, tmp: Path) -> list[dic
     role gave it before (the files were the proxy's then); it is ignored now, with a warning."""
     tasks = flow(world.base / "ca", world.base / "certs", force=force)
     for task in tasks:
-        for name in ("vmesh_workload_key", "vmesh_workload_cert"):
+        for name in ("vmesh.mesh.workload_key", "vmesh.mesh.workload_cert"):
             if name in task:
                 task[name].update(owner=LESSER, group=LESSER_GROUP)
     return play(tmp, tasks, check=check)

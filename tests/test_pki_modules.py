@@ -243,9 +243,9 @@ def test_sign_refuses_a_csr_for_another_identity_or_with_a_bad_signature(tmp_pat
     ])
     assert ok(results[1])["needed"] is True
     assert results[2]["failed"] is True and "URI:%s" % IDENTITY in results[2]["msg"]
-    assert "UniformResourceIdentifier:%s" % other in results[2]["msg"] and "refused" in results[2]["msg"]
+    assert "asks for subjectAltName URI:%s" % other in results[2]["msg"] and "refused" in results[2]["msg"]
     assert results[3]["failed"] is True and "signature is invalid" in results[3]["msg"]
-    assert results[4]["failed"] is True and "DNSName:reviews.default.svc" in results[4]["msg"]
+    assert results[4]["failed"] is True and "DNS:reviews.default.svc" in results[4]["msg"]
     assert f"URI:{other}" in ext(ok(results[5])["certificate"], "subjectAltName")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
 import http.client
 import json
 import os
@@ -29,6 +30,10 @@ from pathlib import Path
 import jinja2
 import pytest
 from ansible_collections.vmesh.mesh.plugins.lookup.node_source import closure
+from ansible_collections.vmesh.mesh.plugins.module_utils import ca as ca_module
+from ansible_collections.vmesh.mesh.plugins.module_utils import policy
+from cryptography import x509
+from cryptography.x509.oid import ExtensionOID
 
 from test_pki_modules import GROUP, IDENTITY, OWNER, ROOT, assert_no_private_key, count_certs, ext, mode, ok, play
 from test_pki_modules import _user_root, openssl
@@ -303,7 +308,7 @@ def test_server_refuses(pki, server, node, tmp_path, case):
         expected = 403, f"the signature does not verify with the key registered for node {node.name}"
     elif case == "wrong identity":
         request = body(node.name, node.key, new_csr(tmp_path, OTHER))
-        expected = 403, f"csr: asks for subjectAltName URI:{OTHER}, but this node may only have URI:{IDENTITY}"
+        expected = 403, f"csr: asks for subjectAltName URI:{OTHER}, but the identity it may have is URI:{IDENTITY}"
     elif case == "stale time":
         request, expected = body(node.name, node.key, good_csr, when=time.time() - 400), (403, "s off this server")
     elif case == "future time":
@@ -504,7 +509,7 @@ def test_agent_fails_clearly_and_changes_nothing(pki, server, node, tmp_path):
     # the node asks for an identity it is not registered for: refused, nothing installed
     moved = agent(agent_config(tmp_path, server, certs, Node(node.name, node.key, OTHER)))
     assert moved.returncode == 1 and moved.stdout == ""
-    assert f"refused (403): csr: asks for subjectAltName URI:{OTHER}, but this node may only have" in moved.stderr
+    assert f"refused (403): csr: asks for subjectAltName URI:{OTHER}, but the identity it may have is" in moved.stderr
     assert in_force(certs) == before
     # a server the installed bundle does not trust (another mesh's root): refused at the handshake
     version = certs / before["version"]
@@ -610,3 +615,105 @@ def test_sign_intermediate_four_steps_and_after_a_root_rotation(tmp_path):
     assert openssl("x509", "-noout", "-pubkey", data=rotated[3]["certificate"]) == openssl(
         "pkey", "-in", str(state / "intermediate-key.pem"), "-pubout")
     assert_no_private_key(tmp_path, ca / "root-key.pem", state / "intermediate-key.pem")
+
+
+# --- one certificate policy, two signers ------------------------------------------------------------------------
+
+
+def controller_sign(pki: Pki, csr: str, identity: str = IDENTITY, lifetime: int = 24) -> str:
+    """The controller's signer (module_utils/ca.py, behind vmesh.mesh.ca_sign) with the root of ``pki``."""
+    return ca_module.sign(str(pki.ca), csr, identity, lifetime)["certificate"]
+
+
+def policy_of(leaf_pem: str) -> dict:
+    """What policy.py rules on in a leaf, read back with the ``cryptography`` library."""
+    cert = x509.load_pem_x509_certificate(leaf_pem.encode())
+    ext = {e.oid.dotted_string: e for e in cert.extensions}
+    usage = ext[ExtensionOID.KEY_USAGE.dotted_string]
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "extensions": sorted((e.oid._name, e.critical) for e in cert.extensions),
+        "san": [n.value for n in ext[ExtensionOID.SUBJECT_ALTERNATIVE_NAME.dotted_string].value],
+        "key_usage": sorted(k for k in ("digital_signature", "key_encipherment", "content_commitment",
+                                        "data_encipherment", "key_agreement", "key_cert_sign", "crl_sign")
+                            if getattr(usage.value, k)),
+        "extended_key_usage": [u._name for u in ext[ExtensionOID.EXTENDED_KEY_USAGE.dotted_string].value],
+        "ca": ext[ExtensionOID.BASIC_CONSTRAINTS.dotted_string].value.ca,
+        "lifetime": cert.not_valid_after_utc - cert.not_valid_before_utc,
+        "backdated": datetime.datetime.now(datetime.timezone.utc) - cert.not_valid_before_utc,
+    }
+
+
+def test_both_signers_issue_what_the_policy_says(pki, server, node, tmp_path):
+    """The same CSR signed by the controller (ca.py) and by the CA server (openssl): the same certificate shape,
+    which is policy.py's WORKLOAD profile, subject, and dates."""
+    csr = new_csr(tmp_path, IDENTITY)
+    status, answer = call(server, "POST", "/v1/sign", body(node.name, node.key, csr))
+    assert status == 200, answer
+    shapes = [policy_of(controller_sign(pki, csr)), policy_of(leaf_of(answer["chain"]))]
+    for shape in shapes:
+        assert shape["subject"] == "O=cluster.local" and shape["san"] == [IDENTITY] and shape["ca"] is False
+        assert shape["key_usage"] == sorted(("digital_signature", "key_encipherment"))
+        assert shape["extended_key_usage"] == ["serverAuth", "clientAuth"]
+        assert shape["lifetime"] == datetime.timedelta(hours=24) + policy.BACKDATE
+        assert policy.BACKDATE <= shape["backdated"] < policy.BACKDATE + datetime.timedelta(minutes=2)
+    assert shapes[0]["extensions"] == shapes[1]["extensions"] == sorted([
+        ("subjectAltName", False), ("keyUsage", True), ("extendedKeyUsage", False), ("basicConstraints", True),
+        ("authorityKeyIdentifier", False), ("subjectKeyIdentifier", False)])
+    assert policy.WORKLOAD.key_usage == ("digitalSignature", "keyEncipherment")
+
+
+def _tampered(csr: str) -> str:
+    der = bytearray(base64.b64decode("".join(csr.strip().splitlines()[1:-1])))
+    der[-1] ^= 0x01
+    return "-----BEGIN CERTIFICATE REQUEST-----\n%s\n-----END CERTIFICATE REQUEST-----\n" % "\n".join(
+        re.findall(".{1,64}", base64.b64encode(bytes(der)).decode()))
+
+
+def _csr_with(tmp_path: Path, key_args: list[str], san: str | None) -> str:
+    key = tmp_path / f"bad-{secrets.token_hex(4)}.pem"
+    args = ["req", "-new", "-newkey", *key_args, "-nodes", "-keyout", str(key), "-subj", "/O=cluster.local"]
+    return openssl(*args, *(["-addext", f"subjectAltName={san}"] if san else []))
+
+
+EC = ["ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+BAD_CSRS = {
+    "another identity": lambda t: _csr_with(t, EC, f"URI:{OTHER}"),
+    "two names": lambda t: _csr_with(t, EC, f"URI:{IDENTITY},DNS:reviews.default.svc"),
+    "two URIs": lambda t: _csr_with(t, EC, f"URI:{IDENTITY},URI:{OTHER}"),
+    "a DNS name only": lambda t: _csr_with(t, EC, "DNS:reviews.default.svc"),
+    "no subjectAltName": lambda t: _csr_with(t, EC, None),
+    "another trust domain": lambda t: _csr_with(t, EC, "URI:spiffe://bank.example/ns/default/sa/reviews"),
+    "RSA 1024": lambda t: _csr_with(t, ["rsa:1024"], f"URI:{IDENTITY}"),
+    "EC P-521": lambda t: _csr_with(t, ["ec", "-pkeyopt", "ec_paramgen_curve:P-521"], f"URI:{IDENTITY}"),
+    "a bad signature": lambda t: _tampered(_csr_with(t, EC, f"URI:{IDENTITY}")),
+    "two CSRs": lambda t: _csr_with(t, EC, f"URI:{IDENTITY}") * 2,
+    "not DER": lambda t: "-----BEGIN CERTIFICATE REQUEST-----\nMAMCAQA=\n-----END CERTIFICATE REQUEST-----\n",
+    "a certificate": lambda t: (pki_bundle_text(t)),
+}
+
+
+def pki_bundle_text(_tmp: Path) -> str:
+    return _user_root(_tmp / "a-cert")[0].read_text()
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CSRS))
+def test_both_signers_refuse_the_same_csrs(pki, server, node, tmp_path, case):
+    """What policy.py refuses, both signers refuse, each with its own cryptography for the signature."""
+    csr = BAD_CSRS[case](tmp_path)
+    with pytest.raises(ca_module.CAError) as refused:
+        controller_sign(pki, csr)
+    before = server.signed()
+    status, answer = call(server, "POST", "/v1/sign", body(node.name, node.key, csr))
+    assert status in (400, 403) and "chain" not in answer and server.signed() == before, answer
+    assert answer["error"].startswith("csr: "), answer
+    if "signature" not in case and "DER" not in case:  # the parts the policy decides: the same words
+        assert str(refused.value).split(";")[0] == answer["error"].split(";")[0]
+
+
+@pytest.mark.parametrize("lifetime", [0, -1, policy.MAX_LIFETIME_HOURS + 1])
+def test_both_signers_keep_lifetimes_in_bounds(pki, tmp_path, lifetime):
+    with pytest.raises(ca_module.CAError, match="lifetime_hours must be a whole number of hours from 1 to 2160"):
+        controller_sign(pki, new_csr(tmp_path, IDENTITY), lifetime=lifetime)
+    refused = server_cli(write_server_config(tmp_path / "server.json", pki.state, lifetime_hours=lifetime), "tls")
+    assert refused.returncode == 2 and "lifetime_hours must be a whole number of hours" in refused.stderr

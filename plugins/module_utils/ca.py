@@ -15,9 +15,9 @@ Layout of the CA directory (0700)::
     ca-key.pem           its key (may be absent: then given to vmesh.mesh.ca_sign)             0600
     previous-roots.pem   older roots still trusted during a root rotation (absent or empty otherwise)
 
-Leaves are signed by the intermediate when there is one, else by the root. Workload certificates follow Istio's
-shape with one choice made differently: the subject is ``O=<trust domain>`` (what the VM's CSR asks for), so the
-subjectAltName is non-critical (RFC 5280 4.2.1.6 asks for a critical SAN only with an empty subject).
+Leaves are signed by the intermediate when there is one, else by the root. What a workload certificate may be
+(the CSR it is signed for, its subject, extensions and dates) is policy.py's rule, which the online CA server
+(ca_server.py) applies too; here it is rendered with ``cryptography``.
 
 Failures raise :class:`CAError`; nothing here calls ``fail_json``. No function returns private key bytes except
 to write them into the CA directory.
@@ -34,8 +34,9 @@ import secrets
 import traceback
 from dataclasses import dataclass, field
 
-from ansible_collections.vmesh.mesh.plugins.module_utils.certs import CertError, parse_identity
+from ansible_collections.vmesh.mesh.plugins.module_utils import policy
 from ansible_collections.vmesh.mesh.plugins.module_utils.certs import write_file as certs_write_file
+from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
 
 try:
     from cryptography import x509
@@ -66,7 +67,8 @@ CERT_MODE = 0o644
 KEY_TYPES = ("ec-p256", "rsa-2048")
 #: A generated intermediate is replaced when less than this fraction of its lifetime remains.
 INTERMEDIATE_RENEW_RATIO = 0.2
-CLOCK_SKEW = datetime.timedelta(minutes=5)
+#: CA certificates are backdated as leaves are (policy.py).
+CLOCK_SKEW = policy.BACKDATE
 
 
 class CAError(Exception):
@@ -521,7 +523,7 @@ def write_file(path, data, mode):
     whoever runs the module."""
     try:
         certs_write_file(path, data, mode, os.geteuid(), os.getegid())
-    except CertError as exc:
+    except HostError as exc:
         raise CAError(str(exc)) from None
 
 
@@ -536,33 +538,63 @@ def results(ca):
 # --- signing -----------------------------------------------------------------------------------------------------
 
 
-def _load_csr(csr_pem):
+def _load_csr(csr_pem, identity=None):
+    """The CSR of ``csr_pem`` once policy.py accepts it (for ``identity``: a workload's; else any CSR of the rule,
+    an intermediate's) and its self-signature verifies."""
     try:
-        csr = x509.load_pem_x509_csr(csr_pem.encode("ascii", "replace"))
+        checked = (policy.check_workload_csr(csr_pem, identity) if identity is not None
+                   else policy.read_csr(csr_pem))
+    except HostError as exc:
+        raise CAError(str(exc)) from None
+    try:
+        csr = x509.load_der_x509_csr(checked.der)
     except ValueError as exc:
-        raise CAError("csr: not a PEM certificate signing request: %s" % exc) from None
+        raise CAError("csr: not a certificate signing request: %s" % exc) from None
     if not csr.is_signature_valid:
         raise CAError("csr: its signature is invalid; refused")
-    public_key = csr.public_key()
-    if not isinstance(public_key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
-        raise CAError("csr: only EC and RSA keys are supported")
-    if isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size < 2048:
-        raise CAError("csr: RSA key of %d bits; at least 2048 are needed" % public_key.key_size)
     return csr
 
 
-def sign(path, csr_pem, identity, lifetime_hours=24, signer_key_content=None, now=None):
-    """Sign ``csr_pem`` for ``identity`` with the CA in ``path`` (the intermediate when there is one).
+#: policy.py's names of key usages and extended key usages, in ``cryptography``'s terms.
+_KEY_USAGE = {"digitalSignature": "digital_signature", "keyEncipherment": "key_encipherment"}
+_EXTENDED_KEY_USAGE = {"serverAuth": "SERVER_AUTH", "clientAuth": "CLIENT_AUTH"}
 
-    Refuses a CSR whose signature is invalid or whose subjectAltName is anything but the one URI ``identity``.
-    Returns certificate (leaf PEM), chain (leaf + intermediate PEM), serial (hex), not_after (ISO 8601 UTC)."""
+
+def _leaf_builder(profile, names, subject, issuer, public_key, not_before, not_after):
+    """A leaf of policy.py's ``profile`` for the subjectAltName ``names`` (``x509.GeneralName`` objects)."""
+    usages = {flag: False for flag in ("digital_signature", "content_commitment", "key_encipherment",
+                                       "data_encipherment", "key_agreement", "key_cert_sign", "crl_sign",
+                                       "encipher_only", "decipher_only")}
+    usages.update({_KEY_USAGE[name]: True for name in profile.key_usage})
+    return (x509.CertificateBuilder()
+            .subject_name(subject).issuer_name(issuer.subject).public_key(public_key).serial_number(_serial())
+            .not_valid_before(not_before).not_valid_after(not_after)
+            .add_extension(x509.SubjectAlternativeName(names), critical=profile.subject_alt_name_critical)
+            .add_extension(x509.KeyUsage(**usages), critical=profile.key_usage_critical)
+            .add_extension(x509.ExtendedKeyUsage([getattr(ExtendedKeyUsageOID, _EXTENDED_KEY_USAGE[name])
+                                                  for name in profile.extended_key_usage]),
+                           critical=profile.extended_key_usage_critical)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None),
+                           critical=profile.basic_constraints_critical)
+            .add_extension(_aki_for(issuer), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False))
+
+
+_SUBJECT_OIDS = {"O": NameOID.ORGANIZATION_NAME} if HAS_CRYPTOGRAPHY else {}
+
+
+def sign(path, csr_pem, identity, lifetime_hours=24, signer_key_content=None, now=None):
+    """Sign ``csr_pem`` for ``identity`` with the CA in ``path`` (the intermediate when there is one), by policy.py's
+    rule: the CSR must ask for exactly the one URI ``identity`` with a key of the rule, and its self-signature must
+    verify; the certificate is policy.WORKLOAD's, valid from policy.BACKDATE ago for ``lifetime_hours`` (1 to
+    policy.MAX_LIFETIME_HOURS), never beyond the issuer. Returns certificate (leaf PEM), chain (leaf +
+    intermediate PEM), serial (hex), not_after (ISO 8601 UTC)."""
     now = now or _now()
     try:
-        trust_domain = parse_identity(identity)[0]
-    except CertError as exc:
+        subject = policy.subject(identity)
+        policy.check_lifetime(lifetime_hours)
+    except HostError as exc:
         raise CAError(str(exc)) from None
-    if lifetime_hours <= 0:
-        raise CAError("lifetime_hours must be positive, got %s" % lifetime_hours)
     ca = load_ca(path)
     if ca.root is None:
         raise CAError("no CA in %s (%s is missing); run vmesh.mesh.ca first" % (path, ROOT_CERT))
@@ -576,38 +608,15 @@ def sign(path, csr_pem, identity, lifetime_hours=24, signer_key_content=None, no
         raise CAError("no signing key: %s is absent and signer_key_content is not given"
                       % os.path.join(path, CA_KEY if ca.inter is not None else ROOT_KEY))
 
-    csr = _load_csr(csr_pem)
-    public_key = csr.public_key()
+    csr = _load_csr(csr_pem, identity)
     try:
-        names = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
-    except x509.ExtensionNotFound:
-        names = []
-    except x509.DuplicateExtension:
-        raise CAError("csr: more than one subjectAltName extension; refused") from None
-    wanted = [x509.UniformResourceIdentifier(identity)]
-    if names != wanted:
-        asked = ", ".join("%s:%s" % (type(n).__name__, n.value) for n in names) or "nothing"
-        raise CAError("csr: asks for subjectAltName %s, but this workload's identity is URI:%s; refused (the CA "
-                      "signs only the identity the inventory assigns)" % (asked, identity))
-
-    if issuer.not_valid_after_utc <= now:
-        raise CAError("%s expired on %s; renew or rotate the CA (vmesh.mesh.ca)"
-                      % (os.path.join(path, issuer_file), iso(issuer.not_valid_after_utc)))
-    # A leaf never outlives its issuer: the renewal check on the VM then sees the shorter life.
-    not_after = min(now + datetime.timedelta(hours=lifetime_hours), issuer.not_valid_after_utc)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain)]))
-            .issuer_name(issuer.subject).public_key(public_key).serial_number(_serial())
-            .not_valid_before(now - CLOCK_SKEW).not_valid_after(not_after)
-            .add_extension(x509.SubjectAlternativeName(wanted), critical=False)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_aki_for(issuer), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        not_before, not_after = policy.workload_validity(now, lifetime_hours, issuer.not_valid_after_utc,
+                                                         os.path.join(path, issuer_file))
+    except HostError as exc:
+        raise CAError("%s; renew or rotate the CA (vmesh.mesh.ca)" % exc) from None
+    name = x509.Name([x509.NameAttribute(_SUBJECT_OIDS[kind], value) for kind, value in subject])
+    cert = (_leaf_builder(policy.WORKLOAD, [x509.UniformResourceIdentifier(identity)], name, issuer,
+                          csr.public_key(), not_before, not_after)
             .sign(issuer_key, hashes.SHA256()))
     leaf = cert_pem(cert).decode("ascii")
     return {"certificate": leaf, "chain": leaf + ca.chain(), "serial": format(cert.serial_number, "x"),
@@ -712,9 +721,10 @@ def sign_intermediate(path, csr_pem, trust_domain="cluster.local", common_name=N
     nothing is signed either. Returns certificate (PEM; empty when one would be issued in check mode), issued
     (bool), reasons, serial (hex), not_after (ISO 8601 UTC), fingerprint and trust_bundle (the CA's roots)."""
     now = now or _now()
-    if not re.match(r"^[a-z0-9._-]+$", trust_domain or ""):
-        raise CAError("trust_domain %r: use lower-case letters, digits, '.', '-' and '_' (a SPIFFE trust domain)"
-                      % (trust_domain,))
+    try:
+        policy.check_trust_domain(trust_domain)
+    except HostError as exc:
+        raise CAError(str(exc)) from None
     if days <= 0:
         raise CAError("days must be positive, got %s" % days)
     common_name = common_name or ONLINE_CA_NAME % trust_domain

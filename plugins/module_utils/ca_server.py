@@ -18,9 +18,11 @@ The renewal agent on the VM (``vmesh-renew``) asks::
 and gets ``{"chain": "<leaf + intermediate PEM>", "serial": ..., "not_after": ...}`` when every check passes: the
 node is registered; the signature verifies with its registered key; ``time`` is within ``max_skew_seconds`` of
 this host's clock; the nonce was not seen within ``nonce_ttl_seconds`` (replay); the node asked fewer than
-``max_requests_per_node`` times within that window; the CSR's self-signature verifies and its subjectAltName is
-exactly ``URI:<the node's registered identity>``. The certificate is made by ``openssl ca`` with the intermediate
-CA whose key was born on this host; only the CSR's public key is taken from it, and it is recorded in
+``max_requests_per_node`` times within that window; the CSR is one the mesh's certificate policy (policy.py, which
+the controller's signer applies too) lets a workload have -- a key of the rule, subjectAltName exactly
+``URI:<the node's registered identity>``, in this server's trust domain -- and its self-signature verifies. The
+certificate, policy.py's too, is made by ``openssl ca`` with the intermediate CA whose key was born on this host;
+only the CSR's public key is taken from it, and it is recorded in
 ``issued.log`` before it is handed out. Every refusal is a 4xx with a one-line reason in ``{"error": ...}``, and a
 journal line naming the client's address and the node the request claims. Other endpoints: ``GET /v1/ca`` (the
 intermediate, so an agent sees when it changed) and ``GET /healthz``.
@@ -82,7 +84,8 @@ import threading
 import time
 import traceback
 
-from ansible_collections.vmesh.mesh.plugins.module_utils import certs
+from ansible_collections.vmesh.mesh.plugins.module_utils import certs, policy
+from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
 
 NAME = "vmesh-ca-server"
 INTERMEDIATE_KEY = "intermediate-key.pem"
@@ -118,7 +121,6 @@ NODE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,252}$")
 NONCE_RE = re.compile(r"^[0-9a-f]{32,128}$")
 DNS_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
                     r"[A-Za-z0-9])?)*$")
-CLOCK_SKEW = datetime.timedelta(minutes=5)
 #: The TLS certificate is renewed when less than this fraction of its life is left; checked this often.
 TLS_RENEW_RATIO = 0.5
 MAINTENANCE_SECONDS = 600
@@ -185,7 +187,7 @@ def load_config(path):
     if unknown:
         raise ConfigError("%s: unknown settings %s" % (path, ", ".join(unknown)))
     cfg = dict(DEFAULTS, **given)
-    for name in ("port", "lifetime_hours", "tls_days", "max_skew_seconds", "nonce_ttl_seconds",
+    for name in ("port", "tls_days", "max_skew_seconds", "nonce_ttl_seconds",
                  "max_requests_per_node", "max_body_bytes", "max_header_bytes", "timeout_seconds",
                  "max_connections", "max_connections_per_client"):
         if not isinstance(cfg[name], int) or isinstance(cfg[name], bool) or cfg[name] <= 0:
@@ -193,13 +195,16 @@ def load_config(path):
     if cfg["nonce_ttl_seconds"] < 2 * cfg["max_skew_seconds"]:
         raise ConfigError("%s: nonce_ttl_seconds must be at least twice max_skew_seconds, or a request could be "
                           "replayed once its nonce is forgotten" % path)
-    if not re.match(r"^[a-z0-9._-]+$", str(cfg["trust_domain"])):
-        raise ConfigError("%s: trust_domain %r is not a SPIFFE trust domain" % (path, cfg["trust_domain"]))
+    try:
+        policy.check_trust_domain(cfg["trust_domain"])
+        policy.check_lifetime(cfg["lifetime_hours"])
+    except HostError as exc:
+        raise ConfigError("%s: %s" % (path, exc)) from None
     cfg["server_identity"] = cfg["server_identity"] or "spiffe://%s/ns/istio-system/sa/vmesh-ca" % cfg["trust_domain"]
     cfg["common_name"] = cfg["common_name"] or "vmesh CA server (%s)" % cfg["trust_domain"]
     try:
-        certs.parse_identity(cfg["server_identity"])
-    except certs.CertError as exc:
+        policy.identity_in(cfg["server_identity"], cfg["trust_domain"])
+    except HostError as exc:
         raise ConfigError("%s: server_identity: %s" % (path, exc)) from None
     if not re.match(r"^[A-Za-z0-9 ._()-]{1,64}$", cfg["common_name"]):
         raise ConfigError("%s: common_name %r: letters, digits, spaces and ._()- only" % (path, cfg["common_name"]))
@@ -297,20 +302,23 @@ class CA:
                 None, "the intermediate's CSR")
         try:
             current = self._read(INTERMEDIATE_CERT, "")
-        except certs.CertError:
+        except HostError:
             current = ""
         return {"csr": csr, "current": current}
 
-    def sign(self, csr_pem, extensions, lifetime, what):
-        """A certificate for the public key of ``csr_pem`` (checked by the caller) from the intermediate: subject
-        ``O=<trust domain>``, ``extensions`` (lines of an openssl extension section, all values checked), valid
-        from 5 minutes ago for ``lifetime`` (never beyond the intermediate). Returns (leaf PEM, chain PEM)."""
+    def sign(self, csr_pem, identity, profile, names, lifetime, what):
+        """A certificate for the public key of ``csr_pem`` (checked by the caller) from the intermediate, by
+        policy.py: subject and extensions of ``profile`` for ``identity`` and the subjectAltName ``names``, valid
+        from policy.BACKDATE ago for ``lifetime`` (a timedelta; never beyond the intermediate). Returns (leaf PEM,
+        chain PEM)."""
         inter_pem, inter = self.intermediate()
-        now = _utc_now()
-        if inter.not_after <= now:
-            raise Refused(503, "the CA server's intermediate expired on %s; run the ca_server role (Ansible) to "
-                               "renew it" % certs.iso(inter.not_after))
-        not_after = min(now + lifetime, inter.not_after)
+        try:
+            not_before, not_after = policy.validity(_utc_now(), lifetime, inter.not_after,
+                                                    "the CA server's intermediate")
+            extensions = policy.openssl_extensions(profile, names)
+            subject = "".join("/%s=%s" % pair for pair in policy.subject(identity))
+        except HostError as exc:
+            raise Refused(503, "%s; run the ca_server role (Ansible) to renew it" % exc) from None
         with tempfile.TemporaryDirectory(prefix="vmesh-ca-sign-") as tmp:
             open(os.path.join(tmp, "index.txt"), "w", encoding="ascii").close()  # openssl ca's database
             with open(os.path.join(tmp, "csr.pem"), "w", encoding="ascii") as handle:
@@ -324,22 +332,15 @@ class CA:
             self.openssl.command(
                 ["ca", "-batch", "-config", os.path.join(tmp, "ca.cnf"), "-extensions", "ext", "-notext",
                  "-cert", self.path(INTERMEDIATE_CERT), "-keyfile", self.path(INTERMEDIATE_KEY),
-                 "-in", os.path.join(tmp, "csr.pem"), "-out", os.path.join(tmp, "cert.pem"),
-                 "-subj", "/O=%s" % self.cfg["trust_domain"],
-                 "-startdate", _asn1_time(now - CLOCK_SKEW), "-enddate", _asn1_time(not_after)], None, what)
+                 "-in", os.path.join(tmp, "csr.pem"), "-out", os.path.join(tmp, "cert.pem"), "-subj", subject,
+                 "-startdate", _asn1_time(not_before), "-enddate", _asn1_time(not_after)], None, what)
             with open(os.path.join(tmp, "cert.pem"), encoding="ascii") as handle:
                 leaf = certs.normalize_certs(handle.read(), what)
         return leaf, leaf + inter_pem
 
     def sign_workload(self, csr_pem, identity):
-        return self.sign(csr_pem, [
-            "basicConstraints = critical,CA:FALSE",
-            "keyUsage = critical,digitalSignature,keyEncipherment",
-            "extendedKeyUsage = serverAuth,clientAuth",
-            "subjectAltName = URI:%s" % identity,  # checked by certs.parse_identity: no ',' '$' or newline
-            "authorityKeyIdentifier = keyid",
-            "subjectKeyIdentifier = hash",
-        ], datetime.timedelta(hours=self.cfg["lifetime_hours"]), "signing for %s" % identity)
+        return self.sign(csr_pem, identity, policy.WORKLOAD, ["URI:%s" % identity],
+                         datetime.timedelta(hours=self.cfg["lifetime_hours"]), "signing for %s" % identity)
 
     # --- the server's own TLS certificate ---
 
@@ -363,11 +364,11 @@ class CA:
         """Why the TLS certificate must be (re)issued; empty when it can stay."""
         try:
             chain = self._read(TLS_CERT, "")
-        except certs.CertError:
+        except HostError:
             return ["missing"]
         try:
             info = self.openssl.info(chain, self.path(TLS_CERT))
-        except certs.CertError:
+        except HostError:
             return ["unreadable"]
         reasons = []
         if not certs.key_matches(self.openssl, self.path(TLS_KEY), chain):
@@ -394,14 +395,8 @@ class CA:
         csr = self.openssl.new_csr(self.path(TLS_KEY), self.cfg["server_identity"], "the TLS certificate's CSR")
         names = ["URI:%s" % self.cfg["server_identity"]] + sorted(
             ("IP:%s" if kind == "IP" else "DNS:%s") % value for kind, value in self.tls_names() if kind != "URI")
-        _, chain = self.sign(csr, [
-            "basicConstraints = critical,CA:FALSE",
-            "keyUsage = critical,digitalSignature,keyEncipherment",
-            "extendedKeyUsage = serverAuth",
-            "subjectAltName = %s" % ",".join(names),  # every value checked by load_config
-            "authorityKeyIdentifier = keyid",
-            "subjectKeyIdentifier = hash",
-        ], datetime.timedelta(days=self.cfg["tls_days"]), "the TLS certificate")
+        _, chain = self.sign(csr, self.cfg["server_identity"], policy.SERVER_TLS, names,  # checked by load_config
+                             datetime.timedelta(days=self.cfg["tls_days"]), "the TLS certificate")
         self.openssl.verify(chain, self.bundle(), "the TLS certificate")
         info = self.openssl.info(chain, "the TLS certificate")
         self.issued.record(time=certs.iso(_utc_now()), kind="server-tls", serial=info.serial,
@@ -431,7 +426,7 @@ class Nonces:
             data = certs.read_file(path)
             loaded = json.loads(data) if data is not None else {}
             self.seen = {str(k): float(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
-        except (certs.CertError, ValueError, TypeError, AttributeError) as exc:
+        except (HostError, ValueError, TypeError, AttributeError) as exc:
             log("warning", "%s: unreadable (%s); starting with no nonces, requests older than %d s are refused "
                            "anyway" % (path, exc, ttl))
 
@@ -569,15 +564,15 @@ class Signer:
             if raw is None:
                 return None
             data = json.loads(raw)
-        except (certs.CertError, ValueError) as exc:
+        except (HostError, ValueError) as exc:
             log("error", "%s: unreadable: %s" % (path, exc))
             return None
         if not isinstance(data, dict) or not isinstance(data.get("public_key"), str):
             log("error", "%s: no public_key" % path)
             return None
         try:
-            certs.parse_identity(data.get("identity"))
-        except certs.CertError as exc:
+            policy.identity_in(data.get("identity"), self.cfg["trust_domain"])
+        except HostError as exc:
             log("error", "%s: %s" % (path, exc))
             return None
         return data
@@ -626,47 +621,25 @@ class Signer:
         return node, identity, {"chain": chain, "serial": info.serial, "not_after": certs.iso(info.not_after)}
 
     def check_csr(self, csr, identity):
-        """The CSR in canonical PEM, when its self-signature verifies, its key is EC or RSA >= 2048 and its
-        subjectAltName is exactly ``URI:<identity>``; raises :class:`Refused` otherwise."""
-        ders = certs.pem_blocks(csr, "CERTIFICATE REQUEST")
-        if len(ders) != 1:
-            raise Refused(400, "csr: expected one PEM certificate request")
-        pem = certs.to_pem(ders, "CERTIFICATE REQUEST")
+        """The CSR in canonical PEM, when policy.py lets a workload of ``identity`` have it (in this server's trust
+        domain) and its self-signature verifies; raises :class:`Refused` otherwise (400: unreadable, 403: asks for
+        what it may not have)."""
+        if not isinstance(csr, str):
+            raise Refused(400, "csr: must be a PEM string")
+        try:
+            pem = policy.check_workload_csr(csr, identity, self.cfg["trust_domain"]).pem
+        except policy.PolicyError as exc:
+            raise Refused(400 if exc.malformed else 403, str(exc)) from None
         with tempfile.TemporaryDirectory(prefix="vmesh-ca-csr-") as tmp:
             path = os.path.join(tmp, "csr.pem")
             with open(path, "w", encoding="ascii") as handle:
                 handle.write(pem)
-            rc, out, err = self.ca.openssl.run(["req", "-in", path, "-noout", "-verify", "-text"])
+            rc, out, err = self.ca.openssl.run(["req", "-in", path, "-noout", "-verify"])
         # OpenSSL 3.0 exits 0 even when the self-signature fails: read what it says.
         said = (out or "") + (err or "")
         if rc != 0 or "verify OK" not in said or "verify failure" in said:
             raise Refused(400, "csr: its self-signature does not verify (or it is not a certificate request)")
-        algorithm = re.search(r"Public Key Algorithm: (\S+)", out)
-        bits = re.search(r"Public-Key: \((\d+) bit\)", out)
-        if not algorithm or algorithm.group(1) not in ("id-ecPublicKey", "rsaEncryption"):
-            raise Refused(400, "csr: only EC and RSA keys are signed")
-        if algorithm.group(1) == "rsaEncryption" and (not bits or int(bits.group(1)) < 2048):
-            raise Refused(400, "csr: an RSA key needs at least 2048 bits")
-        asked = _csr_names(out)
-        if asked != ["URI:" + identity]:
-            raise Refused(403, "csr: asks for subjectAltName %s, but this node may only have URI:%s"
-                               % (", ".join(asked) or "nothing", identity))
         return pem
-
-
-def _csr_names(text):
-    """The subjectAltName entries of ``openssl req -text``: one list per extension, flattened; an extension given
-    twice gives its entries twice (and so never equals a single identity)."""
-    lines = text.splitlines()
-    names = []
-    for i, line in enumerate(lines):
-        if line.strip().startswith("X509v3 Subject Alternative Name:"):
-            indent = len(line) - len(line.lstrip())
-            for value in lines[i + 1:]:
-                if len(value) - len(value.lstrip()) <= indent:
-                    break
-                names.extend(item.strip() for item in value.strip().split(", "))
-    return names
 
 
 # --- connections: caps and deadlines -------------------------------------------------------------------------------
@@ -900,7 +873,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif self.path == "/v1/ca":
             try:
                 pem, info = app.ca.intermediate()
-            except certs.CertError as exc:
+            except HostError as exc:
                 log("error", exc)
                 self._reply(503, {"error": "the CA server has no intermediate; see its journal"})
                 return
@@ -921,7 +894,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except Refused as exc:
             self._refuse(exc, claimed["node"])
             return
-        except certs.CertError as exc:
+        except HostError as exc:
             log("error", "%s node=%s: signing failed: %s" % (peer, claimed["node"], exc))
             self._reply(500, {"error": "signing failed on the CA server; see its journal"})
             return
@@ -1055,7 +1028,7 @@ def serve(cfg):
         while not stop.wait(MAINTENANCE_SECONDS):
             try:
                 app.maintain()
-            except (certs.CertError, Refused, OSError, ssl.SSLError) as exc:
+            except (HostError, Refused, OSError, ssl.SSLError) as exc:
                 log("error", "maintenance: %s" % exc)
 
     threading.Thread(target=maintenance, name="maintenance", daemon=True).start()
@@ -1090,7 +1063,7 @@ def main(argv=None):
     except ConfigError as exc:
         log("error", exc)
         return 2
-    except (certs.CertError, Refused) as exc:
+    except (HostError, Refused) as exc:
         log("error", exc)
         return 1
     except OSError as exc:

@@ -37,11 +37,9 @@ Failures raise :class:`CertError`; nothing here calls ``fail_json``.
 
 from __future__ import annotations
 
-import base64
 import datetime
 import errno
 import grp
-import hashlib
 import os
 import pwd
 import re
@@ -51,6 +49,11 @@ import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
+
+from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
+from ansible_collections.vmesh.mesh.plugins.module_utils.pem import blocks as pem_blocks, encode as to_pem
+from ansible_collections.vmesh.mesh.plugins.module_utils.pem import fingerprints, normalize_certs
+from ansible_collections.vmesh.mesh.plugins.module_utils.policy import parse_identity
 
 CHAIN = "cert-chain.pem"
 KEY = "key.pem"
@@ -71,65 +74,14 @@ MAX_FILE_BYTES = 1 << 20
 
 #: ``..<YYYYmmddTHHMMSS>.<6 hex>``: one version of the files.
 VERSION_RE = re.compile(r"^\.\.\d{8}T\d{6}\.[0-9a-f]{6}$")
-#: Istio's workload identity. Trust domain and path segments in SPIFFE's character set, no commas or slashes, so
-#: the URI is safe in ``-subj`` and ``-addext`` arguments.
-IDENTITY_RE = re.compile(r"^spiffe://([a-z0-9._-]+)/ns/([A-Za-z0-9._-]+)/sa/([A-Za-z0-9._-]+)$")
-_PEM_RE = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\s*(.*?)\s*-----END \1-----", re.S)
 _TIMEOUT = 60
 
 
-class CertError(Exception):
+class CertError(HostError):
     pass
 
 
-# --- identities and PEM ---------------------------------------------------------------------------------------
-
-
-def parse_identity(identity):
-    """(trust domain, namespace, service account) of a SPIFFE URI ``spiffe://<td>/ns/<ns>/sa/<sa>``."""
-    match = IDENTITY_RE.match(identity or "")
-    if not match:
-        raise CertError("identity %r is not a SPIFFE URI of the form spiffe://<trust domain>/ns/<namespace>/sa/"
-                        "<service account>" % (identity,))
-    return match.groups()
-
-
-def pem_blocks(text, label="CERTIFICATE"):
-    """DER bytes of every ``label`` block in ``text`` (str or bytes), in order."""
-    if isinstance(text, bytes):
-        text = text.decode("ascii", "replace")
-    blocks = []
-    for kind, body in _PEM_RE.findall(text or ""):
-        if kind != label:
-            continue
-        try:
-            blocks.append(base64.b64decode("".join(body.split()), validate=True))
-        except ValueError:
-            raise CertError("a %s block is not valid base64" % label) from None
-    return blocks
-
-
-def to_pem(ders, label="CERTIFICATE"):
-    """Canonical PEM: 64-column base64, one block after the other, a final newline; "" for no blocks."""
-    out = []
-    for der in ders:
-        b64 = base64.b64encode(der).decode("ascii")
-        out.append("-----BEGIN %s-----\n%s\n-----END %s-----\n"
-                   % (label, "\n".join(b64[i:i + 64] for i in range(0, len(b64), 64)), label))
-    return "".join(out)
-
-
-def normalize_certs(text, what):
-    """The certificates of ``text`` in canonical PEM; raises if there is none."""
-    ders = pem_blocks(text)
-    if not ders:
-        raise CertError("%s holds no PEM certificate" % what)
-    return to_pem(ders)
-
-
-def fingerprints(text):
-    """sha256 hex of the DER of each certificate in ``text``, in order."""
-    return [hashlib.sha256(der).hexdigest() for der in pem_blocks(text)]
+# --- identities and PEM: policy.py and pem.py (imported above for this file's users) ------------------------------
 
 
 def iso(moment):

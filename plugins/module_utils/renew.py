@@ -57,6 +57,7 @@ import time
 import urllib.parse
 
 from ansible_collections.vmesh.mesh.plugins.module_utils import certs
+from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
 
 NAME = "vmesh-renew"
 REQUIRED = ("server", "node", "cert_dir", "identity")
@@ -106,7 +107,7 @@ def load_config(path):
         trust_domain = certs.parse_identity(cfg["identity"])[0]
         cfg["server_identity"] = cfg["server_identity"] or "spiffe://%s/ns/istio-system/sa/vmesh-ca" % trust_domain
         certs.parse_identity(cfg["server_identity"])
-    except certs.CertError as exc:
+    except HostError as exc:
         raise ConfigError("%s: %s" % (path, exc)) from None
     if not isinstance(cfg["renew_ratio"], (int, float)) or not 0 < cfg["renew_ratio"] <= 1:
         raise ConfigError("%s: renew_ratio must be in (0, 1], got %r" % (path, cfg["renew_ratio"]))
@@ -172,13 +173,13 @@ class Server:
     def sign(self, csr, node_key, openssl):
         try:
             certs.check_private_file(node_key, "the node key")  # handed to openssl by its path: no link, no swap
-        except certs.CertError as exc:
+        except HostError as exc:
             raise Failed(str(exc)) from None
         payload = json.dumps({"node": self.cfg["node"], "csr": csr, "time": int(time.time()),
                               "nonce": secrets.token_hex(16)}, sort_keys=True).encode("utf-8")
         try:
             signature = openssl.sign(node_key, payload, "signing the request with the node key %s" % node_key)
-        except certs.CertError as exc:
+        except HostError as exc:
             raise Failed(str(exc)) from None
         body = json.dumps({"request": base64.b64encode(payload).decode("ascii"),
                            "signature": base64.b64encode(signature).decode("ascii")})
@@ -277,7 +278,7 @@ def main(argv=None):
     try:
         with renewal_lock(cfg["cert_dir"]):
             status = run(cfg, force=args.force)
-    except (Failed, certs.CertError) as exc:
+    except (Failed, HostError) as exc:
         log("error", "renewal failed: %s" % exc)
         return 1
     print(status, flush=True)  # stdout: the journal under systemd, the task's result under Ansible

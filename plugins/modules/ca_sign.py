@@ -13,8 +13,11 @@ description:
   - 'Signs a CSR made on a VM by M(vmesh.mesh.workload_key) with the CA in O(path) (see M(vmesh.mesh.ca)): with the
     intermediate C(ca-cert.pem) when there is one, else with the root. Run it where the CA lives
     (C(delegate_to: localhost)).'
-  - Refuses a CSR whose signature is invalid, or whose subjectAltName is not exactly the one URI O(identity).
-    The CA signs only the identity the inventory assigns, whatever the VM asks for.
+  - Refuses a CSR whose signature is invalid, whose key is neither EC (P-256, P-384) nor RSA of 2048 to 8192 bits,
+    that is not exactly one PEM certificate request, or whose subjectAltName is not exactly the one URI
+    O(identity). The CA signs only the identity the inventory assigns, whatever the VM asks for.
+  - This is the mesh's one certificate policy (C(plugins/module_utils/policy.py)), which the online CA server of
+    the C(vmesh.mesh.ca_server) role applies too.
   - 'The certificate: X.509 v3, random 128-bit serial, valid from 5 minutes ago (clock skew) for
     O(lifetime_hours) (never beyond the issuer), subject C(O=<trust domain of identity>), subjectAltName
     C(URI:<identity>) (not critical, as the subject is not empty), keyUsage digitalSignature and
@@ -28,7 +31,7 @@ options:
     type: str
     required: true
   lifetime_hours:
-    description: Lifetime of the certificate, in hours.
+    description: Lifetime of the certificate, in hours, from 1 to 2160 (90 days, Istio's default maximum).
     type: int
     default: 24
   signer_key_content:

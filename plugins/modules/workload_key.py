@@ -117,6 +117,7 @@ identity:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
 from ansible_collections.vmesh.mesh.plugins.module_utils.certs import CertError, Openssl, ignored_owner, parse_identity, prepare_pending
 from ansible_collections.vmesh.mesh.plugins.module_utils.certs import renewal_reasons, resolve_group, state
 
@@ -135,7 +136,7 @@ def argument_spec():
 
 def openssl_for(module):
     def run(argv, data=None):
-        # rc is checked by vmesh_certs, which raises CertError with openssl's message.
+        # rc is checked by certs.py, which raises CertError with openssl's message.
         return module.run_command(argv, data=data, binary_data=True, environ_update={"LC_ALL": "C"},
                                   check_rc=False)
     return Openssl(run=run, binary=module.get_bin_path("openssl", required=True))
@@ -171,7 +172,7 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     try:
         result = ensure(module)
-    except CertError as exc:
+    except HostError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)
 
