@@ -24,6 +24,14 @@ if ((${#missing[@]})); then
   systemctl disable --now nginx >/dev/null 2>&1 || true
 fi
 
+# Every test VM's systemd and Envoy, and every Envoy of the network-namespace tests, take inotify instances of
+# the one root user; Debian's default of 128 runs out with a lab and tests at once (Envoy then aborts with
+# "inotify_fd_ >= 0"). Raised for this boot only, and only when lower.
+inotify=/proc/sys/fs/inotify/max_user_instances
+if [[ -w $inotify && $(cat "$inotify") -lt 1024 ]]; then
+  echo 1024 > "$inotify" && echo "setup: fs.inotify.max_user_instances raised to 1024 for the lab"
+fi
+
 PYTHON=${PYTHON:-python3}
 stamp=.venv/.vmesh-installed
 want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
