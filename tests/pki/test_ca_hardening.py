@@ -30,10 +30,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from test_pki_modules import IDENTITY, ROOT, ext, mode, ok, openssl, play
-from test_renewal import SERVER_ID, Running, body, ca_server, call, new_csr, new_key, register, server_cli
-from test_renewal import pki, server  # noqa: F401  (fixtures)
-from test_renewal import tls_context, verify_chain
+from pki_helpers import IDENTITY, ROOT, SERVER_ID, Running, body, ca_server, call, ext, mode, new_csr, new_key, ok
+from pki_helpers import openssl, play, register, server_cli, tls_context, verify_chain
 
 # --- the intermediate's name constraints ---------------------------------------------------------------------------
 

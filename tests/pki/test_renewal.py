@@ -10,7 +10,6 @@ run through ansible-playbook on localhost as the ca_server role chains them. Eve
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime
 import http.client
 import json
@@ -18,16 +17,11 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import jinja2
 import pytest
 from ansible_collections.vmesh.mesh.plugins.lookup.node_source import closure
 from ansible_collections.vmesh.mesh.plugins.module_utils import ca as ca_module
@@ -35,232 +29,10 @@ from ansible_collections.vmesh.mesh.plugins.module_utils import policy
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
-from test_pki_modules import GROUP, IDENTITY, OWNER, ROOT, assert_no_private_key, count_certs, ext, mode, ok, play
-from test_pki_modules import _user_root, openssl
-
-# What runs on the VMs and the CA server: the system python3, like there.
-TARGET_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-INSTALLS = ROOT / ".cache" / "node-install"
-CODE = ("ansible_collections", "vmesh", "mesh", "plugins", "module_utils")
-
-
-def install_program(name: str, home: Path, lib: Path, template: Path, **variables) -> Path:
-    """Install module_utils/<name>.py as its role does: the node_source lookup's files (it and what it imports)
-    in ``lib`` laid out as the collection, and the role's launcher template rendered in ``home/bin``; returns the
-    launcher. Nothing else is on its path: it runs with ``python3 -I``, as on a VM."""
-    shutil.rmtree(home, ignore_errors=True)
-    code = lib.joinpath(*CODE)
-    code.mkdir(parents=True)
-    for file_name, text in closure([name]).items():  # what the lookup returns (test_node_source_ships_...)
-        (code / file_name).write_text(text)
-    launcher = home / "bin" / template.name.removesuffix(".j2")
-    launcher.parent.mkdir(parents=True)
-    launcher.write_text(jinja2.Template(template.read_text(), keep_trailing_newline=True).render(
-        ansible_managed="Ansible managed (test)", **variables))
-    launcher.chmod(0o755)
-    return launcher
-
-
-SERVER = install_program("ca_server", INSTALLS / "vmesh-ca", INSTALLS / "vmesh-ca" / "lib",
-                         ROOT / "roles" / "ca_server" / "templates" / "vmesh-ca-server.j2",
-                         ca_server_install_dir=str(INSTALLS / "vmesh-ca"))
-AGENT = install_program("renew", INSTALLS / "vmesh", INSTALLS / "vmesh" / "lib" / "renew",
-                        ROOT / "roles" / "identity" / "templates" / "vmesh-renew.j2",
-                        __identity_renewal_lib=str(INSTALLS / "vmesh" / "lib" / "renew"))
-ENV = dict(os.environ, LC_ALL="C")
-OTHER = "spiffe://cluster.local/ns/default/sa/ratings"
-SERVER_ID = "spiffe://cluster.local/ns/istio-system/sa/vmesh-ca"
-
-
-# --- the CA, as the ca_server role makes it ------------------------------------------------------------------------
-
-
-def write_server_config(path: Path, state: Path, port: int = 0, **settings) -> Path:
-    path.write_text(json.dumps({"listen": "127.0.0.1", "port": port or 1, "state_dir": str(state),
-                                "server_names": ["127.0.0.1"], **settings}))
-    return path
-
-
-def server_cli(config: Path, *command: str) -> subprocess.CompletedProcess:
-    return subprocess.run([TARGET_PYTHON, "-I", str(SERVER), "--config", str(config), *command], capture_output=True,
-                          text=True, env=ENV, timeout=60)
-
-
-def ca_server_tasks(ca: Path, state: Path, config: Path) -> list[dict]:
-    """The ca_server role's steps on one host: root (r0), the intermediate's key born in the state dir (r1), its
-    CSR and the certificate in force (r2), the root signs (r3), the certificate and the bundle installed (r4, r5)."""
-    request = "(r2.stdout | from_json)"
-    return [
-        {"vmesh.mesh.ca": {"path": str(ca)}},
-        {"vmesh.mesh.node_key": {"path": str(state / "intermediate-key.pem"), "owner": OWNER, "group": GROUP}},
-        {"ansible.builtin.command": {"argv": [TARGET_PYTHON, "-I", str(SERVER), "--config", str(config),
-                                              "intermediate-request"]},
-         "changed_when": False, "check_mode": False},
-        {"vmesh.mesh.ca_sign_intermediate": {"path": str(ca), "csr": "{{ %s.csr }}" % request,
-                                        "current": "{{ %s.current }}" % request, "name_constraints": True,
-                                        "server_names": ["127.0.0.1"]}},
-        {"ansible.builtin.copy": {"content": "{{ r3.certificate }}", "dest": str(state / "intermediate-cert.pem"),
-                                  "mode": "0644"}},
-        {"ansible.builtin.copy": {"content": "{{ r3.trust_bundle }}", "dest": str(state / "root-cert.pem"),
-                                  "mode": "0644"}},
-    ]
-
-
-@dataclass
-class Pki:
-    base: Path
-    ca: Path
-    state: Path
-    config: Path
-    bundle: Path
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> Pki:
-    base = tmp_path_factory.mktemp("pki")
-    ca, state = base / "ca", base / "state"
-    state.mkdir(mode=0o700)
-    (state / "nodes").mkdir(mode=0o700)
-    config = write_server_config(base / "server.json", state)
-    results = [ok(r) for r in play(base, ca_server_tasks(ca, state, config))]
-    assert results[3]["issued"] is True and results[3]["reasons"] == ["missing"]
-    tls = server_cli(config, "tls")
-    assert tls.returncode == 0 and tls.stdout == "issued: missing\n", tls.stderr
-    return Pki(base=base, ca=ca, state=state, config=config, bundle=state / "root-cert.pem")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Running:
-    port: int
-    log: Path
-    state: Path
-    bundle: Path
-
-    def log_text(self) -> str:
-        return self.log.read_text()
-
-    def signed(self) -> int:
-        return self.log_text().count(" signed serial=")
-
-
-def tls_context(bundle: Path) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(bundle))
-
-
-def call(running: Running, method: str, path: str, body: bytes | None = None,
-         declared_length: int | None = None) -> tuple[int, dict]:
-    """(status, JSON answer) of one request; ``declared_length`` sends only headers announcing that many bytes."""
-    conn = http.client.HTTPSConnection("127.0.0.1", running.port, context=tls_context(running.bundle), timeout=10)
-    try:
-        if declared_length is None:
-            conn.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
-        else:
-            conn.putrequest(method, path)
-            conn.putheader("Content-Length", str(declared_length))
-            conn.endheaders()
-        response = conn.getresponse()
-        return response.status, json.loads(response.read() or b"{}")
-    finally:
-        conn.close()
-
-
-@contextlib.contextmanager
-def ca_server(pki: Pki, state: Path | None = None, **settings):
-    """The server on 127.0.0.1:<free port> with ``state`` (the shared one by default), stopped afterwards."""
-    state = state or pki.state
-    port = free_port()
-    config = write_server_config(state.parent / f"server-{port}.json", state, port, **settings)
-    log = state.parent / f"server-{port}.log"
-    with open(log, "w") as handle:
-        proc = subprocess.Popen([TARGET_PYTHON, "-I", str(SERVER), "--config", str(config), "serve"], stdout=handle,
-                                stderr=subprocess.STDOUT, env=ENV)
-    running = Running(port=port, log=log, state=state, bundle=state / "root-cert.pem")
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert proc.poll() is None, log.read_text()
-            with contextlib.suppress(OSError):
-                if call(running, "GET", "/healthz")[0] == 200:
-                    break
-            assert time.monotonic() < deadline, "the CA server did not answer within 15 s: " + log.read_text()
-            time.sleep(0.1)
-        yield running
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def server(pki):
-    with ca_server(pki) as running:
-        yield running
-
-
-# --- nodes and requests, made here independently of the agent ----------------------------------------------------
-
-
-def new_key(path: Path) -> str:
-    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(path))
-    return openssl("pkey", "-in", str(path), "-pubout")
-
-
-def register(state: Path, node: str, identity: str, public_key: str) -> None:
-    (state / "nodes" / f"{node}.json").write_text(json.dumps({"identity": identity, "public_key": public_key}))
-
-
-def new_csr(folder: Path, identity: str, extra: str = "") -> str:
-    key = folder / f"csr-key-{secrets.token_hex(4)}.pem"
-    return openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
-                   str(key), "-subj", "/O=cluster.local", "-addext", f"subjectAltName=URI:{identity}{extra}")
-
-
-def body(node: str, key: Path, csr: str, *, when: float | None = None, nonce: str | None = None,
-         payload: bytes | None = None) -> bytes:
-    """POST /v1/sign's body: the request signed with ``key`` (``openssl dgst -sha256 -sign``)."""
-    payload = payload or json.dumps({"node": node, "csr": csr, "time": int(time.time() if when is None else when),
-                                     "nonce": nonce or secrets.token_hex(16)}).encode()
-    signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(key)], input=payload,
-                               capture_output=True, check=True, timeout=30).stdout
-    return json.dumps({"request": base64.b64encode(payload).decode(),
-                       "signature": base64.b64encode(signature).decode()}).encode()
-
-
-@dataclass
-class Node:
-    name: str
-    key: Path
-    identity: str
-
-
-@pytest.fixture
-def node(pki, request) -> Node:
-    """A node registered on the shared server for IDENTITY, named after the test (requests per node are capped)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)[:60]
-    key = pki.base / f"{name}.key"
-    register(pki.state, name, IDENTITY, new_key(key))
-    return Node(name=name, key=key, identity=IDENTITY)
-
-
-def leaf_of(chain: str) -> str:
-    return re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----\n", chain, re.S)[0]
-
-
-def verify_chain(chain: str, bundle: Path, folder: Path) -> subprocess.CompletedProcess:
-    (folder / "chain.pem").write_text(chain)
-    (folder / "leaf.pem").write_text(leaf_of(chain))
-    return subprocess.run(["openssl", "verify", "-CAfile", str(bundle), "-untrusted", str(folder / "chain.pem"),
-                           str(folder / "leaf.pem")], capture_output=True, text=True, timeout=30)
-
+from pki_helpers import AGENT, ENV, GROUP, IDENTITY, Node, OTHER, OWNER, Pki, ROOT, Running, SERVER, SERVER_ID
+from pki_helpers import TARGET_PYTHON, assert_no_private_key, body, ca_server, ca_server_tasks, call, count_certs
+from pki_helpers import ext, free_port, leaf_of, mode, new_csr, new_key, ok, openssl, play, register, server_cli
+from pki_helpers import tls_context, user_root, verify_chain, write_server_config
 
 # --- the server ----------------------------------------------------------------------------------------------------
 
@@ -372,7 +144,7 @@ def test_server_tls_certificate_names_the_ca_server(pki, server, tmp_path):
     assert ("URI", SERVER_ID) in names and ("IP Address", "127.0.0.1") in names
     assert server_cli(pki.config, "tls").stdout == "ok\n"  # nothing due: nothing issued again
     # a client that trusts another root (another mesh) refuses the server at the handshake
-    other_root, _ = _user_root(tmp_path / "other")
+    other_root, _ = user_root(tmp_path / "other")
     other = ssl.create_default_context(cafile=str(other_root))
     with pytest.raises(ssl.SSLCertVerificationError):
         conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=other, timeout=10)
@@ -433,7 +205,7 @@ def test_agent_renews_a_due_certificate_then_finds_nothing_due(pki, server, tmp_
     assert first.stdout.startswith("renewed: serial ")
     assert "(was %s; expiring, issuer)" % issued[3]["serial"] in first.stdout
     after = in_force(certs)
-    # a new version through the ..data swap: new serial and key, same identity, same bundle, verifies
+    # a new version through the ..data swap: new serial and key, same identity, same bundle
     assert after["version"] != before["version"] and re.fullmatch(r"\.\.\d{8}T\d{6}\.[0-9a-f]{6}", after["version"])
     assert after["chain"] != before["chain"] and after["key"] != before["key"] and after["bundle"] == before["bundle"]
     assert {n: os.readlink(certs / n) for n in ("cert-chain.pem", "key.pem", "root-cert.pem")} == {
@@ -514,7 +286,7 @@ def test_agent_fails_clearly_and_changes_nothing(pki, server, node, tmp_path):
     # a server the installed bundle does not trust (another mesh's root): refused at the handshake
     version = certs / before["version"]
     os.chmod(version / "root-cert.pem", 0o644)
-    (version / "root-cert.pem").write_text(_user_root(tmp_path / "other")[0].read_text())
+    (version / "root-cert.pem").write_text(user_root(tmp_path / "other")[0].read_text())
     untrusted = agent(agent_config(tmp_path, server, certs, node, renew_ratio=0.99))
     assert untrusted.returncode == 1 and "does not verify against the trust bundle" in untrusted.stderr
     # nothing due and the server unreachable: a warning, exit 0
@@ -694,7 +466,7 @@ BAD_CSRS = {
 
 
 def pki_bundle_text(_tmp: Path) -> str:
-    return _user_root(_tmp / "a-cert")[0].read_text()
+    return user_root(_tmp / "a-cert")[0].read_text()
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CSRS))

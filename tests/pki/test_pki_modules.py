@@ -4,150 +4,12 @@
 from __future__ import annotations
 
 import base64
-import grp
 import hashlib
-import itertools
-import json
 import os
-import pwd
 import re
-import stat
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-IDENTITY = "spiffe://cluster.local/ns/default/sa/reviews"
-OWNER = pwd.getpwuid(os.getuid()).pw_name
-GROUP = grp.getgrgid(os.getgid()).gr_name
-_runs = itertools.count()
-
-
-#: A callback that writes every task's result, in order, to $VMESH_TEST_RESULTS (faster than a copy task).
-RECORDER = """
-import json, os
-from ansible.plugins.callback import CallbackBase
-
-class CallbackModule(CallbackBase):
-    CALLBACK_VERSION = 2.0
-    CALLBACK_TYPE = "aggregate"
-    CALLBACK_NAME = "vmesh_record"
-    CALLBACK_NEEDS_ENABLED = True
-
-    def __init__(self):
-        super().__init__()
-        self.results = []
-
-    def _record(self, result, **flags):
-        # ansible-core moves "failed" and "skipped" out of the result into the callback that is called
-        self.results.append(dict(result._result, **flags))
-        with open(os.environ["VMESH_TEST_RESULTS"], "w") as handle:
-            json.dump(self.results, handle)
-
-    def v2_runner_on_ok(self, result):
-        self._record(result)
-
-    def v2_runner_on_failed(self, result, ignore_errors=False):
-        self._record(result, failed=True)
-
-    def v2_runner_on_skipped(self, result):
-        self._record(result, skipped=True)
-"""
-
-
-def play(tmp_path: Path, tasks: list[dict], *, check=False, **variables) -> list[dict]:
-    """Run ``tasks`` in one play on localhost (each registered as r0, r1, ...); return their results in order.
-    Every result is also kept in ``tmp_path/results-*.json`` for :func:`assert_no_private_key`."""
-    run = tmp_path / f"play-{next(_runs)}"
-    run.mkdir()
-    (run / "callback").mkdir()
-    (run / "callback" / "vmesh_record.py").write_text(RECORDER)
-    (run / "vars.json").write_text(json.dumps(variables))
-    registered = [dict(task, register=f"r{i}", ignore_errors=True) for i, task in enumerate(tasks)]
-    doc = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
-            "vars": {"ansible_python_interpreter": sys.executable}, "vars_files": [str(run / "vars.json")],
-            "tasks": registered}]
-    (run / "play.yml").write_text(json.dumps(doc))
-    out = tmp_path / f"results-{run.name}.json"
-    argv = [str(BIN / "ansible-playbook"), "-i", "localhost,", "--diff", str(run / "play.yml")] + ["--check"] * check
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=180,
-                          env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), VMESH_TEST_RESULTS=str(out),
-                                   ANSIBLE_CALLBACK_PLUGINS=str(run / "callback"),
-                                   ANSIBLE_CALLBACKS_ENABLED="vmesh_record"))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    results = json.loads(out.read_text())
-    assert len(results) == len(tasks), proc.stdout
-    return results
-
-
-def ok(result: dict) -> dict:
-    assert not result.get("failed"), result.get("msg")
-    return result
-
-
-def ca_task(path: Path, **options) -> dict:
-    return {"vmesh.mesh.ca": {"path": str(path), **options}}
-
-
-def flow(ca: Path, certs: Path, *, identity=IDENTITY, lifetime=24, ratio=0.5, force=False, ca_options=None,
-         sign_options=None) -> list[dict]:
-    """The tasks of a role: CA (r0), key and CSR on the VM (r1), signing (r2, when needed), install (r3)."""
-    return [
-        ca_task(ca, **(ca_options or {})),
-        {"vmesh.mesh.workload_key": {"path": str(certs), "identity": identity, "group": GROUP,
-                                "issuer": "{{ r0.chain or r0.trust_bundle }}", "renew_ratio": ratio, "force": force}},
-        {"vmesh.mesh.ca_sign": {"path": str(ca), "csr": "{{ r1.csr }}", "identity": identity, "lifetime_hours": lifetime,
-                           **(sign_options or {})},
-         "when": "r1.needed | default(false)"},
-        {"vmesh.mesh.workload_cert": {"path": str(certs), "chain": "{{ r2.chain | default('') }}",
-                                 "trust_bundle": "{{ r0.trust_bundle }}", "group": GROUP}},
-    ]
-
-
-def openssl(*args: str, data: str | None = None) -> str:
-    proc = subprocess.run(["openssl", *args], input=data, capture_output=True, text=True, timeout=30,
-                          env=dict(os.environ, LC_ALL="C"))
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
-def verifies(certs: Path, bundle: Path | None = None) -> bool:
-    """``openssl verify -CAfile bundle -untrusted chain leaf`` with the files in force."""
-    chain = (certs / "cert-chain.pem").read_text()
-    blocks = re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----\n", chain, re.S)
-    (certs.parent / "leaf.pem").write_text(blocks[0])
-    proc = subprocess.run(["openssl", "verify", "-CAfile", str(bundle or certs / "root-cert.pem"), "-untrusted",
-                           str(certs / "cert-chain.pem"), str(certs.parent / "leaf.pem")],
-                          capture_output=True, text=True, timeout=30)
-    return proc.returncode == 0
-
-
-def count_certs(pem: str) -> int:
-    return pem.count("-----BEGIN CERTIFICATE-----")
-
-
-def mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
-
-
-def ext(pem: str, name: str) -> str:
-    return openssl("x509", "-noout", "-ext", name, data=pem)
-
-
-def assert_no_private_key(tmp_path: Path, *key_files: Path) -> None:
-    """No private key appears in any module result of the test: not its PEM, not the base64 lines that hold the
-    private scalar (the last line of an EC key is its public key, which certificates rightly carry), not the
-    scalar in hex."""
-    results = "".join(p.read_text() for p in tmp_path.glob("results-*.json"))
-    assert "PRIVATE KEY" not in results
-    for key in key_files:
-        body = key.read_text().splitlines()[1:-1]
-        for line in body[:-1]:
-            assert line not in results and json.dumps(line)[1:-1] not in results
-        text = openssl("pkey", "-in", str(key), "-noout", "-text")
-        scalar = "".join(re.search(r"priv:\n(.*?)\npub:", text, re.S).group(1).split()).replace(":", "")
-        assert scalar not in results.replace(":", "").lower()
+from pki_helpers import GROUP, IDENTITY, assert_no_private_key, ca_task, count_certs, ext, flow, mode, ok, openssl
+from pki_helpers import play, user_intermediate, user_root, verifies
 
 
 def test_ca_four_steps(tmp_path):
@@ -366,32 +228,9 @@ def test_root_rotation(tmp_path):
     assert_no_private_key(tmp_path, ca / "root-key.pem", ca / "ca-key.pem", certs / "key.pem")
 
 
-def _user_root(folder: Path) -> tuple[Path, Path]:
-    folder.mkdir(exist_ok=True)
-    (folder / "req.cnf").write_text("[req]\ndistinguished_name = dn\n[dn]\n")
-    openssl("req", "-x509", "-config", str(folder / "req.cnf"), "-newkey", "ec", "-pkeyopt",
-            "ec_paramgen_curve:P-256", "-nodes", "-days", "30", "-subj", "/O=Example Corp/CN=Example Root",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-            "-addext", "subjectKeyIdentifier=hash", "-keyout", str(folder / "root.key"),
-            "-out", str(folder / "root.pem"))
-    return folder / "root.pem", folder / "root.key"
-
-
-def _user_intermediate(folder: Path, root: Path, root_key: Path, name="mesh") -> tuple[Path, Path]:
-    (folder / f"{name}.ext").write_text("basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,"
-                                        "cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
-    openssl("req", "-new", "-config", str(folder / "req.cnf"), "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-subj", f"/O=Example Corp/CN=Example {name}", "-keyout", str(folder / f"{name}.key"),
-            "-out", str(folder / f"{name}.csr"))
-    openssl("x509", "-req", "-in", str(folder / f"{name}.csr"), "-CA", str(root), "-CAkey", str(root_key),
-            "-set_serial", "0x" + os.urandom(8).hex(), "-days", "10", "-extfile", str(folder / f"{name}.ext"),
-            "-out", str(folder / f"{name}.pem"))
-    return folder / f"{name}.pem", folder / f"{name}.key"
-
-
-def test_adopt_a_user_root(tmp_path):
+def test_adopt_auser_root(tmp_path):
     ca, certs = tmp_path / "ca", tmp_path / "certs"
-    root, root_key = _user_root(tmp_path / "pki")
+    root, root_key = user_root(tmp_path / "pki")
     options = {"root_cert": str(root), "root_key": str(root_key)}
     (checked,) = play(tmp_path, [ca_task(ca, **options)], check=True)
     assert ok(checked)["changed"] is True and not ca.exists()
@@ -408,7 +247,7 @@ def test_adopt_a_user_root(tmp_path):
     assert ok(again)["changed"] is False
 
     # mistakes are refused with a clear message, and nothing changes
-    other_root, other_key = _user_root(tmp_path / "other")
+    other_root, other_key = user_root(tmp_path / "other")
     results = play(tmp_path, [ca_task(ca, root_cert=str(root), root_key=str(other_key)),
                               ca_task(ca, root_cert=str(other_root), root_key=str(other_key)),
                               ca_task(ca, root_cert=str(certs / "cert-chain.pem"))])
@@ -426,8 +265,8 @@ def test_adopt_a_user_root(tmp_path):
 
 def test_adopt_a_user_intermediate_without_the_root_key(tmp_path):
     ca, certs = tmp_path / "ca", tmp_path / "certs"
-    root, root_key = _user_root(tmp_path / "pki")
-    inter, inter_key = _user_intermediate(tmp_path / "pki", root, root_key)
+    root, root_key = user_root(tmp_path / "pki")
+    inter, inter_key = user_intermediate(tmp_path / "pki", root, root_key)
     options = {"root_cert": str(root), "intermediate_cert": str(inter),
                "intermediate_key_content": inter_key.read_text()}
     applied = [ok(r) for r in play(tmp_path, flow(ca, certs, ca_options=options))]
@@ -437,7 +276,7 @@ def test_adopt_a_user_intermediate_without_the_root_key(tmp_path):
     assert [r["changed"] for r in play(tmp_path, flow(ca, certs, ca_options=options))] == [False] * 4
 
     # the user's next intermediate under the same root: no rotation needed; workloads follow (issuer)
-    inter2, inter2_key = _user_intermediate(tmp_path / "pki", root, root_key, name="mesh2")
+    inter2, inter2_key = user_intermediate(tmp_path / "pki", root, root_key, name="mesh2")
     renewed = {"root_cert": str(root), "intermediate_cert": str(inter2)}
     results = [ok(r) for r in play(tmp_path, flow(ca, certs, ca_options=renewed,
                                                    sign_options={"signer_key_content": inter2_key.read_text()}))]
@@ -445,8 +284,8 @@ def test_adopt_a_user_intermediate_without_the_root_key(tmp_path):
     assert results[1]["reason"] == "issuer" and results[3]["changed"] is True and verifies(certs, root)
 
     # an intermediate the root did not issue is refused
-    stranger_root, stranger_key = _user_root(tmp_path / "stranger")
-    stranger, _ = _user_intermediate(tmp_path / "stranger", stranger_root, stranger_key)
+    stranger_root, stranger_key = user_root(tmp_path / "stranger")
+    stranger, _ = user_intermediate(tmp_path / "stranger", stranger_root, stranger_key)
     (refused,) = play(tmp_path, [ca_task(ca, root_cert=str(root), intermediate_cert=str(stranger))])
     assert refused["failed"] is True and "was not issued by root_cert" in refused["msg"]
     (nokey,) = play(tmp_path, [{"vmesh.mesh.ca_sign": {"path": str(ca), "csr": "x", "identity": IDENTITY}}])
