@@ -1,7 +1,10 @@
 """What the tests share: the paths of this checkout and small helpers every group uses.
 
-Tests import it as ``from harness import ...`` (pyproject.toml's pytest ``pythonpath`` puts ``tests/`` on the
-path); tests never import each other. The modules:
+The tests are grouped by what they need: ``tests/unit`` (neither root nor VMs: the compiler, the CLI, modules on
+this machine, Envoy on loopback), ``tests/netns`` (root and network namespaces: real iptables, real Envoy;
+marker ``netns``), ``tests/vm`` (the podman test VMs; marker ``vm``). They import what they share from here as
+``from harness import ...`` (pyproject.toml's pytest ``pythonpath`` puts ``tests/`` on the path), never from each
+other. The modules:
 
 - ``harness.mesh``: a Bookinfo-shaped inventory as plain host variables, and helpers to compile it;
 - ``harness.netmesh`` and ``harness.netmesh_fixtures``: a multi-host mesh in network namespaces (real Envoy,

@@ -1,4 +1,4 @@
-"""The fixtures every test may use; the shared helpers are in the harness package (tests/harness)."""
+"""Fixtures of the unit tests; what every group shares is in the harness package (tests/harness)."""
 
 from __future__ import annotations
 
