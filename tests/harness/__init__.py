@@ -11,6 +11,7 @@ other. The modules:
   the real redirect) and its pytest fixtures;
 - ``harness.config_push``: the vmesh.mesh.envoy_config module run on this machine, and configs for it;
 - ``harness.preflight``: the preflight playbook run on this machine;
+- ``harness.certs``: a test CA and certificates for the apps and gateways of the traffic tests;
 - ``harness/apps/``: the programs the tests run (backends, clients), standard library only, run by path with
   the system ``python3`` as on a VM.
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ansible_collections.vmesh.mesh.plugins.module_utils import envoy_files  # the module's library, for set-ups
-from certs import make_ca, make_workload
+from harness.certs import make_ca, make_workload
 from harness import BIN, ROOT, free_port
 from harness.mesh import bookinfo_hosts, build
 from vmesh import envoy

@@ -56,7 +56,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import certs
+from harness import certs
 from harness import APPS, ROOT, TARGET_PYTHON
 from vmesh import envoy as envoy_mod
 from vmesh import load

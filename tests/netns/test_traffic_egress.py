@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from certs import ca_folder, make_ca, make_server
+from harness.certs import ca_folder, make_ca, make_server
 from harness.netmesh import FIRST_HOST_ADDRESS, NETWORK
 from harness.netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
 

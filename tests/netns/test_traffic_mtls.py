@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-import certs
+from harness import certs
 from harness.netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
 
 pytestmark = [pytest.mark.netns, requires_netns]

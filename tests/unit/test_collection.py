@@ -57,7 +57,9 @@ class UserRepo:
     def env(self) -> dict:
         """No ANSIBLE_* of the caller's (the checkout's ansible.cfg included): only the user's own settings."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-        return dict(env, ANSIBLE_CONFIG=str(self.dir / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+        # Nor a collection found on Python's path: only the one installed here may answer.
+        return dict(env, ANSIBLE_CONFIG=str(self.dir / "ansible.cfg"), ANSIBLE_COLLECTIONS_SCAN_SYS_PATH="false",
+                    ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
 
     def run(self, *argv: str, timeout: int = 120) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / argv[0]), *argv[1:]], cwd=self.dir, env=self.env(), capture_output=True,
