@@ -28,13 +28,9 @@ options:
 """
 
 EXAMPLES = r"""
-- name: Install the boot-time helper
-  ansible.builtin.copy:
-    content: "{{ lookup('vmesh.mesh.node_source', 'iptables') }}"
-    dest: /opt/vmesh/lib/vmesh_iptables.py
-    owner: root
-    group: root
-    mode: "0644"
+- name: The text of one helper
+  ansible.builtin.debug:
+    msg: "{{ lookup('vmesh.mesh.node_source', 'errors') }}"
 
 - name: Install the renewal agent and what it imports, as the collection lays them out
   ansible.builtin.copy:

@@ -6,11 +6,13 @@
 This file runs on the VM with plain ``python3`` and imports the standard library only. Two users:
 
 * the ``vmesh.mesh.redirect`` Ansible module (``from ansible_collections.vmesh.mesh.plugins.module_utils.iptables import ...``);
-* the boot-time systemd unit, through the small command line at the bottom::
+* the boot-time systemd unit, through the small command line at the bottom, which the redirect role installs with
+  what it imports under /opt/vmesh/lib/iptables (as the collection lays them out) and runs through the launcher
+  /opt/vmesh/bin/vmesh-iptables (``python3 -I``)::
 
-      python3 vmesh_iptables.py apply --config /etc/vmesh/redirect.json
-      python3 vmesh_iptables.py remove
-      python3 vmesh_iptables.py show [--config /etc/vmesh/redirect.json]
+      vmesh-iptables apply --config /etc/vmesh/redirect.json
+      vmesh-iptables remove
+      vmesh-iptables show [--config /etc/vmesh/redirect.json]
 
 Layout in the ``nat`` table (istio-iptables' layout with our chain names)::
 

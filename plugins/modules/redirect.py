@@ -25,7 +25,8 @@ description:
   - Current rules are read with C(iptables-save -t nat); any difference (a missing, extra or reordered rule, a
     duplicated or displaced jump) is corrected in one C(iptables-restore --noflush) transaction.
   - The parameters are also written to O(config_path), which the boot-time unit re-applies with
-    C(python3 vmesh_iptables.py apply --config <config_path>) (C(plugins/module_utils/vmesh_iptables.py)).
+    C(/opt/vmesh/bin/vmesh-iptables apply --config <config_path>), this module's own rule logic
+    (C(plugins/module_utils/iptables.py)) installed by the C(vmesh.mesh.redirect) role.
   - The mesh is IPv4-only, so IPv6 is closed rather than captured, as C(istio-iptables) does without IPv6. In
     the C(filter) table of ip6tables, C(INPUT -p tcp -j VMESH_INBOUND_GUARD) and
     C(OUTPUT -p tcp -j VMESH_OUTPUT_GUARD) refuse (TCP reset) IPv6 TCP connections except on the loopback
@@ -285,7 +286,7 @@ def ensure(module):
         config_changed = old_content is not None
 
     def run(argv, data=None):
-        # rc is checked by vmesh_iptables, which raises RedirectError with the command's stderr.
+        # rc is checked by module_utils/iptables.py, which raises RedirectError with the command's stderr.
         return module.run_command(argv, data=data, binary_data=True, environ_update={"LC_ALL": "C"},
                                   check_rc=False)
 

@@ -5,8 +5,8 @@ in it: ``lo``, an ``eth0`` with the host's address on one shared switch (a Linux
 ``vm-<name>-switch``, no uplink), a default route (so the service VIPs in 240.240.0.0/16 are routed and reach
 the ``nat OUTPUT`` chain), its own ``/etc/hosts`` (``/etc/netns/<ns>/hosts``, which ``ip netns exec`` mounts over
 ``/etc/hosts``) with the compiled service names, Envoy running as uid 1337 on the compiled files, and the
-redirect applied by the real ``vmesh_iptables.py apply``. Applications and test clients run as uid 1000, so
-their calls are captured exactly as on a VM. The root namespace's network is never touched; nothing leaves
+redirect applied by the real boot-time helper (``vmesh-iptables apply``). Applications and test clients run as
+uid 1000, so their calls are captured exactly as on a VM. The root namespace's network is never touched; nothing leaves
 these namespaces.
 
     mesh = NetMesh("demo", {"reviews-v1": {...}, "client": {}}, [("mesh/dr.yaml", text)], tmp_path)
@@ -62,7 +62,8 @@ from vmesh import envoy as envoy_mod
 from vmesh import load
 from vmesh.compile import BOOTSTRAP_FILE, HostConfig, render_all
 
-IPTABLES_CLI = ROOT / "plugins" / "module_utils" / "iptables.py"
+# The boot-time helper as the vmesh-redirect unit runs it: python3 -I, the collection on its path.
+IPTABLES_CLI = Path(__file__).resolve().parent / "vmesh_iptables.py"
 CONFIG_MODULE = ROOT / "plugins" / "modules" / "envoy_config.py"
 BOOKINFO = ROOT / "examples" / "bookinfo" / "roles" / "bookinfo" / "files" / "bookinfo.py"
 # The programs run inside a namespace (system python3, standard library only), in harness/apps.
@@ -429,8 +430,8 @@ class NetMesh:
         if self._started:
             existing = set(self._namespaces())
             # Deleting a namespace drops its tables anyway; removing the rules first is what a VM's uninstall does.
-            self._parallel(lambda host: _run(self._in_ns(host, None, [TARGET_PYTHON, str(IPTABLES_CLI), "remove"]),
-                                             check=False),
+            self._parallel(lambda host: _run(self._in_ns(host, None, [TARGET_PYTHON, "-I", str(IPTABLES_CLI),
+                                                                      "remove"]), check=False),
                            [host for host in self._mesh_hosts if host.namespace in existing])
         for host in self._hosts.values():  # what the Envoys last read, for a look after the test
             if host.config_dir.is_dir():
@@ -587,7 +588,7 @@ class NetMesh:
                 waiter.stdout.close()
 
     def _apply_redirect(self, host: _Host) -> None:
-        _run(self._in_ns(host, None, [TARGET_PYTHON, str(IPTABLES_CLI), "apply", "--config",
+        _run(self._in_ns(host, None, [TARGET_PYTHON, "-I", str(IPTABLES_CLI), "apply", "--config",
                                       str(host.artifacts / "redirect.json")]))
 
     @staticmethod

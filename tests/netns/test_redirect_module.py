@@ -23,7 +23,8 @@ import pytest
 
 from harness import APPS, ROOT, TARGET_PYTHON  # the module runs on the VM with plain python3; so here
 
-CLI = ROOT / "plugins" / "module_utils" / "iptables.py"
+# The boot-time helper as the vmesh-redirect unit runs it (python3 -I, the collection on its path).
+CLI = ROOT / "tests" / "harness" / "vmesh_iptables.py"
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"])
 # What runs in the namespaces besides the module (system python3, standard library only).
 ORIGINAL_DST_SERVER = APPS / "original_dst_server.py"
@@ -531,7 +532,7 @@ def test_boot_cli_applies_the_same_rules_as_the_module(make_netns, tmp_path):
     config = str(redirect.config_path)
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return boot_ns.run(TARGET_PYTHON, str(CLI), *args, check=False)
+        return boot_ns.run(TARGET_PYTHON, "-I", str(CLI), *args, check=False)
 
     applied = cli("apply", "--config", config)
     assert (applied.returncode, applied.stdout) == (0, "changed\n"), applied.stderr
@@ -554,7 +555,7 @@ def test_boot_cli_applies_the_same_rules_as_the_module(make_netns, tmp_path):
 def test_boot_cli_refuses_a_bad_config(ns, tmp_path):
     bad = tmp_path / "redirect.json"
     bad.write_text(json.dumps({"exclude_inbound_ports": [15006]}))
-    proc = ns.run(TARGET_PYTHON, str(CLI), "apply", "--config", str(bad), check=False)
+    proc = ns.run(TARGET_PYTHON, "-I", str(CLI), "apply", "--config", str(bad), check=False)
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"vmesh_iptables: {bad}: exclude_inbound_ports: SSH port 22")
     assert ns.nat() == FRESH_NAT

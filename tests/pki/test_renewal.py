@@ -302,13 +302,14 @@ def test_agent_fails_clearly_and_changes_nothing(pki, server, node, tmp_path):
 
 def test_node_source_ships_what_the_programs_import(tmp_path):
     """The lookup the roles install the programs with: each program with every module_utils file it imports (and
-    nothing that needs more than the standard library), and the boot-time iptables helper alone, as before."""
-    lookups = {name: "{{ query('vmesh.mesh.node_source', '%s', with_imports=true) }}" % name
-               for name in ("renew", "ca_server")}
+    nothing that needs more than the standard library), the boot-time iptables helper too; without with_imports, one
+    file's text."""
+    programs = ("renew", "ca_server", "iptables")
+    lookups = {name: "{{ query('vmesh.mesh.node_source', '%s', with_imports=true) }}" % name for name in programs}
     results = play(tmp_path, [{"ansible.builtin.set_fact": lookups},
                               {"ansible.builtin.set_fact": {"iptables": "{{ lookup('vmesh.mesh.node_source', "
                                                                         "'iptables') }}"}}])
-    for name in ("renew", "ca_server"):
+    for name in programs:
         files = ok(results[0])["ansible_facts"][name]
         assert [f["name"] for f in files] == sorted(closure([name])) and name + ".py" in [f["name"] for f in files]
         assert all(f["content"] == (ROOT / "plugins" / "module_utils" / f["name"]).read_text() for f in files)
