@@ -60,7 +60,7 @@ from ansible.plugins.lookup import LookupBase
 
 PACKAGE = "ansible_collections.vmesh.mesh.plugins.module_utils"
 #: The module_utils files that also run on a VM by themselves (standard library and each other only).
-SERVED = ("iptables", "certs", "renew", "ca_server", "errors", "pem", "policy")
+SERVED = ("iptables", "certs", "renew", "ca_server", "errors", "host", "pem", "policy")
 
 
 def source(name):

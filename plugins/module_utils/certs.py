@@ -3,7 +3,8 @@
 # Apache License 2.0 (see pyproject.toml)
 """Workload certificates on the VM: decide on renewal, make a key and CSR, install a signed chain atomically.
 
-This file runs on the VM with plain ``python3`` and imports the standard library only; all cryptography is done
+This file runs on the VM with plain ``python3`` and imports the standard library and the collection's
+module_utils only (host.py: commands; pem.py; policy.py); all cryptography is done
 by the ``openssl`` command line (OpenSSL 3.0 on Debian bookworm; 1.1.1 prints the same fields). Users:
 
 * the ``vmesh.mesh.workload_key``, ``vmesh.mesh.workload_cert`` and ``vmesh.mesh.node_key`` Ansible modules;
@@ -32,7 +33,8 @@ root would follow (see "owners, directories and files root can trust" below). Ou
 belongs to the user running us.
 
 Private keys are made by ``openssl genpkey`` on the VM and never leave it: nothing here returns key bytes.
-Failures raise :class:`CertError`; nothing here calls ``fail_json``.
+Failures raise :class:`CertError` (openssl that cannot be run: host.py's :class:`CommandError`; both are
+:class:`HostError`); nothing here calls ``fail_json``.
 """
 
 from __future__ import annotations
@@ -46,10 +48,10 @@ import re
 import secrets
 import shutil
 import stat
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 
+from ansible_collections.vmesh.mesh.plugins.module_utils import host
 from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
 from ansible_collections.vmesh.mesh.plugins.module_utils.pem import blocks as pem_blocks, encode as to_pem
 from ansible_collections.vmesh.mesh.plugins.module_utils.pem import fingerprints, normalize_certs
@@ -92,16 +94,9 @@ def iso(moment):
 
 
 def run_subprocess(argv, data=None):
-    """Default runner: (rc, stdout, stderr) of ``argv`` with LC_ALL=C, stdin ``data`` (str)."""
-    env = dict(os.environ, LC_ALL="C")
-    try:
-        proc = subprocess.run(argv, input=data, capture_output=True, text=True, env=env, check=False,
-                              timeout=_TIMEOUT)
-    except OSError as exc:
-        raise CertError("cannot run %s: %s" % (argv[0], exc.strerror or exc)) from None
-    except subprocess.TimeoutExpired:
-        raise CertError("%s did not finish within %d s" % (" ".join(argv[:2]), _TIMEOUT)) from None
-    return proc.returncode, proc.stdout, proc.stderr
+    """Default runner: (rc, stdout, stderr) of ``argv`` with LC_ALL=C, stdin ``data`` (str): host.py's, whose
+    messages show the program and its subcommand. Raises :class:`host.CommandError`."""
+    return host.run(argv, data, timeout=_TIMEOUT, shown=2)
 
 
 @dataclass
@@ -627,7 +622,7 @@ def key_matches(openssl, key_path, cert_pem):
     """Whether the private key in ``key_path`` belongs to the first certificate of ``cert_pem``."""
     try:
         return openssl.key_public_key(key_path) == openssl.cert_public_key(cert_pem)
-    except CertError:
+    except HostError:  # openssl refused it, or could not be run
         return False
 
 
@@ -647,7 +642,7 @@ def state(path, openssl=None):
         return result
     try:
         info = openssl.info(current.chain, os.path.join(path, CHAIN))
-    except CertError as exc:
+    except HostError as exc:
         result["error"] = str(exc)
         return result
     result.update(info.summary(), present=True, uris=list(info.uris),
@@ -720,7 +715,7 @@ def _valid_key(openssl, key_path):
     try:
         openssl.key_public_key(key_path)
         return True
-    except CertError:
+    except HostError:
         return False
 
 
@@ -774,7 +769,7 @@ def plan_install(path, chain, bundle, openssl=None, check_mode=False, gid=None):
     if current.chain:
         try:
             cur_info = openssl.info(current.chain, os.path.join(path, CHAIN))
-        except CertError:
+        except HostError:
             cur_info = None
     want_bundle = normalize_certs(bundle, "trust_bundle") if (bundle or "").strip() or not check_mode else ""
     pending_key = pending_paths(path)[1]
@@ -800,7 +795,7 @@ def plan_install(path, chain, bundle, openssl=None, check_mode=False, gid=None):
         if want_bundle and want_bundle != current.bundle:
             try:
                 openssl.verify(current.chain, want_bundle, "the installed chain")
-            except CertError:
+            except HostError:
                 warnings.append("the certificate in %s does not verify against the new trust bundle; peers that "
                                 "have it reject this workload until it is reissued" % path)
     elif check_mode:

@@ -3,7 +3,8 @@
 # Apache License 2.0 (see pyproject.toml)
 """Istio-style NAT redirect to the vmesh sidecar: desired rules, current rules, one iptables-restore transaction.
 
-This file runs on the VM with plain ``python3`` and imports the standard library only. Two users:
+This file runs on the VM with plain ``python3`` and imports the standard library and the collection's host.py
+(commands) only. Two users:
 
 * the ``vmesh.mesh.redirect`` Ansible module (``from ansible_collections.vmesh.mesh.plugins.module_utils.iptables import ...``);
 * the boot-time systemd unit, through the small command line at the bottom, which the redirect role installs with
@@ -49,7 +50,8 @@ tested; if it printed a rule differently, :func:`reconcile` reports that as an e
 * ``-d 0.0.0.0/0`` is not printed at all;
 * options come out in the order ``[!] -s, [!] -d, -i, -o, -p, -m ..., -j``, whatever order they went in.
 
-Failures raise :class:`RedirectError`; nothing here calls ``fail_json``.
+Failures raise :class:`RedirectError` (a command that cannot be run or does not finish: host.py's
+:class:`CommandError`; both are :class:`HostError`); nothing here calls ``fail_json``.
 """
 
 from __future__ import annotations
@@ -61,9 +63,11 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
+
+from ansible_collections.vmesh.mesh.plugins.module_utils import host
+from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
 
 # --- names and defaults -----------------------------------------------------------------------------------------
 
@@ -121,7 +125,7 @@ _SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 _COMMAND_TIMEOUT = 60
 
 
-class RedirectError(Exception):
+class RedirectError(HostError):
     """The redirect cannot be computed or applied; the message says why, naming the field or command."""
 
 
@@ -582,16 +586,9 @@ def plan(table, config, family=NAT4):
 
 
 def run_subprocess(argv, data=None):
-    """Default runner: (rc, stdout, stderr) of ``argv`` with LC_ALL=C, stdin ``data``."""
-    env = dict(os.environ, LC_ALL="C")
-    try:
-        proc = subprocess.run(argv, input=data, capture_output=True, text=True, env=env, check=False,
-                              timeout=_COMMAND_TIMEOUT)
-    except OSError as exc:
-        raise RedirectError("cannot run %s: %s" % (argv[0], exc.strerror or exc)) from None
-    except subprocess.TimeoutExpired:
-        raise RedirectError("%s did not finish within %d s" % (" ".join(argv), _COMMAND_TIMEOUT)) from None
-    return proc.returncode, proc.stdout, proc.stderr
+    """Default runner: (rc, stdout, stderr) of ``argv`` with LC_ALL=C, stdin ``data``: host.py's. Raises
+    :class:`host.CommandError`."""
+    return host.run(argv, data, timeout=_COMMAND_TIMEOUT)
 
 
 def find_binary(name):
@@ -723,7 +720,7 @@ def main(argv=None):
         result = reconcile(config)
         print("changed" if result.changed else "ok")
         return 0
-    except RedirectError as exc:
+    except HostError as exc:
         sys.stderr.write("vmesh_iptables: %s\n" % exc)
         return 1
 

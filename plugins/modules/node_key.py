@@ -148,7 +148,7 @@ def ensure(module):
     if st is not None and not p["force"]:
         try:
             public = openssl.key_public_key(path, path)  # a regular file in directories only root can write
-        except CertError as exc:
+        except HostError as exc:
             raise CertError("%s is not a private key openssl can read (%s); remove it, or set force=true to make "
                             "a new one" % (path, exc)) from None
     before = dict(_attributes(st), fingerprint=fingerprint(public)) if st is not None else None

@@ -216,6 +216,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vmesh.mesh.plugins.module_utils.iptables import CONFIG_KEYS, DEFAULT_EXCLUDE_INBOUND_PORTS, ALL
 from ansible_collections.vmesh.mesh.plugins.module_utils.iptables import FILTER6, Iptables, RedirectConfig, RedirectError, reconcile
 from ansible_collections.vmesh.mesh.plugins.module_utils.iptables import ipv6_enabled
+from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
 
 CONFIG_MODE = 0o644
 
@@ -324,7 +325,7 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     try:
         result = ensure(module)
-    except RedirectError as exc:
+    except HostError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)
 

@@ -314,6 +314,7 @@ def test_node_source_ships_what_the_programs_import(tmp_path):
         assert [f["name"] for f in files] == sorted(closure([name])) and name + ".py" in [f["name"] for f in files]
         assert all(f["content"] == (ROOT / "plugins" / "module_utils" / f["name"]).read_text() for f in files)
         assert "ca.py" not in [f["name"] for f in files]  # the controller's CA needs the cryptography package
+        assert "host.py" in [f["name"] for f in files]  # the one runner and file layer, shared by all three
     assert ok(results[1])["ansible_facts"]["iptables"] == (ROOT / "plugins" / "module_utils" / "iptables.py").read_text()
     for launcher in (SERVER, AGENT):
         assert launcher.read_text().startswith("#!/usr/bin/python3 -I\n")
