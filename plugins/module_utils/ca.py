@@ -35,7 +35,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from ansible_collections.vmesh.mesh.plugins.module_utils import policy
-from ansible_collections.vmesh.mesh.plugins.module_utils.certs import write_file as certs_write_file
+from ansible_collections.vmesh.mesh.plugins.module_utils import host
 from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
 
 try:
@@ -519,10 +519,10 @@ def apply(path, the_plan, trust_domain, key_type, root_days, intermediate_days, 
 
 
 def write_file(path, data, mode):
-    """vmesh_certs' atomic writer (mode set before the rename, so a key is never readable by others), owned by
+    """host.py's atomic writer (mode set before the rename, so a key is never readable by others), owned by
     whoever runs the module."""
     try:
-        certs_write_file(path, data, mode, os.geteuid(), os.getegid())
+        host.write_file(path, data, mode, os.geteuid(), os.getegid())
     except HostError as exc:
         raise CAError(str(exc)) from None
 

@@ -4,7 +4,7 @@
 """Workload certificates on the VM: decide on renewal, make a key and CSR, install a signed chain atomically.
 
 This file runs on the VM with plain ``python3`` and imports the standard library and the collection's
-module_utils only (host.py: commands; pem.py; policy.py); all cryptography is done
+module_utils only (host.py: commands and files; pem.py; policy.py); all cryptography is done
 by the ``openssl`` command line (OpenSSL 3.0 on Debian bookworm; 1.1.1 prints the same fields). Users:
 
 * the ``vmesh.mesh.workload_key``, ``vmesh.mesh.workload_cert`` and ``vmesh.mesh.node_key`` Ansible modules;
@@ -33,14 +33,13 @@ root would follow (see "owners, directories and files root can trust" below). Ou
 belongs to the user running us.
 
 Private keys are made by ``openssl genpkey`` on the VM and never leave it: nothing here returns key bytes.
-Failures raise :class:`CertError` (openssl that cannot be run: host.py's :class:`CommandError`; both are
-:class:`HostError`); nothing here calls ``fail_json``.
+Failures raise :class:`CertError`, or host.py's :class:`FileError` (files and directories) and
+:class:`CommandError` (openssl that cannot be run); all are :class:`HostError`. Nothing here calls ``fail_json``.
 """
 
 from __future__ import annotations
 
 import datetime
-import errno
 import grp
 import os
 import pwd
@@ -53,6 +52,9 @@ from dataclasses import dataclass, field
 
 from ansible_collections.vmesh.mesh.plugins.module_utils import host
 from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
+from ansible_collections.vmesh.mesh.plugins.module_utils.host import check_parents, ensure_dir
+from ansible_collections.vmesh.mesh.plugins.module_utils.host import fix_attributes, fsync_dir, is_ours, kind
+from ansible_collections.vmesh.mesh.plugins.module_utils.host import lstat_or_none, read_file, remove_tree, write_file
 from ansible_collections.vmesh.mesh.plugins.module_utils.pem import blocks as pem_blocks, encode as to_pem
 from ansible_collections.vmesh.mesh.plugins.module_utils.pem import fingerprints, normalize_certs
 from ansible_collections.vmesh.mesh.plugins.module_utils.policy import parse_identity
@@ -71,8 +73,6 @@ PENDING_MODE = 0o700
 KEY_MODE = 0o600
 SHARED_KEY_MODE = 0o640
 CERT_MODE = 0o644
-#: Certificates, keys and bundles are small: a larger file is refused rather than read.
-MAX_FILE_BYTES = 1 << 20
 
 #: ``..<YYYYmmddTHHMMSS>.<6 hex>``: one version of the files.
 VERSION_RE = re.compile(r"^\.\.\d{8}T\d{6}\.[0-9a-f]{6}$")
@@ -272,7 +272,7 @@ class Openssl:
 # nobody else, as is every directory above it. Files are opened with O_NOFOLLOW and O_NONBLOCK and must be regular
 # files. A staging or version directory found owned or writable by another user (pending/ belonged to the proxy's
 # user before this rule) is removed without looking inside (shutil.rmtree's fd-based walk never follows a link)
-# and made again.
+# and made again. The checks, the reader and the atomic writer are host.py's (imported above for this file's users).
 
 
 def resolve_group(group):
@@ -308,54 +308,7 @@ def ignored_owner(owner):
 
 def dir_owner():
     """Directories and files belong to root when we run as root, else to the user running us (tests, rootless use)."""
-    return 0 if os.geteuid() == 0 else os.geteuid()
-
-
-def lstat_or_none(path):
-    """``os.lstat(path)``, or None when there is nothing there; other errors name the path."""
-    try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise CertError("%s: %s" % (path, exc.strerror)) from None
-
-
-def _kind(st):
-    if stat.S_ISLNK(st.st_mode):
-        return "a symbolic link"
-    if stat.S_ISDIR(st.st_mode):
-        return "a directory"
-    if stat.S_ISREG(st.st_mode):
-        return "a regular file"
-    return "a special file"
-
-
-def is_ours(st):
-    """Whether ``st`` (an lstat result, or None) is a real directory of ours that no one else can write."""
-    return (st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == dir_owner()
-            and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
-
-
-def check_parents(path):
-    """Raise unless no one but root (or us) can change what ``path`` resolves to: every directory above it, as
-    written and as resolved, is owned by root or us and writable by no one else (sticky ones such as /tmp aside,
-    where others cannot rename or remove our entries), and every link on the way is owned by root or us."""
-    path = os.path.abspath(path)
-    for top in sorted({os.path.dirname(path), os.path.realpath(os.path.dirname(path))}):
-        current = top
-        while True:
-            st = lstat_or_none(current)
-            if st is not None and (st.st_uid not in (0, os.geteuid()) or (
-                    stat.S_ISDIR(st.st_mode) and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-                    and not st.st_mode & stat.S_ISVTX)):
-                raise CertError("%s: %s is %s of uid %d with mode %04o: another user could swap what it holds; "
-                                "refused (the directories above it must belong to root and be writable by root "
-                                "only)" % (path, current, _kind(st), st.st_uid, stat.S_IMODE(st.st_mode)))
-            parent = os.path.dirname(current)
-            if parent == current:
-                break
-            current = parent
+    return host.owner()
 
 
 def check_private_file(path, what="file"):
@@ -366,127 +319,7 @@ def check_private_file(path, what="file"):
     if st is None:
         raise CertError("%s %s is missing" % (what, path))
     if not stat.S_ISREG(st.st_mode):
-        raise CertError("%s %s is %s, not a regular file; refused" % (what, path, _kind(st)))
-
-
-def ensure_dir(path, mode, uid, gid):
-    """``path`` is a real directory with ``mode`` and ``uid``:``gid``; returns whether anything changed. A link or
-    anything else in its place is refused, never followed."""
-    changed = False
-    try:
-        st = lstat_or_none(path)
-        if st is None:
-            parent = os.path.dirname(path)
-            if parent and not os.path.isdir(parent):
-                os.makedirs(parent)
-            os.mkdir(path, mode)
-            changed = True
-            st = os.lstat(path)
-        if not stat.S_ISDIR(st.st_mode):
-            raise CertError("%s is %s, not a directory; refused (nothing is followed or replaced there: remove it "
-                            "and run again)" % (path, _kind(st)))
-        # A real directory (lstat), whose parent no one else can write: chown and chmod act on it, nothing else.
-        if (st.st_uid, st.st_gid) != (uid, gid):
-            os.chown(path, uid, gid, follow_symlinks=False)
-            changed = True
-        if stat.S_IMODE(os.lstat(path).st_mode) != mode:
-            os.chmod(path, mode)
-            changed = True
-    except OSError as exc:
-        raise CertError("%s: %s" % (path, exc.strerror)) from None
-    return changed
-
-
-def remove_tree(path):
-    """Remove ``path`` (a directory with what it holds, a link or a file) without following any link."""
-    st = lstat_or_none(path)
-    if st is None:
-        return
-    try:
-        if stat.S_ISDIR(st.st_mode):
-            if not shutil.rmtree.avoids_symlink_attacks:  # True on Linux (fd-based walk)
-                raise CertError("%s: this platform cannot remove a directory without following links" % path)
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
-    except OSError as exc:
-        raise CertError("%s: cannot remove it: %s" % (path, exc.strerror)) from None
-
-
-def _set_attributes(fd, mode, uid, gid):
-    st = os.fstat(fd)
-    if (st.st_uid, st.st_gid) != (uid, gid):
-        os.fchown(fd, uid, gid)
-    if stat.S_IMODE(st.st_mode) != mode:
-        os.fchmod(fd, mode)
-
-
-def fix_attributes(path, mode, uid, gid):
-    """Set ``mode`` and ``uid``:``gid`` of the regular file ``path`` through a descriptor opened without
-    following a link; returns whether anything changed."""
-    fd, st = _open_regular(path)
-    try:
-        before = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
-        _set_attributes(fd, mode, uid, gid)
-        return before != (mode, uid, gid)
-    except OSError as exc:
-        raise CertError("%s: %s" % (path, exc.strerror)) from None
-    finally:
-        os.close(fd)
-
-
-def _open_regular(path, missing_ok=False):
-    """(descriptor, fstat) of the regular file ``path``, opened read-only without following a link and without
-    blocking on a FIFO; anything else is refused. With ``missing_ok``, (None, None) when there is no file."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        if missing_ok:
-            return None, None
-        raise CertError("%s: %s" % (path, os.strerror(errno.ENOENT))) from None
-    except OSError as exc:
-        raise CertError("%s: %s" % (path, _open_error(exc))) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CertError("%s is %s, not a regular file; refused" % (path, _kind(st)))
-    except OSError as exc:
-        os.close(fd)
-        raise CertError("%s: %s" % (path, exc.strerror)) from None
-    except CertError:
-        os.close(fd)
-        raise
-    return fd, st
-
-
-def _open_error(exc):
-    if exc.errno == errno.ELOOP:
-        return "a symbolic link, not a regular file; refused (a root process does not follow links here)"
-    return exc.strerror or str(exc)
-
-
-def read_file(path, limit=MAX_FILE_BYTES):
-    """The bytes of the regular file ``path``, or None when there is none. Never through a link (O_NOFOLLOW), never
-    a FIFO or a device (O_NONBLOCK, then fstat); at most ``limit`` bytes. The caller checks the directory."""
-    fd, st = _open_regular(path, missing_ok=True)
-    if fd is None:
-        return None
-    try:
-        if st.st_size > limit:
-            raise CertError("%s is larger than %d bytes; refused" % (path, limit))
-        chunks, size = [], 0
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return b"".join(chunks)
-            size += len(chunk)
-            if size > limit:
-                raise CertError("%s is larger than %d bytes; refused" % (path, limit))
-            chunks.append(chunk)
-    except OSError as exc:
-        raise CertError("%s: %s" % (path, exc.strerror)) from None
-    finally:
-        os.close(fd)
+        raise CertError("%s %s is %s, not a regular file; refused" % (what, path, kind(st)))
 
 
 def _read_text(path):
@@ -497,32 +330,6 @@ def _read_text(path):
         return data.decode("ascii")
     except UnicodeDecodeError:
         raise CertError("%s: not ASCII text (PEM expected)" % path) from None
-
-
-def write_file(path, data, mode, uid, gid):
-    """Write ``data`` to ``path`` atomically: a new temporary file in the same directory (O_CREAT|O_EXCL, so never
-    through a link) gets ``mode`` and ``uid``:``gid`` through its descriptor before a byte is written, then takes
-    the name with rename(2), which replaces whatever entry was there (a link included) without following it.
-
-    Not ``module.atomic_move``: that gives a new file the umask's mode after the move, and these helpers are also
-    used outside Ansible."""
-    directory = os.path.dirname(path) or "."
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".vmesh-", suffix=".tmp", dir=directory)  # created 0600
-    except OSError as exc:
-        raise CertError("%s: %s" % (path, exc.strerror)) from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            _set_attributes(handle.fileno(), mode, uid, gid)
-            handle.write(data.encode("ascii") if isinstance(data, str) else data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(tmp, path)
-    except OSError as exc:
-        raise CertError("%s: %s" % (path, exc.strerror)) from None
-    finally:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
 
 
 # --- the installed certificate ----------------------------------------------------------------------------------
@@ -549,7 +356,7 @@ def _certs_dir(path):
     if st is None:
         return None
     if not stat.S_ISDIR(st.st_mode):
-        raise CertError("%s is %s, not a directory; refused" % (path, _kind(st)))
+        raise CertError("%s is %s, not a directory; refused" % (path, kind(st)))
     if st.st_uid != dir_owner() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise CertError("%s belongs to uid %d with mode %04o: another user could plant links in it; refused "
                         "(it must belong to root, mode 0750: fix or remove it, then run again)"
@@ -579,7 +386,7 @@ def _version_files(base):
         st = lstat_or_none(os.path.join(base, name))
         if st is not None and not stat.S_ISREG(st.st_mode):
             return None, None, None, ("%s is %s, not a regular file: nothing in %s is used (a new version replaces "
-                                      "it)" % (os.path.join(base, name), _kind(st), base))
+                                      "it)" % (os.path.join(base, name), kind(st), base))
     key_path = os.path.join(base, KEY)
     return (_read_text(os.path.join(base, CHAIN)), _read_text(os.path.join(base, BUNDLE)),
             key_path if _regular(key_path) else None, "")
@@ -601,7 +408,7 @@ def installed(path):
                          key if _regular(key) else None, None, untrusted=untrusted)
     if not stat.S_ISLNK(data.st_mode):
         raise CertError("%s is %s, expected a link to a version directory; refused (remove it and run again)"
-                        % (os.path.join(path, DATA), _kind(data)))
+                        % (os.path.join(path, DATA), kind(data)))
     version = os.readlink(os.path.join(path, DATA))
     if not VERSION_RE.match(version):
         raise CertError("%s points to %r, not to a version directory beside it; refused (remove it and run again)"
@@ -613,7 +420,7 @@ def installed(path):
     if not is_ours(st):
         return Installed(None, None, None, version, "%s is %s of uid %d with mode %04o: another user can write it, "
                          "so nothing in it is read (a new version replaces it)"
-                         % (base, _kind(st), st.st_uid, stat.S_IMODE(st.st_mode)), untrusted)
+                         % (base, kind(st), st.st_uid, stat.S_IMODE(st.st_mode)), untrusted)
     chain, bundle, key_path, problem = _version_files(base)
     return Installed(chain, bundle, key_path, version, problem, untrusted)
 
@@ -891,7 +698,7 @@ def _write_version(path, plan, gid):
         raise CertError("%s: vanished before it could be installed" % plan.key_from)
     for name, data in ((CHAIN, plan.chain), (KEY, key_bytes), (BUNDLE, plan.bundle)):
         write_file(os.path.join(vdir, name), data, FILE_MODES[name], dir_owner(), gid)
-    _fsync_dir(vdir)
+    fsync_dir(vdir)
     # The swap: readers see the old version or the new one, never a mix.
     _symlink_atomic(path, DATA, version)
     for name in FILES:
@@ -899,7 +706,7 @@ def _write_version(path, plan, gid):
         st = lstat_or_none(link)
         if not (st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(link) == DATA + "/" + name):
             _symlink_atomic(path, name, DATA + "/" + name)
-    _fsync_dir(path)
+    fsync_dir(path)
     return version
 
 
@@ -918,10 +725,3 @@ def _symlink_atomic(path, name, target):
     except OSError as exc:
         raise CertError("%s: %s" % (os.path.join(path, name), exc.strerror)) from None
 
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -3,8 +3,10 @@
 # Apache License 2.0 (see pyproject.toml)
 """Envoy's file-based xDS directory on the VM: stage a whole config, fsync it, switch to it with one rename.
 
-This file runs on the VM with plain ``python3`` and imports the standard library only. Its user is the
-``vmesh.mesh.envoy_config`` module. Failures raise :class:`ConfigDirError`; nothing here calls ``fail_json``.
+This file runs on the VM with plain ``python3`` and imports the standard library and the collection's host.py
+(files) only. Its user is the ``vmesh.mesh.envoy_config`` module. Failures raise :class:`ConfigDirError` (or
+host.py's :class:`FileError` for a directory above ``dest``; both are :class:`HostError`); nothing here calls
+``fail_json``.
 
 Layout of the config directory (Kubernetes' atomic-writer layout, as the certificate directory)::
 
@@ -65,6 +67,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
+from ansible_collections.vmesh.mesh.plugins.module_utils import host
+from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
+from ansible_collections.vmesh.mesh.plugins.module_utils.host import check_parents, fsync_dir, is_ours
+
 DATA = "..data"
 DATA_TMP = "..data_tmp"
 PREVIOUS = "..previous"
@@ -83,7 +89,7 @@ STEP_LISTENERS = "listeners and routes"
 STEP_FINAL = "final"
 
 
-class ConfigDirError(Exception):
+class ConfigDirError(HostError):
     pass
 
 
@@ -112,57 +118,20 @@ def check_name(name):
 
 def owner():
     """Everything here belongs to root when we run as root, else to the user running us (tests)."""
-    return os.geteuid()
+    return host.owner()
 
 
-def _trusted_uid(uid):
-    return uid in (0, owner())
-
-
-def _kind(st):
-    if stat.S_ISLNK(st.st_mode):
-        return "a symbolic link"
-    if stat.S_ISDIR(st.st_mode):
-        return "a directory"
-    if stat.S_ISREG(st.st_mode):
-        return "a regular file"
-    return "a special file"
+def _ours(st):
+    """Whether the entry ``st`` (an lstat result) belongs to root (to us, outside root): host.py's rule for the
+    directories we work in, applied to the links and files in them."""
+    return st.st_uid == owner()
 
 
 def _lstat(path):
     try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ConfigDirError("%s: %s" % (path, exc.strerror)) from None
-
-
-def _is_ours(st):
-    """A real directory of root (or us) that no one else can write."""
-    return (st is not None and stat.S_ISDIR(st.st_mode) and _trusted_uid(st.st_uid)
-            and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
-
-
-def check_parents(path):
-    """Raise unless no one but root (or us) can change what ``path`` resolves to: every directory above it, as
-    written and as resolved, belongs to root (or us) and no one else can write it (sticky ones such as /tmp
-    aside, where others cannot rename or remove our entries), and every link on the way belongs to root (or us)."""
-    path = os.path.abspath(path)
-    for top in sorted({os.path.dirname(path), os.path.realpath(os.path.dirname(path))}):
-        current = top
-        while True:
-            st = _lstat(current)
-            if st is not None and (not _trusted_uid(st.st_uid) or (
-                    stat.S_ISDIR(st.st_mode) and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-                    and not st.st_mode & stat.S_ISVTX)):
-                raise ConfigDirError("%s: %s is %s of uid %d with mode %04o: another user could swap what it holds; "
-                                     "refused (the directories above it must belong to root and be writable by "
-                                     "root only)" % (path, current, _kind(st), st.st_uid, stat.S_IMODE(st.st_mode)))
-            parent = os.path.dirname(current)
-            if parent == current:
-                break
-            current = parent
+        return host.lstat_or_none(path)
+    except host.FileError as exc:
+        raise ConfigDirError(str(exc)) from None
 
 
 def _check_dest(dest):
@@ -173,8 +142,8 @@ def _check_dest(dest):
         return None
     if not stat.S_ISDIR(st.st_mode):
         raise ConfigDirError("%s is %s, not a directory; refused (nothing is followed there: remove it and run "
-                             "again)" % (dest, _kind(st)))
-    if not _is_ours(st):
+                             "again)" % (dest, host.kind(st)))
+    if not is_ours(st):
         raise ConfigDirError("%s belongs to uid %d with mode %04o: another user could plant links in it; refused "
                              "(it must belong to root, mode 0755: fix it, then run again)"
                              % (dest, st.st_uid, stat.S_IMODE(st.st_mode)))
@@ -187,43 +156,15 @@ def _os_error(exc, path, doing):
 
 
 def _read_file(path, what):
-    """The text of the regular file ``path`` (never a link), and its lstat."""
+    """The text of the regular file ``path`` of root's (never a link), and its lstat."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ConfigDirError("%s %s is a symbolic link; refused (not followed)" % (what, path)) from None
-        raise _os_error(exc, path, "reading") from None
+        data, st = host.read_regular(path, MAX_FILE_BYTES, ours=True)
+    except host.FileError as exc:
+        raise ConfigDirError("%s %s" % (what, exc)) from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigDirError("%s %s is %s, not a regular file; refused" % (what, path, _kind(st)))
-        if not _trusted_uid(st.st_uid):
-            raise ConfigDirError("%s %s belongs to uid %d, not to root; refused" % (what, path, st.st_uid))
-        if st.st_size > MAX_FILE_BYTES:
-            raise ConfigDirError("%s %s: %d bytes, more than %d; refused" % (what, path, st.st_size, MAX_FILE_BYTES))
-        chunks = []
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    except OSError as exc:
-        raise _os_error(exc, path, "reading") from None
-    finally:
-        os.close(fd)
-    try:
-        return b"".join(chunks).decode("utf-8"), st
+        return data.decode("utf-8"), st
     except UnicodeDecodeError:
         raise ConfigDirError("%s %s is not UTF-8 text; refused" % (what, path)) from None
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -284,9 +225,9 @@ def _version_files(dest, version):
     st = _lstat(base)
     if st is None:
         return {}, {}, "%s points to %s, which is missing" % (DATA, base)
-    if not _is_ours(st):
+    if not is_ours(st):
         return {}, {}, ("%s is %s of uid %d with mode %04o: another user can write it, so nothing in it is read "
-                        "(a new version replaces it)" % (base, _kind(st), st.st_uid, stat.S_IMODE(st.st_mode)))
+                        "(a new version replaces it)" % (base, host.kind(st), st.st_uid, stat.S_IMODE(st.st_mode)))
     files, modes = {}, {}
     try:
         names = sorted(os.listdir(base))
@@ -319,17 +260,17 @@ def read_current(dest):
     data = _lstat(os.path.join(dest, DATA))
     if data is not None:
         target = os.readlink(os.path.join(dest, DATA)) if stat.S_ISLNK(data.st_mode) else None
-        if target is None or not _trusted_uid(data.st_uid) or not VERSION_RE.match(target):
+        if target is None or not _ours(data) or not VERSION_RE.match(target):
             raise ConfigDirError("%s is %s%s, not a link of root's to a version directory beside it; refused "
-                                 "(remove it and run again)" % (os.path.join(dest, DATA), _kind(data),
+                                 "(remove it and run again)" % (os.path.join(dest, DATA), host.kind(data),
                                                                 " to %r" % target if target else ""))
         version_files, version_modes, current.problem = _version_files(dest, target)
         current.version = "" if current.problem else target
     prev = _lstat(os.path.join(dest, PREVIOUS))
     if prev is not None:
         target = os.readlink(os.path.join(dest, PREVIOUS)) if stat.S_ISLNK(prev.st_mode) else ""
-        if _trusted_uid(prev.st_uid) and VERSION_RE.match(target) and target != current.version \
-                and _is_ours(_lstat(os.path.join(dest, target))):
+        if _ours(prev) and VERSION_RE.match(target) and target != current.version \
+                and is_ours(_lstat(os.path.join(dest, target))):
             current.previous = target
     for name in names:
         path = os.path.join(dest, name)
@@ -343,12 +284,12 @@ def read_current(dest):
                 current.stale.append(name)
             continue
         if name.startswith(".") and name.endswith(".json.tmp") and stat.S_ISLNK(st.st_mode) \
-                and _trusted_uid(st.st_uid):
+                and _ours(st):
             current.stale.append(name)  # a link an interrupted adoption left
             continue
         if not name.endswith(".json"):
             continue  # not ours: neither read nor touched
-        if not _trusted_uid(st.st_uid):
+        if not _ours(st):
             raise ConfigDirError("%s belongs to uid %d, not to root; refused (remove it and run again)"
                                  % (path, st.st_uid))
         if stat.S_ISLNK(st.st_mode):
@@ -369,7 +310,7 @@ def read_current(dest):
             current.files[name], fst = _read_file(path, "config file")
             current.modes[name] = stat.S_IMODE(fst.st_mode)
         else:
-            raise ConfigDirError("%s is %s; refused (remove it and run again)" % (path, _kind(st)))
+            raise ConfigDirError("%s is %s; refused (remove it and run again)" % (path, host.kind(st)))
     return current
 
 
@@ -568,19 +509,6 @@ def _new_version(dest):
     raise ConfigDirError("%s: could not make a new version directory" % dest)
 
 
-def _write_file(path, text, mode):
-    data = text.encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _Stager:
     """Writes version directories in ``dest``; a file already written with the same text and mode (in the version
     in force or a step before) is hard-linked, not written again. Files in a version are never changed."""
@@ -606,11 +534,11 @@ class _Stager:
                 if source is not None and source[0] == files[name]:
                     os.link(source[1], path, follow_symlinks=False)
                 else:
-                    _write_file(path, files[name], self.mode)
+                    host.create_file(path, files[name].encode("utf-8"), self.mode)
             except OSError as exc:
                 raise _os_error(exc, path, "writing") from None
             self._sources[name] = (files[name], path)
-        _fsync_dir(base)
+        fsync_dir(base)
         return version
 
 
@@ -636,7 +564,7 @@ def _swap(dest, version):
         os.unlink(tmp)
     os.symlink(version, tmp)
     os.rename(tmp, os.path.join(dest, DATA))
-    _fsync_dir(dest)
+    fsync_dir(dest)
 
 
 def _link_names(dest, names):
@@ -668,7 +596,7 @@ def _adopt(dest, current, stager):
         except OSError as exc:
             raise _os_error(exc, path, "writing") from None
         vfiles[name] = current.files[name]
-    _fsync_dir(base)
+    fsync_dir(base)
     stager.know(version, vfiles, current.modes)
     _link_names(dest, [n for n in current.files if n not in current.plain])
     _swap(dest, version)
@@ -678,7 +606,7 @@ def _adopt(dest, current, stager):
             os.unlink(tmp)
         os.symlink(DATA + "/" + name, tmp)
         os.rename(tmp, os.path.join(dest, name))  # atomic: the file in force becomes the same file, through ..data
-    _fsync_dir(dest)
+    fsync_dir(dest)
     return version, 1 + len(current.plain)
 
 
@@ -743,10 +671,10 @@ def push(dest, current, the_plan, mode, timeout, envoy_for=None):
             names = set().union(*(s.files for s in the_plan.steps)) if the_plan.steps else set()
             made_links = sorted(n for n in names if not os.path.lexists(os.path.join(dest, n)))
             _link_names(dest, made_links)
-            _fsync_dir(dest)
+            fsync_dir(dest)
         except OSError as exc:
             raise _os_error(exc, dest, "staging in") from None
-    except ConfigDirError as exc:
+    except HostError as exc:
         _discard(dest, stager.made, made_links)
         in_force = _in_force(dest)
         raise ConfigDirError("%s; nothing of the new config is in force (%s)"
@@ -779,7 +707,7 @@ def push(dest, current, the_plan, mode, timeout, envoy_for=None):
         for name in sorted(os.listdir(dest)):
             if (VERSION_RE.match(name) and name not in (final, previous)) or name in the_plan.stale:
                 _remove_version(dest, name)
-        _fsync_dir(dest)
+        fsync_dir(dest)
     except OSError as exc:
         warnings.append("cleaning up %s after the swap: %s" % (dest, exc))
     return Outcome(final or "", previous or "", [s.label for s in the_plan.steps],
@@ -836,6 +764,6 @@ def _discard(dest, versions, links):
             except OSError:
                 pass
     try:
-        _fsync_dir(dest)
+        fsync_dir(dest)
     except OSError:
         pass

@@ -121,6 +121,7 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
 from ansible_collections.vmesh.mesh.plugins.module_utils.envoy_files import ConfigDirError, Envoy, locked, ordered
 from ansible_collections.vmesh.mesh.plugins.module_utils.envoy_files import plan as plan_push, push, read_current
 
@@ -212,7 +213,7 @@ def main():
     )
     try:
         result = run(module)
-    except ConfigDirError as exc:
+    except HostError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)
 
