@@ -131,7 +131,7 @@ LOCK_TIMEOUT = 60
 
 def plan(dest, files, bootstrap):
     """(files in force, changed names, removed names) of a push of ``files`` to ``dest``, changes in the order they
-    must reach Envoy. Kept for tests/netmesh.py, which writes plain files itself."""
+    must reach Envoy. Kept for tests/harness/netmesh.py, which writes plain files itself."""
     current = read_current(dest)
     changed = ordered([n for n in files if current.files.get(n) != files[n]], bootstrap)
     removed = ordered([n for n in current.files if n not in files], bootstrap)
