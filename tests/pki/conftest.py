@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from pki_helpers import IDENTITY, Node, Pki, ca_server, ca_server_tasks, new_key, ok, play, register, server_cli
-from pki_helpers import write_server_config
+from harness.pki import IDENTITY, Node, Pki, ca_server, ca_server_tasks, new_key, ok, play, register, server_cli
+from harness.pki import write_server_config
 
 
 @pytest.fixture(scope="module")

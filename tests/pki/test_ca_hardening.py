@@ -30,8 +30,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from pki_helpers import IDENTITY, ROOT, SERVER_ID, Running, body, ca_server, call, ext, mode, new_csr, new_key, ok
-from pki_helpers import openssl, play, register, server_cli, tls_context, verify_chain
+from harness.pki import IDENTITY, ROOT, SERVER_ID, Running, body, ca_server, call, ext, mode, new_csr, new_key, ok
+from harness.pki import openssl, play, register, server_cli, tls_context, verify_chain
 
 # --- the intermediate's name constraints ---------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from pki_helpers import IDENTITY, ca_task, flow, ok, openssl, play
+from harness.pki import IDENTITY, ca_task, flow, ok, openssl, play
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="root's modules against a less-privileged user need root")
 

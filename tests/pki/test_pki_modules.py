@@ -8,8 +8,8 @@ import hashlib
 import os
 import re
 
-from pki_helpers import GROUP, IDENTITY, assert_no_private_key, ca_task, count_certs, ext, flow, mode, ok, openssl
-from pki_helpers import play, user_intermediate, user_root, verifies
+from harness.pki import GROUP, IDENTITY, assert_no_private_key, ca_task, count_certs, ext, flow, mode, ok, openssl
+from harness.pki import play, user_intermediate, user_root, verifies
 
 
 def test_ca_four_steps(tmp_path):

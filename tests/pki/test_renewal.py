@@ -29,10 +29,10 @@ from ansible_collections.vmesh.mesh.plugins.module_utils import policy
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
-from pki_helpers import AGENT, ENV, GROUP, IDENTITY, Node, OTHER, OWNER, Pki, ROOT, Running, SERVER, SERVER_ID
-from pki_helpers import TARGET_PYTHON, assert_no_private_key, body, ca_server, ca_server_tasks, call, count_certs
-from pki_helpers import ext, free_port, leaf_of, mode, new_csr, new_key, ok, openssl, play, register, server_cli
-from pki_helpers import tls_context, user_root, verify_chain, write_server_config
+from harness.pki import AGENT, ENV, GROUP, IDENTITY, Node, OTHER, OWNER, Pki, ROOT, Running, SERVER, SERVER_ID
+from harness.pki import TARGET_PYTHON, assert_no_private_key, body, ca_server, ca_server_tasks, call, count_certs
+from harness.pki import ext, free_port, leaf_of, mode, new_csr, new_key, ok, openssl, play, register, server_cli
+from harness.pki import tls_context, user_root, verify_chain, write_server_config
 
 # --- the server ----------------------------------------------------------------------------------------------------
 

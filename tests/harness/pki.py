@@ -1,7 +1,6 @@
-"""What the PKI tests share (tests/pki): a play on localhost that records every task's result, the CA and the
+"""What the PKI tests (tests/pki) share: a play on localhost that records every task's result, the CA and the
 workload modules chained as the roles chain them, the CA server and the renewal agent installed as the roles install
-them, requests to the server, and checks of what was issued. Not a test file: the tests import it, never each
-other; the fixtures built on it are in conftest.py."""
+them, requests to the server, and checks of what was issued. The fixtures built on it are in tests/pki/conftest.py."""
 
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import stat
 import subprocess
@@ -29,8 +27,8 @@ from pathlib import Path
 import jinja2
 from ansible_collections.vmesh.mesh.plugins.lookup.node_source import closure
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+from harness import BIN, ROOT, TARGET_PYTHON, free_port
+
 IDENTITY = "spiffe://cluster.local/ns/default/sa/reviews"
 OWNER = pwd.getpwuid(os.getuid()).pw_name
 GROUP = grp.getgrgid(os.getgid()).gr_name
@@ -186,8 +184,6 @@ def user_intermediate(folder: Path, root: Path, root_key: Path, name="mesh") -> 
     return folder / f"{name}.pem", folder / f"{name}.key"
 
 
-# What runs on the VMs and the CA server: the system python3, like there.
-TARGET_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 INSTALLS = ROOT / ".cache" / "node-install"
 CODE = ("ansible_collections", "vmesh", "mesh", "plugins", "module_utils")
 
@@ -261,12 +257,6 @@ class Pki:
     state: Path
     config: Path
     bundle: Path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
