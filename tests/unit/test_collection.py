@@ -79,11 +79,14 @@ def artifact(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def user(artifact, tmp_path_factory) -> UserRepo:
     base = tmp_path_factory.mktemp("user")
-    collections = base / "collections"
-    proc = subprocess.run([str(BIN / "ansible-galaxy"), "collection", "install", str(artifact), "-p", str(collections)],
-                          capture_output=True, text=True, timeout=300, cwd=base)
+    user = UserRepo(base, base / "collections")
+    # In the user's environment: with the checkout's ansible.cfg (make exports ANSIBLE_CONFIG), ansible-galaxy
+    # would find the checkout's own link to the collection and install nothing.
+    proc = user.run("ansible-galaxy", "collection", "install", str(artifact), "-p", str(user.collections),
+                    timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return UserRepo(base, collections)
+    assert (user.collections / "ansible_collections" / "vmesh" / "mesh" / "MANIFEST.json").is_file(), proc.stdout
+    return user
 
 
 def test_the_artifact_holds_the_collection_and_nothing_else(artifact):
