@@ -6,7 +6,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR ?= 0
 
-.PHONY: setup image demo demo-traffic demo-canary demo-down test test-unit lint clean
+.PHONY: setup image demo demo-traffic demo-canary demo-down test test-unit lint bench clean
 
 setup:
 	@scripts/setup.sh
@@ -45,6 +45,10 @@ lint: setup
 
 test-unit: setup
 	pytest -q -m "not netns and not vm" tests
+
+## Benchmarks that need no VMs: they print figures and ratios measured in one run, never a pass or a fail.
+bench: setup
+	python bench/compile_scale.py
 
 clean: demo-down
 	rm -rf .cache build *.egg-info
