@@ -84,7 +84,7 @@ import threading
 import time
 import traceback
 
-from ansible_collections.vmesh.mesh.plugins.module_utils import certs, policy
+from ansible_collections.vmesh.mesh.plugins.module_utils import certs, host, policy
 from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
 
 NAME = "vmesh-ca-server"
@@ -175,14 +175,9 @@ class Refused(Exception):
 
 def load_config(path):
     try:
-        with open(path, encoding="utf-8") as handle:
-            given = json.load(handle)
-    except OSError as exc:
-        raise ConfigError("%s: %s" % (path, exc.strerror)) from None
-    except ValueError as exc:
-        raise ConfigError("%s: not JSON: %s" % (path, exc)) from None
-    if not isinstance(given, dict):
-        raise ConfigError("%s: expected a JSON object" % path)
+        given = host.read_json_object(path)
+    except host.FileError as exc:
+        raise ConfigError(str(exc)) from None
     unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:
         raise ConfigError("%s: unknown settings %s" % (path, ", ".join(unknown)))

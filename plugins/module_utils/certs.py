@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from ansible_collections.vmesh.mesh.plugins.module_utils import host
 from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
 from ansible_collections.vmesh.mesh.plugins.module_utils.host import check_parents, ensure_dir
-from ansible_collections.vmesh.mesh.plugins.module_utils.host import fix_attributes, fsync_dir, is_ours, kind
+from ansible_collections.vmesh.mesh.plugins.module_utils.host import fix_attributes, fsync_dir, is_ours, kind, owner
 from ansible_collections.vmesh.mesh.plugins.module_utils.host import lstat_or_none, read_file, remove_tree, write_file
 from ansible_collections.vmesh.mesh.plugins.module_utils.pem import blocks as pem_blocks, encode as to_pem
 from ansible_collections.vmesh.mesh.plugins.module_utils.pem import fingerprints, normalize_certs
@@ -306,11 +306,6 @@ def ignored_owner(owner):
             "their group (a user that owned them could make root follow a link)" % owner)
 
 
-def dir_owner():
-    """Directories and files belong to root when we run as root, else to the user running us (tests, rootless use)."""
-    return host.owner()
-
-
 def check_private_file(path, what="file"):
     """Raise unless ``path`` is a regular file (not a link) whose directories no one but root (or us) can write:
     a key root hands to ``openssl`` by its path."""
@@ -357,7 +352,7 @@ def _certs_dir(path):
         return None
     if not stat.S_ISDIR(st.st_mode):
         raise CertError("%s is %s, not a directory; refused" % (path, kind(st)))
-    if st.st_uid != dir_owner() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if not is_ours(st):
         raise CertError("%s belongs to uid %d with mode %04o: another user could plant links in it; refused "
                         "(it must belong to root, mode 0750: fix or remove it, then run again)"
                         % (path, st.st_uid, stat.S_IMODE(st.st_mode)))
@@ -505,16 +500,16 @@ def prepare_pending(path, identity, gid, openssl=None):
     parse_identity(identity)
     pending, key_path, csr_path = pending_paths(path)
     _certs_dir(path)
-    ensure_dir(path, DIR_MODE, dir_owner(), gid)
+    ensure_dir(path, DIR_MODE, owner(), gid)
     if not is_ours(lstat_or_none(pending)):
         remove_tree(pending)
-    ensure_dir(pending, PENDING_MODE, dir_owner(), os.getegid())
+    ensure_dir(pending, PENDING_MODE, owner(), os.getegid())
     if _regular(key_path) and _valid_key(openssl, key_path):
-        fix_attributes(key_path, KEY_MODE, dir_owner(), os.getegid())  # reused: make sure of its mode and owner
+        fix_attributes(key_path, KEY_MODE, owner(), os.getegid())  # reused: make sure of its mode and owner
     else:
-        write_file(key_path, openssl.new_key(key_path), KEY_MODE, dir_owner(), os.getegid())
+        write_file(key_path, openssl.new_key(key_path), KEY_MODE, owner(), os.getegid())
     csr = openssl.new_csr(key_path, identity, csr_path)
-    write_file(csr_path, csr, KEY_MODE, dir_owner(), os.getegid())
+    write_file(csr_path, csr, KEY_MODE, owner(), os.getegid())
     return csr
 
 
@@ -652,7 +647,7 @@ def _attributes_ok(path, version, gid):
     and the group ``gid`` when it is known)."""
     for directory in (path, os.path.join(path, version)):
         st = lstat_or_none(directory)
-        if st is None or stat.S_IMODE(st.st_mode) != DIR_MODE or st.st_uid != dir_owner():
+        if st is None or stat.S_IMODE(st.st_mode) != DIR_MODE or st.st_uid != owner():
             return False
         if gid is not None and st.st_gid != gid:
             return False
@@ -660,7 +655,7 @@ def _attributes_ok(path, version, gid):
         st = lstat_or_none(os.path.join(path, version, name))
         if st is None or not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != mode:
             return False
-        if st.st_uid != dir_owner() or (gid is not None and st.st_gid != gid):
+        if st.st_uid != owner() or (gid is not None and st.st_gid != gid):
             return False
     return True
 
@@ -671,7 +666,7 @@ def install(path, plan, gid):
     versions and the directories another user could write (``plan.cleanup``), without following any link.
     Returns the version in force."""
     _certs_dir(path)
-    ensure_dir(path, DIR_MODE, dir_owner(), gid)
+    ensure_dir(path, DIR_MODE, owner(), gid)
     version = installed(path).version
     if plan.changed_files:
         version = _write_version(path, plan, gid)
@@ -692,12 +687,12 @@ def _write_version(path, plan, gid):
         os.mkdir(vdir, DIR_MODE)  # a new directory, never an existing entry
     except OSError as exc:
         raise CertError("%s: %s" % (vdir, exc.strerror)) from None
-    ensure_dir(vdir, DIR_MODE, dir_owner(), gid)
+    ensure_dir(vdir, DIR_MODE, owner(), gid)
     key_bytes = read_file(plan.key_from)  # a regular file in a directory of ours (plan_install checked)
     if key_bytes is None:
         raise CertError("%s: vanished before it could be installed" % plan.key_from)
     for name, data in ((CHAIN, plan.chain), (KEY, key_bytes), (BUNDLE, plan.bundle)):
-        write_file(os.path.join(vdir, name), data, FILE_MODES[name], dir_owner(), gid)
+        write_file(os.path.join(vdir, name), data, FILE_MODES[name], owner(), gid)
     fsync_dir(vdir)
     # The swap: readers see the old version or the new one, never a mix.
     _symlink_atomic(path, DATA, version)

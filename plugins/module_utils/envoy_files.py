@@ -56,7 +56,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
-import fcntl
 import json
 import os
 import re
@@ -116,15 +115,10 @@ def check_name(name):
 # --- owners, directories and files root can trust --------------------------------------------------------------
 
 
-def owner():
-    """Everything here belongs to root when we run as root, else to the user running us (tests)."""
-    return host.owner()
-
-
 def _ours(st):
     """Whether the entry ``st`` (an lstat result) belongs to root (to us, outside root): host.py's rule for the
     directories we work in, applied to the links and files in them."""
-    return st.st_uid == owner()
+    return st.st_uid == host.owner()
 
 
 def _lstat(path):
@@ -181,16 +175,9 @@ def locked(dest, timeout):
         yield
         return
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ConfigDirError("%s: another push holds its lock (flock) for more than %d s; refused"
-                                         % (path, timeout)) from None
-                time.sleep(0.1)
+        if not host.flock_within(fd, timeout):
+            raise ConfigDirError("%s: another push holds its lock (flock) for more than %d s; refused"
+                                 % (path, timeout))
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -26,11 +26,14 @@ walk never follows a link). Failures raise :class:`FileError`, a one-line messag
 from __future__ import annotations
 
 import errno
+import fcntl
+import json
 import os
 import shutil
 import stat
 import subprocess
 import tempfile
+import time
 
 from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
 
@@ -173,6 +176,20 @@ def remove_tree(path):
         raise FileError("%s: cannot remove it: %s" % (path, exc.strerror)) from None
 
 
+def flock_within(fd, timeout):
+    """Take an exclusive flock on the open ``fd``, waiting at most ``timeout`` seconds; whether it was taken. The
+    lock goes with the descriptor: closing it releases the lock."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+
+
 def fsync_dir(path):
     """fsync the directory ``path`` (opened without following a link): the entries made in it are on disk."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -267,6 +284,20 @@ def read_regular(path, limit=MAX_FILE_BYTES, missing_ok=False, ours=False):
 def read_file(path, limit=MAX_FILE_BYTES):
     """The bytes of the regular file ``path``, or None when there is none (see :func:`read_regular`)."""
     return read_regular(path, limit, missing_ok=True)[0]
+
+
+def read_json_object(path):
+    """The JSON object (a dict) in the file ``path``: a program's configuration, written by its role."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            given = json.load(handle)
+    except OSError as exc:
+        raise FileError("%s: %s" % (path, exc.strerror)) from None
+    except ValueError as exc:
+        raise FileError("%s: not JSON: %s" % (path, exc)) from None
+    if not isinstance(given, dict):
+        raise FileError("%s: expected a JSON object" % path)
+    return given
 
 
 def write_file(path, data, mode, uid, gid):

@@ -46,7 +46,6 @@ import argparse
 import base64
 import contextlib
 import datetime
-import fcntl
 import http.client
 import json
 import os
@@ -56,7 +55,7 @@ import sys
 import time
 import urllib.parse
 
-from ansible_collections.vmesh.mesh.plugins.module_utils import certs
+from ansible_collections.vmesh.mesh.plugins.module_utils import certs, host
 from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
 
 NAME = "vmesh-renew"
@@ -88,14 +87,9 @@ class Failed(Exception):
 
 def load_config(path):
     try:
-        with open(path, encoding="utf-8") as handle:
-            given = json.load(handle)
-    except OSError as exc:
-        raise ConfigError("%s: %s" % (path, exc.strerror)) from None
-    except ValueError as exc:
-        raise ConfigError("%s: not JSON: %s" % (path, exc)) from None
-    if not isinstance(given, dict):
-        raise ConfigError("%s: expected a JSON object" % path)
+        given = host.read_json_object(path)
+    except host.FileError as exc:
+        raise ConfigError(str(exc)) from None
     missing = [k for k in REQUIRED if not given.get(k)]
     unknown = sorted(set(given) - set(REQUIRED) - set(DEFAULTS) - set(IGNORED))
     if missing or unknown:
@@ -251,15 +245,8 @@ def renewal_lock(cert_dir, timeout=LOCK_TIMEOUT):
         raise Failed("%s: %s (the identity role installs it; a link is not followed)" % (
             cert_dir, exc.strerror)) from None
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise Failed("another renewal holds %s for over %d s" % (cert_dir, timeout)) from None
-                time.sleep(0.2)
+        if not host.flock_within(fd, timeout):
+            raise Failed("another renewal holds %s for over %d s" % (cert_dir, timeout))
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -97,8 +97,9 @@ import stat
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
-from ansible_collections.vmesh.mesh.plugins.module_utils.certs import KEY_MODE, CertError, Openssl, check_parents, dir_owner, ensure_dir
-from ansible_collections.vmesh.mesh.plugins.module_utils.certs import fix_attributes, lstat_or_none, pem_blocks, resolve_owner, write_file
+from ansible_collections.vmesh.mesh.plugins.module_utils.certs import KEY_MODE, CertError, Openssl, pem_blocks, resolve_owner
+from ansible_collections.vmesh.mesh.plugins.module_utils.host import check_parents, ensure_dir, fix_attributes
+from ansible_collections.vmesh.mesh.plugins.module_utils.host import lstat_or_none, owner, write_file
 
 
 def argument_spec():
@@ -165,7 +166,7 @@ def ensure(module):
     if reason and not module.check_mode:
         directory = os.path.dirname(path) or "."
         if lstat_or_none(directory) is None:
-            ensure_dir(directory, 0o700, dir_owner(), os.getegid())
+            ensure_dir(directory, 0o700, owner(), os.getegid())
         if reason in ("missing", "forced"):
             write_file(path, openssl.new_key(path), KEY_MODE, uid, gid)  # rename(2) replaces a link, unfollowed
             public = openssl.key_public_key(path, path)
