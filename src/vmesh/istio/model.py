@@ -34,14 +34,25 @@ class Mesh:
     service_entries: list[serviceentry.ServiceEntry] = dataclasses.field(default_factory=list)
     peer_authentications: list[peerauthentication.PeerAuthentication] = dataclasses.field(default_factory=list)
     authorization_policies: list[authorizationpolicy.AuthorizationPolicy] = dataclasses.field(default_factory=list)
+    # Answers that depend only on a workload's namespace and labels (or a Sidecar), kept once asked: thousands of
+    # hosts share a few hundred label sets. The model is not changed after it is built.
+    _memo: dict[tuple, object] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    def _by_selection(self, kind: str, workload: registry_mod.Workload, extra: object, compute):
+        key = (kind, workload.namespace, tuple(sorted(workload.labels.items())), extra)
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def authorization_for(self, workload: registry_mod.Workload) -> list[authorizationpolicy.AuthorizationPolicy]:
-        return authorizationpolicy.for_workload(self.authorization_policies, workload.namespace, workload.labels)
+        return self._by_selection("authz", workload, None, lambda: authorizationpolicy.for_workload(
+            self.authorization_policies, workload.namespace, workload.labels))
 
     def mtls_mode(self, workload: registry_mod.Workload, port: int | None) -> str:
         """DISABLE, PERMISSIVE or STRICT for one workload port (the port its app listens on); ``None``: the
         workload-wide mode, which also holds for ports it does not declare."""
-        return peerauthentication.mode_for(self.peer_authentications, workload.namespace, workload.labels, port)
+        return self._by_selection("mtls", workload, port, lambda: peerauthentication.mode_for(
+            self.peer_authentications, workload.namespace, workload.labels, port))
 
     def gateways_of(self, host: str) -> list[Gateway]:
         """The Gateways whose selector picks this host: it runs them as an edge proxy."""
@@ -50,22 +61,27 @@ class Mesh:
 
     def sidecar(self, host: str) -> sidecar_mod.Sidecar | None:
         workload = self.registry.workloads[host]
-        return sidecar_mod.for_host(self.sidecars, workload.namespace, workload.labels)
+        return self._by_selection("sidecar", workload, None, lambda: sidecar_mod.for_host(
+            self.sidecars, workload.namespace, workload.labels))
 
     def visible_services(self, host: str) -> list[str]:
         """FQDNs this host's proxy is configured for: its Sidecar's egress hosts, plus what their routes use."""
         sidecar = self.sidecar(host)
         if sidecar is None:
             return sorted(self.registry.services)
-        visible = {fqdn for fqdn, s in self.registry.services.items() if sidecar.allows(fqdn, s.namespace)}
-        needed = set(visible)
-        bound = [self.virtual_services.get(fqdn) for fqdn in visible]
-        keys = {g.key for g in self.gateways_of(host)}  # an edge proxy also needs what its Gateways route to
-        bound += [vs for vs in self.gateway_services if keys & set(vs.gateways)]
-        for vs in bound:
-            for route in vs.routes() if vs else []:
-                needed |= {d.host for d in route.destinations} | {m.host for m in getattr(route, "mirrors", ())}
-        return sorted(needed)
+        keys = tuple(sorted(g.key for g in self.gateways_of(host)))
+        memo = ("visible", id(sidecar), keys)
+        if memo not in self._memo:
+            visible = sidecar.visible(self.registry.services)
+            needed = set(visible)
+            bound = [self.virtual_services.get(fqdn) for fqdn in visible]
+            # an edge proxy also needs what its Gateways route to
+            bound += [vs for vs in self.gateway_services if set(keys) & set(vs.gateways)]
+            for vs in bound:
+                for route in vs.routes() if vs else []:
+                    needed |= {d.host for d in route.destinations} | {m.host for m in getattr(route, "mirrors", ())}
+            self._memo[memo] = sorted(needed)
+        return list(self._memo[memo])
 
     def outbound_policy_for(self, host: str) -> str:
         sidecar = self.sidecar(host)

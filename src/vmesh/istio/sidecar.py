@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import re
+from typing import Any, Mapping
 
 from vmesh.documents import Document, show
 from vmesh.istio.fields import Node, gateway_host_problem, namespace_problem, root
@@ -15,6 +17,7 @@ from vmesh.registry import Registry
 
 ROOT_NAMESPACE = "istio-system"
 POLICIES = ("ALLOW_ANY", "REGISTRY_ONLY")
+_WILDCARD = re.compile(r"[*?\[]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +41,14 @@ class Sidecar:
             if entry.name == "*" or fnmatch.fnmatchcase(fqdn, entry.name) or fqdn == entry.name:
                 return True
         return False
+
+    def visible(self, services: Mapping[str, Any]) -> set[str]:
+        """The FQDNs of ``services`` (FQDN -> anything with a ``namespace``) that ``allows``: exact egress names
+        are looked up, only wildcards are matched against every service."""
+        exact = [e for e in self.egress if not _WILDCARD.search(e.name)]
+        if len(exact) < len(self.egress):
+            return {fqdn for fqdn, s in services.items() if self.allows(fqdn, s.namespace)}
+        return {e.name for e in exact if e.name in services and self.allows(e.name, services[e.name].namespace)}
 
 
 def _egress_host(node: Node) -> EgressHost:
