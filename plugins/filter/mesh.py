@@ -49,7 +49,7 @@ def compile_mesh(sources, hostvars, hosts, rollouts=None):
         configs = render_all(mesh)
     except MeshError as exc:
         raise AnsibleFilterError(f"vmesh.mesh.compile: {exc}") from exc
-    out = {host: {"files": c.files, "validation": c.validation, "hosts_entries": c.hosts_entries,
+    out = {host: {"files": c.files, "hosts_entries": c.hosts_entries,
                   "edge_ports": c.edge_ports, "credentials": c.credentials, "identity": c.identity}
            for host, c in configs.items()}
     out["_warnings"] = mesh.warnings

@@ -8,8 +8,9 @@ module: envoy_config
 short_description: Install an Envoy config directory atomically, validated first, make-before-break
 description:
   - Compares the wanted files with those in force in O(dest). When any differs, runs C(envoy --mode validate) on
-    O(validation); only if Envoy accepts it, writes the whole new config as a version directory in O(dest)
-    (every file fsynced, then the directory) and switches to it by renaming one symbolic link, C(..data), which
+    the static equivalent of O(files), which it builds itself (Envoy's validate mode does not read file-based
+    xDS); only if Envoy accepts it, writes the whole new config as a version directory in O(dest) (every file
+    fsynced, then the directory) and switches to it by renaming one symbolic link, C(..data), which
     the files Envoy reads (C(<dest>/<name> -> ..data/<name>)) go through. A running Envoy that watches O(dest)
     hot-reloads every file-based resource (LDS, CDS, RDS, SDS) on that rename, without a restart.
   - "Make before break: one rename cannot order Envoy's reloads (it runs them in no fixed order), so a push that
@@ -34,10 +35,6 @@ options:
   files:
     description: File name to content; plain C(*.json) names.
     type: dict
-    required: true
-  validation:
-    description: A static bootstrap equivalent to O(files), for C(envoy --mode validate).
-    type: str
     required: true
   envoy:
     description: The Envoy binary used for validation.
@@ -74,8 +71,7 @@ EXAMPLES = r"""
 - name: Push the Envoy config
   vmesh.mesh.envoy_config:
     dest: /etc/vmesh/envoy
-    files: "{{ preflight_compiled[inventory_hostname].files }}"
-    validation: "{{ preflight_compiled[inventory_hostname].validation }}"
+    files: "{{ lookup('vmesh.mesh.artifact', inventory_hostname) }}"
     envoy: /opt/vmesh/bin/envoy
   register: pushed
 """
@@ -124,6 +120,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
 from ansible_collections.vmesh.mesh.plugins.module_utils.envoy_files import ConfigDirError, Envoy, locked, ordered
 from ansible_collections.vmesh.mesh.plugins.module_utils.envoy_files import plan as plan_push, push, read_current
+from ansible_collections.vmesh.mesh.plugins.module_utils.envoy_static import BundleError, bundle
 
 #: How long a push waits for another one to finish, beyond that one's own waits on Envoy.
 LOCK_TIMEOUT = 60
@@ -138,8 +135,12 @@ def plan(dest, files, bootstrap):
     return current.files, changed, removed
 
 
-def validate(module, envoy, validation):
-    """Raise ConfigDirError unless ``envoy --mode validate`` accepts the static bootstrap ``validation``."""
+def validate(module, envoy, files, bootstrap):
+    """Raise ConfigDirError unless ``envoy --mode validate`` accepts the static equivalent of ``files``."""
+    try:
+        validation = bundle(files, bootstrap)
+    except BundleError as exc:
+        raise ConfigDirError("the new config is not whole; the running config is unchanged: %s" % exc) from None
     folder = tempfile.mkdtemp(prefix="vmesh-validate-")
     try:
         check = os.path.join(folder, "validate.json")
@@ -185,7 +186,7 @@ def run_locked(module, dest):
             result["version"] = ""
         return result
     if todo.steps:  # the config in force changes (not only its layout)
-        validate(module, p["envoy"], p["validation"])
+        validate(module, p["envoy"], files, bootstrap)
 
     def envoy_for(in_force):
         text = in_force.get(bootstrap)
@@ -203,7 +204,6 @@ def main():
         argument_spec=dict(
             dest=dict(type="path", required=True),
             files=dict(type="dict", required=True),
-            validation=dict(type="str", required=True),
             envoy=dict(type="path", required=True),
             bootstrap=dict(type="str", default="envoy.json"),
             mode=dict(type="raw", default="0644"),

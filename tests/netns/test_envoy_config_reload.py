@@ -28,7 +28,7 @@ def test_running_envoy_hot_reloads_a_pushed_change(tmp_path):
     proc = None
     try:
         good = compiled(dest)
-        push(tmp_path, dest, good.files, good.validation)
+        push(tmp_path, dest, good.files)
         proc = subprocess.Popen(["ip", "netns", "exec", ns, envoy.binary(), "-c", str(dest / "envoy.json"),
                                  "-l", "error", "--use-dynamic-base-id"], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
@@ -48,7 +48,7 @@ def test_running_envoy_hot_reloads_a_pushed_change(tmp_path):
         assert before and all(v >= 1 for v in before.values())
         uptime = stats("server.uptime")["server.uptime"]
         routed = compiled(dest, VS_V3)
-        result = push(tmp_path, dest, routed.files, routed.validation, netns=ns)
+        result = push(tmp_path, dest, routed.files, netns=ns)
         assert result["changed"] is True
         # the module waited until this Envoy (its admin endpoint, in the namespace) had read the swap
         assert result["envoy_confirmed"] is True and result["steps"] == ["listeners and routes"]

@@ -31,7 +31,7 @@ def test_versions_links_previous_and_leftovers(tmp_path):
     os.symlink("..20200101T000000.abcdef", dest / "..data_tmp")
     (dest / "notes.txt").write_text("not ours: left alone\n")
     configs = [config(dest, ports, "A"), config(dest, ports, "B"), config(dest, ports, "B", route="other")]
-    results = pushes(tmp_path, *(args(dest, files, validation) for files, validation in configs))
+    results = pushes(tmp_path, *(args(dest, files) for files in configs))
     for result in results:
         assert not result.get("failed"), result.get("msg")
         assert result["changed"] is True and result["envoy_confirmed"] is False  # no Envoy runs from dest
@@ -43,7 +43,7 @@ def test_versions_links_previous_and_leftovers(tmp_path):
     assert os.readlink(dest / "..previous") == second["version"]
     assert versions(dest) == {second["version"], third["version"]}
     assert not (dest / "..data_tmp").exists() and (dest / "notes.txt").exists()
-    files = configs[-1][0]
+    files = configs[-1]
     assert in_force(dest) == files
     assert sorted(p.name for p in dest.iterdir()) == sorted(
         ["..data", "..previous", second["version"], third["version"], "notes.txt", *files])
@@ -63,15 +63,15 @@ def test_check_mode_diff_and_a_second_push(tmp_path):
     """Check mode writes nothing and reports what would change, the diff lists the changed files, a push of what is
     in force changes nothing."""
     dest, ports = tmp_path / "envoy", Ports()
-    files, validation = config(dest, ports, "A")
-    (first,) = pushes(tmp_path, args(dest, files, validation))
+    files = config(dest, ports, "A")
+    (first,) = pushes(tmp_path, args(dest, files))
     assert first["changed"] is True
     before = tree(dest)
-    other, other_validation = config(dest, ports, "B")
+    other = config(dest, ports, "B")
     checked, diffed, again, again_checked = pushes(
-        tmp_path, args(dest, other, other_validation, _check=True),
-        args(dest, other, other_validation, _check=True, _diff=True),
-        args(dest, files, validation), args(dest, files, validation, _check=True))
+        tmp_path, args(dest, other, _check=True),
+        args(dest, other, _check=True, _diff=True),
+        args(dest, files), args(dest, files, _check=True))
     assert tree(dest) == before
     assert checked["changed"] is True and checked["changed_files"] == ["cds.json", "rds_front.json"]
     assert checked["steps"] == ["clusters", "listeners and routes", "final"] and checked["version"] == ""
@@ -85,10 +85,10 @@ def test_adopting_plain_files_changes_nothing_in_force(tmp_path):
     """The layout before versions (plain files in dest): the files in force become the first version, the very
     same files (hard links), each name a link into ..data; the push after it changes nothing."""
     dest, ports = tmp_path / "envoy", Ports()
-    files, validation = config(dest, ports, "A")
+    files = config(dest, ports, "A")
     write_plain(dest, files)
     inodes = {name: os.stat(dest / name).st_ino for name in files}
-    adopted, again = pushes(tmp_path, args(dest, files, validation), args(dest, files, validation))
+    adopted, again = pushes(tmp_path, args(dest, files), args(dest, files))
     assert adopted["changed"] is True and adopted["migrated"] is True
     assert adopted["changed_files"] == [] and adopted["removed_files"] == [] and adopted["steps"] == []
     assert again["changed"] is False
@@ -122,7 +122,7 @@ def test_refuses_what_another_user_could_plant(tmp_path):
     os.chmod(case("parent-writable-by-all").parent, 0o777)
     before = {name: tree(dest) for name, dest in cases.items()}
     passwd = Path("/etc/passwd").read_text()
-    results = dict(zip(cases, pushes(tmp_path, *(args(dest, *config(dest, ports, "A")) for dest in cases.values()))))
+    results = dict(zip(cases, pushes(tmp_path, *(args(dest, config(dest, ports, "A")) for dest in cases.values()))))
     expected = {
         "writable-by-all": "belongs to uid 0 with mode 0777: another user could plant links in it; refused",
         "owned-by-nobody": f"belongs to uid {NOBODY} with mode 0755: another user could plant links in it; refused",

@@ -150,7 +150,7 @@ def test_pushes_under_load_fail_no_request(tmp_path):
     """Clusters, routes and listeners change under steady load: every push goes make-before-break, confirmed by the
     running Envoy, and not one request fails; the last push's answer is the one that comes back."""
     dest, ports = tmp_path / "envoy", Ports()
-    install(dest, config(dest, ports, "A")[0])
+    install(dest, config(dest, ports, "A"))
     steps = [
         config(dest, ports, "B"),  # a new cluster routed to; the old one removed
         config(dest, ports, "A", cluster="to-A-again", route="front2"),  # a new listener, route table and cluster
@@ -158,7 +158,7 @@ def test_pushes_under_load_fail_no_request(tmp_path):
         config(dest, ports, "B"),  # back to the first listener, route table and B
     ]
     with running_envoy(dest, ports, tmp_path) as proxy, Load(ports.front) as load:
-        results = pushes(tmp_path, *(args(dest, files, checked) for files, checked in steps))
+        results = pushes(tmp_path, *(args(dest, files) for files in steps))
         assert ask(ports.front) == "B"
     for result in results:
         assert not result.get("failed"), result.get("msg")
@@ -168,7 +168,7 @@ def test_pushes_under_load_fail_no_request(tmp_path):
         ["listeners and routes"], ["clusters", "listeners and routes", "final"]]
     assert load.failures() == {}, (load.results, proxy.log.read_text())
     assert load.results["A"] > 50 and load.results["B"] > 50, load.results
-    assert in_force(dest) == steps[-1][0]
+    assert in_force(dest) == steps[-1]
     assert {p.name for p in dest.iterdir() if p.name.startswith("..")} == \
         {"..data", "..previous", results[-1]["version"], results[-1]["previous_version"]}
 
@@ -177,12 +177,12 @@ def test_migration_from_plain_files_under_load(tmp_path):
     """A directory the module filled before versions (plain files) is adopted while Envoy serves from it: no
     request fails, the new config takes effect, and the push after it changes nothing."""
     dest, ports = tmp_path / "envoy", Ports()
-    old, _ = config(dest, ports, "A")
+    old = config(dest, ports, "A")
     write_plain(dest, old)
-    new, validation = config(dest, ports, "B", route="front2")
+    new = config(dest, ports, "B", route="front2")
     with running_envoy(dest, ports, tmp_path) as proxy, Load(ports.front) as load:
         assert ask(ports.front) == "A"
-        result, again = pushes(tmp_path, args(dest, new, validation), args(dest, new, validation))
+        result, again = pushes(tmp_path, args(dest, new), args(dest, new))
         assert ask(ports.front) == "B"
     assert not result.get("failed"), result.get("msg")
     assert result["migrated"] is True and result["envoy_confirmed"] is True
@@ -199,14 +199,15 @@ def test_migration_from_plain_files_under_load(tmp_path):
 
 
 def test_envoy_refusing_a_step_undoes_the_push(tmp_path):
-    """Envoy refuses a cluster the static validation accepted: the push fails, the steps swapped are swapped back,
-    the last good config is in force on disk and in Envoy."""
+    """Envoy refuses a cluster that validation let through (the validator given here is true(1), so only the
+    running Envoy judges): the push fails, the steps swapped are swapped back, the last good config is in force on
+    disk and in Envoy."""
     dest, ports = tmp_path / "envoy", Ports()
-    install(dest, config(dest, ports, "A")[0])
+    install(dest, config(dest, ports, "A"))
     before = tree(dest)
-    bad, bad_validation = config(dest, ports, "B", bad_address=True)
+    bad = config(dest, ports, "B", bad_address=True)
     with running_envoy(dest, ports, tmp_path) as proxy, Load(ports.front) as load:
-        (result,) = pushes(tmp_path, args(dest, bad, bad_validation, reload_timeout=10))
+        (result,) = pushes(tmp_path, args(dest, bad, reload_timeout=10, envoy="/bin/true"))
         rejected = proxy.stats("cds.update_rejected")["cluster_manager.cds.update_rejected"]
         assert ask(ports.front) == "A"
     assert result["failed"] is True
@@ -257,17 +258,17 @@ def test_full_disk_leaves_the_last_good_config_in_force(tmp_path, small_disk):
     """A push whose files do not fit fails naming the file and ENOSPC; nothing of it is in force (the running Envoy
     goes on answering as before, the directory is as it was); a push that fits works afterwards."""
     dest, ports = small_disk / "envoy", Ports()
-    too_big, too_big_validation = config(dest, ports, "B", vhosts=3000)
+    too_big = config(dest, ports, "B", vhosts=3000)
     assert len(too_big["rds_front.json"]) > 256 * 1024
-    fits, fits_validation = config(dest, ports, "B")
-    install(dest, config(dest, ports, "A")[0])
+    fits = config(dest, ports, "B")
+    install(dest, config(dest, ports, "A"))
     before, free_before = tree(dest), os.statvfs(small_disk).f_bfree
     with running_envoy(dest, ports, tmp_path) as proxy, Load(ports.front) as load:
-        (failed,) = pushes(tmp_path, args(dest, too_big, too_big_validation))
+        (failed,) = pushes(tmp_path, args(dest, too_big))
         assert ask(ports.front) == "A"
         after_failure = tree(dest)
         free_after = os.statvfs(small_disk).f_bfree
-        (works,) = pushes(tmp_path, args(dest, fits, fits_validation))
+        (works,) = pushes(tmp_path, args(dest, fits))
         assert ask(ports.front) == "B"
     assert failed["failed"] is True
     message = failed["msg"]

@@ -10,6 +10,15 @@ from pathlib import Path
 from harness.config_push import VS_V3, compiled, push, tree
 
 
+SIDECAR_REVIEWS_ONLY = """apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: productpage}
+spec:
+  workloadSelector: {labels: {app: productpage}}
+  egress: [{hosts: [./reviews.default.svc.cluster.local]}]
+"""
+
+
 def snapshot(dest: Path) -> dict:
     """The config files Envoy reads: ``dest/<name>``, links into the version ``..data`` names."""
     if not dest.exists():
@@ -20,26 +29,26 @@ def snapshot(dest: Path) -> dict:
 def test_four_steps_and_stale_files(tmp_path):
     dest = tmp_path / "envoy"
     config = compiled(dest)
-    checked = push(tmp_path, dest, config.files, config.validation, check=True)
+    checked = push(tmp_path, dest, config.files, check=True)
     assert checked["changed"] is True and not dest.exists()
-    applied = push(tmp_path, dest, config.files, config.validation)
+    applied = push(tmp_path, dest, config.files)
     assert applied["changed"] is True and applied["bootstrap_changed"] is True
     assert snapshot(dest) == config.files
     for name in config.files:  # each a link into the version in force
         assert os.readlink(dest / name) == f"..data/{name}"
     assert os.readlink(dest / "..data") == applied["version"]
-    assert push(tmp_path, dest, config.files, config.validation, check=True)["changed"] is False
-    assert push(tmp_path, dest, config.files, config.validation)["changed"] is False
+    assert push(tmp_path, dest, config.files, check=True)["changed"] is False
+    assert push(tmp_path, dest, config.files)["changed"] is False
     # a routing change touches only the route file, and needs no restart
     routed = compiled(dest, VS_V3)
-    result = push(tmp_path, dest, routed.files, routed.validation)
+    result = push(tmp_path, dest, routed.files)
     assert result["changed_files"] == ["rds_outbound_9080__reviews.default.svc.cluster.local.json"]
     assert result["bootstrap_changed"] is False
-    # a file no longer wanted is removed
-    fewer = dict(routed.files)
-    del fewer["rds_outbound_9080__details.default.svc.cluster.local.json"]
-    result = push(tmp_path, dest, fewer, routed.validation)
-    assert result["removed_files"] == ["rds_outbound_9080__details.default.svc.cluster.local.json"]
+    # a file no longer wanted is removed: productpage's Sidecar stops naming details
+    fewer = compiled(dest, VS_V3, SIDECAR_REVIEWS_ONLY).files
+    result = push(tmp_path, dest, fewer)
+    assert "rds_outbound_9080__details.default.svc.cluster.local.json" in result["removed_files"]
+    assert "rds_outbound_9080__details.default.svc.cluster.local.json" not in fewer
     assert snapshot(dest) == fewer
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".vmesh-staging")]
 
@@ -47,13 +56,28 @@ def test_four_steps_and_stale_files(tmp_path):
 def test_refused_config_keeps_the_last_good_one(tmp_path):
     dest = tmp_path / "envoy"
     good = compiled(dest)
-    push(tmp_path, dest, good.files, good.validation)
+    push(tmp_path, dest, good.files)
     before = tree(dest)
     routed = compiled(dest, VS_V3)
-    broken = json.loads(routed.validation)
-    broken["static_resources"]["clusters"][0]["lb_policy"] = "NO_SUCH_POLICY"
-    result = push(tmp_path, dest, routed.files, json.dumps(broken))
+    clusters = json.loads(routed.files["cds.json"])
+    clusters["resources"][0]["lb_policy"] = "NO_SUCH_POLICY"
+    result = push(tmp_path, dest, {**routed.files, "cds.json": json.dumps(clusters)})
     assert result["failed"] is True
     assert "envoy --mode validate refused the new config; the running config is unchanged" in result["msg"]
     assert tree(dest) == before  # not a file written, not a version left
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".vmesh-staging")]
+
+
+def test_a_config_missing_a_file_it_names_is_refused(tmp_path):
+    """The module builds the static config it validates from the files given: a route table the listeners use
+    but no file holds stops the push before anything is written."""
+    dest = tmp_path / "envoy"
+    good = compiled(dest)
+    push(tmp_path, dest, good.files)
+    before = tree(dest)
+    partial = {k: v for k, v in good.files.items() if k != "rds_outbound_9080__reviews.default.svc.cluster.local.json"}
+    result = push(tmp_path, dest, partial)
+    assert result["failed"] is True
+    assert "the new config is not whole; the running config is unchanged" in result["msg"]
+    assert "outbound|9080||reviews.default.svc.cluster.local" in result["msg"]
+    assert tree(dest) == before

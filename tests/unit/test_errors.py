@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from harness.mesh import bookinfo_hosts, build
@@ -336,8 +338,10 @@ def test_a_date_is_passed_on_as_written():
     from vmesh.compile import render_host
 
     mesh = build(vs("headers: {request: {set: {x-date: 2024-01-01}}}\n    route: [{destination: {host: reviews}}]"))
-    assert '"value": "2024-01-01"' in render_host(mesh, "productpage-v1").files[
-        "rds_outbound_9080__reviews.default.svc.cluster.local.json"]
+    table = json.loads(render_host(mesh, "productpage-v1").files[
+        "rds_outbound_9080__reviews.default.svc.cluster.local.json"])["resources"][0]
+    added = table["virtual_hosts"][0]["routes"][0]["request_headers_to_add"]
+    assert added == [{"header": {"key": "x-date", "value": "2024-01-01"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
 
 
 def test_file_size_limit():

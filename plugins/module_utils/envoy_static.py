@@ -1,0 +1,111 @@
+"""The static equivalent of a compiled Envoy config directory, for ``envoy --mode validate``.
+
+Envoy's validate mode reads the bootstrap only: the listeners, clusters, route tables and secrets it names as
+files (file-based xDS) are not loaded, so a mistake in them would pass. ``bundle`` folds those files into the
+bootstrap's static resources (route tables inline in their connection managers, secrets as static secrets), the
+same config with nothing left to fetch. It is built only when a config is validated: on the host by the
+envoy_config module from the files it is about to install, and on the controller by ``vmesh validate``.
+
+Standard library only: it runs on the hosts and inside the compiler alike.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTE_CONFIGURATION = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+
+
+class BundleError(ValueError):
+    """The files are not a config directory the compiler writes (a file missing, or not xDS JSON)."""
+
+
+def _read(files, name):
+    if name not in files:
+        raise BundleError("the bootstrap names %s, which is not among the files" % name)
+    try:
+        data = json.loads(files[name])
+    except ValueError as exc:
+        raise BundleError("%s is not JSON: %s" % (name, exc)) from None
+    if not isinstance(data, dict):
+        raise BundleError("%s: expected a JSON object" % name)
+    return data
+
+
+def _resources(files, name):
+    resources = _read(files, name).get("resources")
+    if not isinstance(resources, list) or not all(isinstance(r, dict) for r in resources):
+        raise BundleError("%s: expected {\"resources\": [objects]}" % name)
+    return resources
+
+
+def _static_refs(node):
+    """SDS references read from files become references to static secrets of the same names."""
+    if isinstance(node, dict):
+        for key in ("tls_certificate_sds_secret_configs", "validation_context_sds_secret_config"):
+            refs = node.get(key)
+            for ref in refs if isinstance(refs, list) else [refs]:
+                if isinstance(ref, dict):
+                    ref.pop("sds_config", None)
+        for value in node.values():
+            _static_refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            _static_refs(value)
+
+
+def _file_of(source, what):
+    path = (source or {}).get("path_config_source", {}).get("path")
+    if not isinstance(path, str):
+        raise BundleError("the bootstrap's %s is not read from a file" % what)
+    return os.path.basename(path)
+
+
+def bundle(files, bootstrap="envoy.json"):
+    """The static bootstrap (JSON text) equivalent to ``files`` (file name -> content) of one config directory."""
+    boot = _read(files, bootstrap)
+    dynamic = boot.pop("dynamic_resources", None) or {}
+    listeners = _resources(files, _file_of(dynamic.get("lds_config"), "lds_config"))
+    clusters = _resources(files, _file_of(dynamic.get("cds_config"), "cds_config"))
+    routes, secrets = {}, []
+    for name in sorted(files):
+        if name == bootstrap or not name.endswith(".json"):
+            continue
+        resources = _resources(files, name)
+        if len(resources) == 1 and resources[0].get("@type") == ROUTE_CONFIGURATION:
+            routes[resources[0].get("name")] = resources[0]
+        elif len(resources) == 1 and resources[0].get("@type") == SECRET:
+            secret = copy.deepcopy(resources[0])
+            del secret["@type"]
+            for part in ("tls_certificate", "validation_context"):
+                if isinstance(secret.get(part), dict):
+                    secret[part].pop("watched_directory", None)
+            secrets.append(secret)
+    static = boot.setdefault("static_resources", {})
+    if secrets:
+        static["secrets"] = secrets
+    listeners = copy.deepcopy(listeners)
+    _static_refs(listeners)
+    for listener in listeners:
+        chains = listener.get("filter_chains", []) + ([listener["default_filter_chain"]]
+                                                       if "default_filter_chain" in listener else [])
+        for chain in chains:
+            for flt in chain.get("filters", []):
+                config = flt.get("typed_config", {})
+                if config.get("@type") == HCM and "rds" in config:
+                    name = config.pop("rds").get("route_config_name")
+                    if name not in routes:
+                        raise BundleError("listener %s uses route table %s, which no file holds"
+                                          % (listener.get("name"), name))
+                    config["route_config"] = {k: v for k, v in routes[name].items() if k != "@type"}
+    clusters = copy.deepcopy(clusters)
+    _static_refs(clusters)
+    static["listeners"] = static.get("listeners", []) + [{k: v for k, v in l.items() if k != "@type"}
+                                                         for l in listeners]
+    static["clusters"] = static.get("clusters", []) + [{k: v for k, v in c.items() if k != "@type"}
+                                                       for c in clusters]
+    return json.dumps(boot, sort_keys=True, separators=(",", ":"))
