@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from vmesh import envoy, inputs, load, rollout
+from vmesh import artifact, envoy, inputs, load, rollout
 from vmesh.istio.model import Mesh
 from vmesh.compile import render_all, render_host
 from vmesh.errors import MeshError
@@ -63,6 +63,26 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compile(args: argparse.Namespace) -> int:
+    mesh = _mesh(args)
+    for warning in mesh.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    manifest, changed = artifact.write(args.out, render_all(mesh), mesh.warnings)
+    state = "wrote" if changed else "unchanged:"
+    print(f"{state} {len(manifest.hosts)} hosts to {args.out} (build {manifest.build[:12]})")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    changes = artifact.diff(args.before, args.after)
+    for change in changes:
+        print(f"{change.host}: {change.status}: {' '.join(change.files)}")
+    hosts = len(set(artifact.read(args.before).hosts) | set(artifact.read(args.after).hosts))
+    files = sum(len(c.files) for c in changes)
+    print(f"{len(changes)} of {hosts} hosts differ, {files} files" if changes else f"no difference ({hosts} hosts)")
+    return 1 if changes else 0
+
+
 def cmd_rollout_report(args: argparse.Namespace) -> int:
     for i, path in enumerate(args.state):
         print(("\n" if i else "") + rollout.summary(inputs.rollout_state(path)))
@@ -100,6 +120,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_render)
+    p = sub.add_parser("compile", help="write every host's files to a build directory (content-addressed, with a "
+                                       "manifest) that push.yml and site.yml take as vmesh_build")
+    mesh_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="the build directory (replaced whole)")
+    p.set_defaults(func=cmd_compile)
+    p = sub.add_parser("diff", help="which hosts and files differ between two build directories (exit 1 if any)")
+    p.add_argument("before", metavar="DIR1")
+    p.add_argument("after", metavar="DIR2")
+    p.set_defaults(func=cmd_diff)
     sub.add_parser("lab", help="local test VMs (podman): vmesh lab --help", add_help=False)
     rollouts = sub.add_parser("rollout", help="canary rollouts: the report and the plot of a saved state")
     verbs = rollouts.add_subparsers(dest="verb", required=True)

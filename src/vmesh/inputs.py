@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 from vmesh.errors import MeshError
 
@@ -73,6 +73,16 @@ def mesh_hostvars(inventory: str) -> dict[str, dict[str, Any]]:
                         file=inventory)
     hostvars = data.get("_meta", {}).get("hostvars", {})
     return {host: hostvars.get(host, {}) for host in members}
+
+
+def mesh_variables(hostvars: Mapping[str, Mapping[str, Any]], hosts: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """What the compiler reads of each host's variables (its ``vmesh_*`` and ``ansible_host``), from Ansible's
+    ``hostvars``: the other variables are never looked at (nor templated)."""
+    out = {}
+    for host in hosts:
+        variables = hostvars[host]
+        out[host] = {key: variables[key] for key in variables if key.startswith("vmesh_") or key == "ansible_host"}
+    return out
 
 
 def _inventory_dir(inventory: str) -> str:

@@ -1,5 +1,5 @@
 """The compiler's layers point down: each module imports on its own, in a fresh interpreter, and imports nothing
-from a layer above it (cli -> compile -> load -> rollout -> istio -> registry/documents -> names/errors)."""
+from a layer above it (cli -> artifact -> compile -> load -> rollout -> istio -> registry/documents -> names/errors)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ LAYERS = [
     (3, ("vmesh.rollout",)),
     (4, ("vmesh.load",)),
     (5, ("vmesh.compile",)),
-    (6, ("vmesh.plot", "vmesh.lab")),
+    (6, ("vmesh.plot", "vmesh.lab", "vmesh.artifact")),
     (7, ("vmesh.cli",)),
 ]
 

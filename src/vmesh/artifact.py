@@ -1,0 +1,218 @@
+"""A compiled mesh on disk: every host's files, content-addressed, under one manifest.
+
+    DIR/manifest.json       {"format": 1, "build": B, "hosts": [...], "warnings": [...]}
+    DIR/hosts/<host>.json   {"build": B, "host": ..., "files": {name: sha256}, "hosts_entries": [...],
+                             "edge_ports": [...], "credentials": [...], "identity": ...}
+    DIR/objects/<sha256>    one file's content, stored once however many hosts have it
+
+``B`` is the SHA-256 of the hosts' entries in host order: the same compile writes the same artifact, and a host's
+entry names the build it belongs to, so a reader can tell a directory rebuilt under it. A push reads one host's
+entry and objects only (``host_entry``, ``host_files``), checking each object's digest; a slice of the fleet
+(``--limit``, AWX job slicing) pushes from the artifact without seeing the other hosts' variables. ``diff``
+says which hosts and files differ between two artifacts.
+
+An artifact is written beside its place and renamed into it; a directory that is not an artifact is never
+replaced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import Iterable, Mapping
+
+from vmesh.compile import HostConfig
+from vmesh.errors import MeshError
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+_PLAIN = re.compile(r"[A-Za-z0-9_.-]")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+MAX_ENTRY = 16 * 1024 * 1024  # a host's entry is a few KB; anything this big is not one
+
+
+@dataclasses.dataclass
+class Manifest:
+    build: str
+    hosts: list[str]
+    warnings: list[str]
+
+
+@dataclasses.dataclass
+class Change:
+    host: str
+    status: str  # "added", "removed" or "changed"
+    files: list[str]  # the files that differ (all of them for an added or removed host)
+
+
+def entry_name(host: str) -> str:
+    """The file name of a host's entry: letters, digits, '_', '-' and '.' as they are (not leading), every other
+    character as '~' and six hex digits."""
+    name = "".join(c if _PLAIN.fullmatch(c) else f"~{ord(c):06x}" for c in host)
+    if name.startswith("."):
+        name = f"~{ord('.'):06x}" + name[1:]
+    return name + ".json"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _dumps(data: object) -> str:
+    return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def entries(configs: Mapping[str, HostConfig]) -> tuple[str, dict[str, dict], dict[str, str]]:
+    """(build, host -> entry, digest -> content) of compiled hosts."""
+    objects: dict[str, str] = {}
+    out: dict[str, dict] = {}
+    for host in sorted(configs):
+        config = configs[host]
+        files = {}
+        for name, text in config.files.items():
+            digest = _digest(text)
+            objects.setdefault(digest, text)
+            files[name] = digest
+        out[host] = {"host": host, "files": files, "hosts_entries": list(config.hosts_entries),
+                     "edge_ports": list(config.edge_ports), "credentials": list(config.credentials),
+                     "identity": config.identity}
+    build = hashlib.sha256("\n".join(_dumps(out[h]) for h in sorted(out)).encode("utf-8")).hexdigest()
+    for entry in out.values():
+        entry["build"] = build
+    return build, out, objects
+
+
+def _is_artifact(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, MANIFEST)) and os.path.isdir(os.path.join(path, "objects"))
+
+
+def write(dest: str, configs: Mapping[str, HostConfig], warnings: Iterable[str] = ()) -> tuple[Manifest, bool]:
+    """Write the artifact of ``configs`` to ``dest``; return its manifest and whether ``dest`` changed (False
+    when it already holds this very build)."""
+    build, hosts, objects = entries(configs)
+    manifest = Manifest(build, sorted(hosts), list(warnings))
+    dest = os.path.abspath(dest)
+    if os.path.lexists(dest):
+        if os.path.islink(dest) or not os.path.isdir(dest):
+            raise MeshError("not a directory (the build directory must be a plain directory)", file=dest)
+        if os.listdir(dest) and not _is_artifact(dest):
+            raise MeshError("is not empty and holds no vmesh build (no manifest.json): not replaced", file=dest)
+        if _is_artifact(dest):
+            try:
+                if read(dest) == manifest:
+                    return manifest, False
+            except MeshError:
+                pass  # a damaged build is replaced
+    parent = os.path.dirname(dest)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.new-", dir=parent)
+    try:
+        os.mkdir(os.path.join(staging, "objects"))
+        os.mkdir(os.path.join(staging, "hosts"))
+        for digest, text in objects.items():
+            with open(os.path.join(staging, "objects", digest), "w", encoding="utf-8") as fh:
+                fh.write(text)
+        for host, entry in hosts.items():
+            with open(os.path.join(staging, "hosts", entry_name(host)), "w", encoding="utf-8") as fh:
+                fh.write(_dumps(entry))
+        with open(os.path.join(staging, MANIFEST), "w", encoding="utf-8") as fh:
+            fh.write(json.dumps({"format": FORMAT, "build": build, "hosts": manifest.hosts,
+                                 "warnings": manifest.warnings}, indent=1, sort_keys=True) + "\n")
+        os.chmod(staging, 0o755)
+        old = None
+        if os.path.isdir(dest):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.old-", dir=parent)
+            os.rename(dest, os.path.join(old, "build"))
+        os.rename(staging, dest)
+        staging = None
+        if old:
+            shutil.rmtree(old)
+    finally:
+        if staging:
+            shutil.rmtree(staging, ignore_errors=True)
+    return manifest, True
+
+
+def _load(path: str, what: str) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_ENTRY + 1)
+    except FileNotFoundError:
+        raise MeshError(f"no {what} here: is it a vmesh build directory (vmesh compile --out)?", file=path) from None
+    if len(raw) > MAX_ENTRY:
+        raise MeshError(f"{what} is larger than {MAX_ENTRY} bytes", file=path)
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise MeshError(f"{what} is not JSON: {exc}", file=path) from None
+    if not isinstance(data, dict):
+        raise MeshError(f"{what}: expected a JSON object", file=path)
+    return data
+
+
+def read(path: str) -> Manifest:
+    data = _load(os.path.join(path, MANIFEST), "manifest")
+    where = os.path.join(path, MANIFEST)
+    if data.get("format") != FORMAT:
+        raise MeshError(f"format {data.get('format')!r}: this vmesh reads format {FORMAT}", file=where, field="format")
+    build, hosts, warnings = data.get("build"), data.get("hosts"), data.get("warnings", [])
+    if not isinstance(build, str) or not _DIGEST.fullmatch(build):
+        raise MeshError("expected a SHA-256", file=where, field="build")
+    if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+        raise MeshError("expected a list of host names", file=where, field="hosts")
+    if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
+        raise MeshError("expected a list of strings", file=where, field="warnings")
+    return Manifest(build, hosts, warnings)
+
+
+def host_entry(path: str, host: str, build: str | None = None) -> dict:
+    """One host's entry (its files' digests, /etc/hosts lines, identity...), checked against ``build``."""
+    where = os.path.join(path, "hosts", entry_name(host))
+    entry = _load(where, f"entry of host {host}")
+    if entry.get("host") != host:
+        raise MeshError(f"holds host {entry.get('host')!r}, not {host!r}", file=where, field="host")
+    if build is not None and entry.get("build") != build:
+        raise MeshError(f"belongs to build {entry.get('build')}, not {build}: the build directory was replaced "
+                        "during this run (another compile into it?)", file=where, field="build")
+    files = entry.get("files")
+    if not isinstance(files, dict) or not all(isinstance(d, str) and _DIGEST.fullmatch(d) for d in files.values()):
+        raise MeshError("expected file names and their SHA-256", file=where, field="files")
+    return entry
+
+
+def host_files(path: str, host: str, build: str | None = None) -> dict[str, str]:
+    """One host's files (name -> content), each checked against its digest."""
+    out = {}
+    for name, digest in sorted(host_entry(path, host, build)["files"].items()):
+        where = os.path.join(path, "objects", digest)
+        try:
+            with open(where, "rb") as fh:
+                raw = fh.read()
+        except FileNotFoundError:
+            raise MeshError(f"missing: {name} of host {host}", file=where) from None
+        if hashlib.sha256(raw).hexdigest() != digest:
+            raise MeshError(f"does not match its digest ({name} of host {host}): the build is damaged", file=where)
+        out[name] = raw.decode("utf-8")
+    return out
+
+
+def diff(before: str, after: str) -> list[Change]:
+    """The hosts whose files differ between two artifacts, and which files."""
+    old, new = read(before), read(after)
+    changes = []
+    for host in sorted(set(old.hosts) | set(new.hosts)):
+        if host not in new.hosts:
+            changes.append(Change(host, "removed", sorted(host_entry(before, host)["files"])))
+        elif host not in old.hosts:
+            changes.append(Change(host, "added", sorted(host_entry(after, host)["files"])))
+        else:
+            a, b = host_entry(before, host)["files"], host_entry(after, host)["files"]
+            files = sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n))
+            if files:
+                changes.append(Change(host, "changed", files))
+    return changes

@@ -1,0 +1,170 @@
+"""The compiled build: `vmesh compile --out`, `vmesh diff`, the vmesh.mesh.build action and the compiled lookup,
+and the promise behind them: a --limit run and a run from a given build put the same files on a host as a full
+run, and no host's variables hold another host's config."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from harness import BIN
+from harness.fleet import host_name, make_fleet, run_push, snapshot
+from vmesh import artifact
+from vmesh.errors import MeshError
+
+VS_V2 = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: svc-1}
+spec:
+  hosts: [svc-1]
+  http:
+  - route:
+    - destination: {host: svc-1, subset: v2}
+"""
+DR = """apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: svc-1}
+spec:
+  host: svc-1
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"""
+# svc-0's hosts see svc-1 only; the others see every service
+SIDECAR = """apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: svc-0}
+spec:
+  workloadSelector: {labels: {app: svc-0}}
+  egress: [{hosts: [./svc-1.default.svc.cluster.local]}]
+"""
+ROUTE_SVC_1 = "rds_outbound_8080__svc-1.default.svc.cluster.local.json"
+ROUTE_SVC_2 = "rds_outbound_8080__svc-2.default.svc.cluster.local.json"
+
+
+def vmesh(*args):
+    return subprocess.run([str(BIN / "vmesh"), *map(str, args)], capture_output=True, text=True, check=False)
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    return make_fleet(tmp_path, hosts=6, services=3, docs={"dr.yaml": DR, "sidecar.yaml": SIDECAR})
+
+
+def test_compile_writes_each_file_once_and_diff_names_what_a_change_touches(fleet, tmp_path):
+    first = vmesh("compile", "-i", fleet / "hosts.yml", "--out", tmp_path / "b1")
+    assert first.returncode == 0, first.stderr
+    assert "wrote 6 hosts" in first.stdout
+    again = vmesh("compile", "-i", fleet / "hosts.yml", "--out", tmp_path / "b1")
+    assert again.returncode == 0 and "unchanged: 6 hosts" in again.stdout
+    manifest = artifact.read(tmp_path / "b1")
+    entries = [artifact.host_entry(tmp_path / "b1", h, manifest.build) for h in manifest.hosts]
+    named = [d for e in entries for d in e["files"].values()]
+    # the secrets' files and the route tables hosts share are stored once
+    assert len(list((tmp_path / "b1" / "objects").iterdir())) == len(set(named)) < len(named)
+
+    (fleet / "mesh" / "vs.yaml").write_text(VS_V2)
+    assert vmesh("compile", "-i", fleet / "hosts.yml", "--out", tmp_path / "b2").returncode == 0
+    proc = vmesh("diff", tmp_path / "b1", tmp_path / "b2")
+    assert proc.returncode == 1, proc.stderr
+    # every host sees svc-1: its route table changes there, and nothing else anywhere
+    assert proc.stdout.splitlines() == [f"{host_name(i)}: changed: {ROUTE_SVC_1}" for i in range(6)] + \
+        ["6 of 6 hosts differ, 6 files"]
+    same = vmesh("diff", tmp_path / "b2", tmp_path / "b2")
+    assert same.returncode == 0 and same.stdout.strip() == "no difference (6 hosts)"
+    routes = json.loads(artifact.host_files(tmp_path / "b2", "host-0")[ROUTE_SVC_1])["resources"][0]
+    assert routes["virtual_hosts"][0]["routes"][0]["route"]["cluster"] == "outbound|8080|v2|svc-1.default.svc.cluster.local"
+
+
+def test_a_damaged_or_replaced_build_is_refused(fleet, tmp_path):
+    build = tmp_path / "b"
+    assert vmesh("compile", "-i", fleet / "hosts.yml", "--out", build).returncode == 0
+    manifest = artifact.read(build)
+    entry = artifact.host_entry(build, "host-1", manifest.build)
+    with pytest.raises(MeshError, match="belongs to build .*the build directory was replaced"):
+        artifact.host_entry(build, "host-1", "0" * 64)
+    (build / "objects" / entry["files"]["cds.json"]).write_text('{"resources":[]}')
+    with pytest.raises(MeshError, match="does not match its digest \\(cds.json of host host-1\\)"):
+        artifact.host_files(build, "host-1", manifest.build)
+
+
+def test_a_directory_that_is_no_build_is_never_replaced(fleet, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    proc = vmesh("compile", "-i", fleet / "hosts.yml", "--out", mine)
+    assert proc.returncode == 1
+    assert "holds no vmesh build (no manifest.json): not replaced" in proc.stderr
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    proc = vmesh("diff", mine, mine)
+    assert proc.returncode == 1 and "no manifest here" in proc.stderr
+
+
+def test_limit_and_a_given_build_push_what_a_full_run_pushes(tmp_path):
+    """The files a host gets are the same from a full run, a --limit run (which still compiles the whole mesh)
+    and a run of a slice of the inventory that pushes a build made from the whole one (AWX job slicing)."""
+    docs = {"dr.yaml": DR, "sidecar.yaml": SIDECAR, "vs.yaml": VS_V2}
+    inventory = make_fleet(tmp_path, hosts=6, services=3, docs=docs)
+    full = run_push(inventory)
+    assert full.returncode == 0, full.stdout + full.stderr
+    everything = snapshot(tmp_path)
+    assert sorted(everything) == [host_name(i) for i in range(6)]
+    # host-0 (svc-0) sees svc-1 only; host-1 sees every service, svc-2 too
+    assert ROUTE_SVC_1 in everything["host-0"] and ROUTE_SVC_2 not in everything["host-0"]
+    assert ROUTE_SVC_2 in everything["host-1"]
+    again = run_push(inventory)
+    assert "changed=0" in again.stdout and "changed=1" not in again.stdout, again.stdout
+
+    shutil.rmtree(tmp_path / "hosts")
+    limited = run_push(inventory, "--limit", "host-0,host-4")
+    assert limited.returncode == 0, limited.stdout + limited.stderr
+    assert snapshot(tmp_path) == {h: everything[h] for h in ("host-0", "host-4")}
+
+    build = tmp_path / "given"
+    assert vmesh("compile", "-i", inventory / "hosts.yml", "--out", build).returncode == 0
+    shutil.rmtree(tmp_path / "hosts")
+    shutil.rmtree(inventory)
+    sliced = make_fleet(tmp_path, hosts=6, services=3, only=["host-1", "host-5"])  # no documents, 2 hosts
+    proc = run_push(sliced, "-e", f"vmesh_build={build}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert snapshot(tmp_path) == {h: everything[h] for h in ("host-1", "host-5")}
+
+
+def test_a_host_holds_its_own_part_only_and_a_build_must_cover_the_play(fleet, tmp_path):
+    (fleet.parent / "facts.yml").write_text("""---
+- name: Vmesh | preflight
+  ansible.builtin.import_playbook: vmesh.mesh.preflight
+- name: What each host holds
+  hosts: vmesh
+  gather_facts: false
+  tasks:
+    - name: Its variables after the compile
+      ansible.builtin.copy:
+        content: "{{ {'host': preflight_host, 'built': preflight_built} | to_json }}"
+        dest: "{{ inventory_dir }}/../held-{{ inventory_hostname }}.json"
+        mode: "0600"
+""")
+    proc = run_push(fleet, play="facts.yml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    held = json.loads((tmp_path / "held-host-0.json").read_text())
+    assert held["host"]["identity"] == "spiffe://cluster.local/ns/default/sa/svc-0"
+    assert sorted(held["host"]["files"]) == sorted(snapshot_names(tmp_path, "host-0"))
+    text = json.dumps(held)
+    assert "sa/svc-2" not in text and "host-1" not in text  # nothing of a host it does not route to
+    assert len(text) < 4096, len(text)
+
+    # a build that lacks a host of the play is refused before anything changes
+    small = make_fleet(tmp_path / "small", hosts=2, services=2)
+    assert vmesh("compile", "-i", small / "hosts.yml", "--out", tmp_path / "small-build").returncode == 0
+    proc = run_push(fleet, "-e", f"vmesh_build={tmp_path / 'small-build'}")
+    assert proc.returncode != 0
+    assert "holds no config for host-2, host-3, host-4, host-5: compile it again" in proc.stdout
+    assert not (tmp_path / "hosts").exists()
+
+
+def snapshot_names(root, host):
+    entry = artifact.host_entry(root / "inventory" / ".vmesh" / "build", host)
+    return list(entry["files"])
