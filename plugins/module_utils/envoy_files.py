@@ -12,7 +12,7 @@ Layout of the config directory (Kubernetes' atomic-writer layout, as the certifi
 
     <dest>/                               0755 root
       ..20261202T082915.a1b2c3/           0755 root  one version: every file of one config, written once
-        envoy.json  lds.json  cds.json  rds_*.json  sds_*.json           0644 root
+        envoy.json  lds.json  cds.json  eds_*.json  rds_*.json  sds_*.json   0644 root
       ..20261201T101010.d4e5f6/           the version before it (rollback, inspection)
       ..data -> ..20261202T082915.a1b2c3  swapped with one rename(2) of ``..data_tmp``
       ..previous -> ..20261201T101010.d4e5f6
@@ -20,8 +20,8 @@ Layout of the config directory (Kubernetes' atomic-writer layout, as the certifi
       lds.json -> ..data/lds.json         <dest>/<name>: a swap of ``..data`` changes all of them at once
       ...
 
-Envoy watches ``<dest>`` (``watched_directory``) and re-reads every file-based resource (LDS, CDS, each RDS,
-each SDS) when anything is *moved* into it. The rename of ``..data`` is the only move made here: links are
+Envoy watches ``<dest>`` (``watched_directory``) and re-reads every file-based resource (LDS, CDS, each EDS,
+each RDS, each SDS) when anything is *moved* into it. The rename of ``..data`` is the only move made here: links are
 made with symlink(2) and removed with unlink(2), versions removed with unlink/rmdir; none of that is a move,
 so Envoy reloads exactly once per swap.
 
@@ -31,7 +31,7 @@ the worker threads on its own, so a swap that adds a cluster and routes to it, o
 and removes it, fails requests for a moment (503, no cluster). So a push goes make-before-break, the order
 the xDS protocol asks of a management server:
 
-1. ``clusters``: the new and changed clusters and secrets; clusters no longer wanted are kept. Envoy must have
+1. ``clusters``: the new and changed clusters, endpoints and secrets; clusters no longer wanted are kept. Envoy must have
    read it and have no cluster warming before the next step.
 2. ``listeners and routes``: the new listeners and route tables; the old clusters are still kept. Envoy must
    have read it and have no listener warming.
@@ -82,7 +82,7 @@ MAX_NAME = 255
 #: Config files are a few MB at most: a larger one is refused rather than read.
 MAX_FILE_BYTES = 64 << 20
 #: File kinds by name, in the order a change must reach Envoy: secrets and clusters before what uses them.
-KINDS = ("bootstrap", "sds", "cds", "rds", "lds", "other")
+KINDS = ("bootstrap", "sds", "eds", "cds", "rds", "lds", "other")
 STEP_CLUSTERS = "clusters"
 STEP_LISTENERS = "listeners and routes"
 STEP_FINAL = "final"
@@ -95,14 +95,15 @@ class ConfigDirError(HostError):
 def kind(name, bootstrap):
     if name == bootstrap:
         return "bootstrap"
-    for prefix in ("sds", "cds", "rds", "lds"):
+    for prefix in ("sds", "eds", "cds", "rds", "lds"):
         if name.startswith(prefix):
             return prefix
     return "other"
 
 
 def ordered(names, bootstrap):
-    """``names`` in the order a change reaches Envoy (bootstrap, secrets, clusters, routes, listeners), then by name."""
+    """``names`` in the order a change reaches Envoy (bootstrap, secrets, endpoints, clusters, routes, listeners), then
+    by name."""
     return sorted(names, key=lambda n: (KINDS.index(kind(n, bootstrap)), n))
 
 
@@ -364,7 +365,7 @@ def steps(before, wanted, bootstrap):
         k = kind(name, bootstrap)
         if k == "cds":
             clusters[name] = keep_clusters(before.get(name), text)
-        elif k in ("bootstrap", "sds", "other"):
+        elif k in ("bootstrap", "sds", "eds", "other"):
             clusters[name] = text
     listeners = dict(clusters)
     listeners.update((n, t) for n, t in wanted.items() if kind(n, bootstrap) in ("rds", "lds"))
@@ -393,10 +394,10 @@ def plan(current, wanted, bootstrap, mode):
 
 # --- Envoy's admin endpoint -----------------------------------------------------------------------------------
 
-#: A subscription's counters (file-based xDS: CDS, LDS, each RDS, each SDS); ``cluster.<name>.update_*`` are
-#: a cluster's host updates, not a subscription.
+#: A subscription's counters (file-based xDS: CDS, LDS, each RDS, each SDS); of ``cluster.<name>.update_*``
+#: (a cluster's host updates; an EDS cluster's subscription) only a rejection counts.
 _SUBSCRIPTION = re.compile(r"^(cluster_manager\.cds|listener_manager\.lds|http\..+\.rds\..+|sds\..+)"
-                           r"\.update_(attempt|rejected)$")
+                           r"\.update_(attempt|rejected)$|^cluster\..+\.update_rejected$")
 _WARMING = ("cluster_manager.warming_clusters", "listener_manager.total_listeners_warming")
 _STATS_FILTER = r"update_attempt$|update_rejected$|^cluster_manager\.warming_clusters$|" \
                 r"^listener_manager\.total_listeners_warming$"

@@ -1,9 +1,9 @@
 """The static equivalent of a compiled Envoy config directory, for ``envoy --mode validate``.
 
-Envoy's validate mode reads the bootstrap only: the listeners, clusters, route tables and secrets it names as
-files (file-based xDS) are not loaded, so a mistake in them would pass. ``bundle`` folds those files into the
-bootstrap's static resources (route tables inline in their connection managers, secrets as static secrets), the
-same config with nothing left to fetch. It is built only when a config is validated: on the host by the
+Envoy's validate mode reads the bootstrap only: the listeners, clusters, endpoints, route tables and secrets it
+names as files (file-based xDS) are not loaded, so a mistake in them would pass. ``bundle`` folds those files
+into the bootstrap's static resources (route tables inline in their connection managers, endpoints in their
+clusters, secrets as static secrets), the same config with nothing left to fetch. It is built only when a config is validated: on the host by the
 envoy_config module from the files it is about to install, and on the controller by ``vmesh validate``.
 
 Standard library only: it runs on the hosts and inside the compiler alike.
@@ -17,6 +17,7 @@ import os
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTE_CONFIGURATION = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CLUSTER_LOAD_ASSIGNMENT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 
@@ -26,7 +27,7 @@ class BundleError(ValueError):
 
 def _read(files, name):
     if name not in files:
-        raise BundleError("the bootstrap names %s, which is not among the files" % name)
+        raise BundleError("%s is named by the config but not among its files" % name)
     try:
         data = json.loads(files[name])
     except ValueError as exc:
@@ -61,7 +62,7 @@ def _static_refs(node):
 def _file_of(source, what):
     path = (source or {}).get("path_config_source", {}).get("path")
     if not isinstance(path, str):
-        raise BundleError("the bootstrap's %s is not read from a file" % what)
+        raise BundleError("%s is not read from a file" % what)
     return os.path.basename(path)
 
 
@@ -69,8 +70,8 @@ def bundle(files, bootstrap="envoy.json"):
     """The static bootstrap (JSON text) equivalent to ``files`` (file name -> content) of one config directory."""
     boot = _read(files, bootstrap)
     dynamic = boot.pop("dynamic_resources", None) or {}
-    listeners = _resources(files, _file_of(dynamic.get("lds_config"), "lds_config"))
-    clusters = _resources(files, _file_of(dynamic.get("cds_config"), "cds_config"))
+    listeners = _resources(files, _file_of(dynamic.get("lds_config"), "the bootstrap's lds_config"))
+    clusters = _resources(files, _file_of(dynamic.get("cds_config"), "the bootstrap's cds_config"))
     routes, secrets = {}, []
     for name in sorted(files):
         if name == bootstrap or not name.endswith(".json"):
@@ -104,6 +105,16 @@ def bundle(files, bootstrap="envoy.json"):
                     config["route_config"] = {k: v for k, v in routes[name].items() if k != "@type"}
     clusters = copy.deepcopy(clusters)
     _static_refs(clusters)
+    for cluster in clusters:
+        eds = cluster.pop("eds_cluster_config", None)
+        if eds is None:
+            continue
+        name = _file_of(eds.get("eds_config"), "cluster %s's endpoints" % cluster.get("name"))
+        resources = _resources(files, name)
+        if len(resources) != 1 or resources[0].get("@type") != CLUSTER_LOAD_ASSIGNMENT:
+            raise BundleError("%s: expected one ClusterLoadAssignment" % name)
+        cluster["type"] = "STATIC"
+        cluster["load_assignment"] = {k: v for k, v in resources[0].items() if k != "@type"}
     static["listeners"] = static.get("listeners", []) + [{k: v for k, v in l.items() if k != "@type"}
                                                          for l in listeners]
     static["clusters"] = static.get("clusters", []) + [{k: v for k, v in c.items() if k != "@type"}

@@ -46,6 +46,17 @@ def resources(files: dict[str, str], name: str) -> list[dict]:
     return json.loads(files[name])["resources"]
 
 
+def lb_endpoints(files: dict[str, str], cluster: dict) -> list[dict]:
+    """A cluster's endpoints as Envoy gets them: from its endpoint file (EDS) or inline (none for a cluster that
+    finds them itself, such as ORIGINAL_DST)."""
+    if "eds_cluster_config" in cluster:
+        path = cluster["eds_cluster_config"]["eds_config"]["path_config_source"]["path"]
+        (assignment,) = resources(files, path.rsplit("/", 1)[1])
+    else:
+        assignment = cluster.get("load_assignment", {"endpoints": []})
+    return [e for group in assignment["endpoints"] for e in group["lb_endpoints"]]
+
+
 def outbound_routes(mesh: Mesh, host: str, service: str, port: int = 9080) -> list[dict]:
     files = render_host(mesh, host).files
     fqdn = f"{service}.default.svc.cluster.local"

@@ -292,6 +292,7 @@ class NetMesh:
         self.logs = self.tmp_path / "logs"
         self._hosts: dict[str, _Host] = {}
         self._configs: dict[str, HostConfig] = {}
+        self._left: set[str] = set()  # hosts a push took out of the inventory (see push)
         self._started = False
         self._envoy = envoy_mod.binary()
         for index, (host, hostvars) in enumerate(hosts.items()):
@@ -369,7 +370,8 @@ class NetMesh:
         return self.logs / f"{self._host(host).slug}.envoy.log"
 
     def _compile(self, sources: Iterable[tuple[str, str]]) -> dict[str, HostConfig]:
-        mesh = load.mesh({h.name: h.vars for h in self._hosts.values() if not h.outside}, list(sources))
+        mesh = load.mesh({h.name: h.vars for h in self._hosts.values() if not h.outside and h.name not in self._left},
+                         list(sources))
         self._registry = mesh.registry
         return render_all(mesh)
 
@@ -758,22 +760,28 @@ class NetMesh:
 
     # --- config changes ---
 
-    def push(self, sources: Iterable[tuple[str, str]], timeout: float = PUSH_TIMEOUT) -> dict[str, list[str]]:
+    def push(self, sources: Iterable[tuple[str, str]], timeout: float = PUSH_TIMEOUT, *,
+             without: Iterable[str] = ()) -> dict[str, list[str]]:
         """Recompile with ``sources`` and swap every host's changed files in place (no restart); returns
         {host: changed and removed file names}. Returns once each Envoy has read every swap and has nothing
         warming; raises if an Envoy rejected the update. A mistake in ``sources`` raises the compiler's error
-        before anything is written."""
+        before anything is written. ``without``: hosts that leave the inventory now (a VM removed from the
+        mesh); they are compiled out from then on, and their Envoy keeps its last config."""
         sources = list(sources)
+        left = set(without) - self._left
+        for host in left:
+            self._host(host)
+        self._left |= left
         configs = self._compile(sources)
         if any(configs[h].files.get(BOOTSTRAP_FILE) != self._configs[h].files.get(BOOTSTRAP_FILE) for h in configs):
             raise NetMeshError("push changes the bootstrap (envoy.json), which needs a restart; not supported here")
         if any(configs[h].hosts_entries != self._configs[h].hosts_entries for h in configs):
             raise NetMeshError("push changes /etc/hosts entries (services come or go); not supported here")
-        mesh_hosts = [h.name for h in self._mesh_hosts]
+        mesh_hosts = [h.name for h in self._mesh_hosts if h.name in configs]
         before = dict(zip(mesh_hosts, self._parallel(self._xds_state, mesh_hosts)))
         previous = self._configs
         changes: dict[str, list[str]] = {}
-        for host in self._mesh_hosts:
+        for host in (self._hosts[name] for name in mesh_hosts):
             changed, removed = write_config(host.config_dir, configs[host.name].files)
             changes[host.name] = changed + removed
         self._configs = configs

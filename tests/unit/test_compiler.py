@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from harness import DATA
-from harness.mesh import bookinfo_hosts, build, outbound_routes, resources
+from harness.mesh import bookinfo_hosts, build, lb_endpoints, outbound_routes, resources
 from vmesh import registry
 from vmesh.compile import mtls, render_all, render_host
 from vmesh.errors import MeshError
@@ -74,12 +74,13 @@ spec:
 
 
 def clusters_by_name(mesh, host):
-    return {c["name"]: c for c in resources(render_host(mesh, host).files, "cds.json")}
+    """The host's clusters by name, each with the endpoints Envoy gets for it (``_endpoints``)."""
+    files = render_host(mesh, host).files
+    return {c["name"]: {**c, "_endpoints": lb_endpoints(files, c)} for c in resources(files, "cds.json")}
 
 
 def endpoints(cluster):
-    return sorted(e["endpoint"]["address"]["socket_address"]["address"]
-                  for group in cluster["load_assignment"]["endpoints"] for e in group["lb_endpoints"])
+    return sorted(e["endpoint"]["address"]["socket_address"]["address"] for e in cluster["_endpoints"])
 
 
 # --- routing ---------------------------------------------------------------------------------------------------
@@ -363,11 +364,11 @@ def test_route_names_that_sanitize_alike_get_files_of_their_own(envoy_validate):
 
 
 def test_route_file_names_are_distinct_and_bounded():
-    from vmesh.compile.listeners import route_file
+    from vmesh.compile.envoy_types import resource_file
 
     names = ["outbound|9080||reviews.default.svc.cluster.local", "outbound_9080__reviews.default.svc.cluster.local",
              "a b", "a_b", "a~000020b", "a|b", "x" * 300, "x" * 299 + "y", "é", "e"]
-    files = [route_file(n) for n in names]
+    files = [resource_file("rds", n) for n in names]
     assert len(set(files)) == len(names)
     assert files[0] == "rds_outbound_9080__reviews.default.svc.cluster.local.json"  # Istio's names keep their file
     assert all(len(f) <= 210 and "/" not in f for f in files)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from harness.mesh import bookinfo_hosts, build, resources
+from harness.mesh import bookinfo_hosts, build, lb_endpoints, resources
 from vmesh.compile import mtls, render_host
 from vmesh.errors import MeshError
 
@@ -85,7 +85,10 @@ def test_ambiguous_policies_are_refused():
 
 
 def cluster(mesh, host: str, name: str) -> dict:
-    return next(c for c in resources(render_host(mesh, host).files, "cds.json") if c["name"] == name)
+    """The host's cluster ``name``, with the endpoints Envoy gets for it (``_endpoints``)."""
+    files = render_host(mesh, host).files
+    found = next(c for c in resources(files, "cds.json") if c["name"] == name)
+    return {**found, "_endpoints": lb_endpoints(files, found)}
 
 
 REVIEWS = "outbound|9080||reviews.default.svc.cluster.local"
@@ -109,7 +112,7 @@ def test_auto_mtls_follows_each_server_mode():
     assert "transport_socket" not in mixed
     assert [m["name"] for m in mixed["transport_socket_matches"]] == ["tlsMode-istio", "tlsMode-disabled"]
     tagged = {e["endpoint"]["address"]["socket_address"]["address"]: "metadata" in e
-              for e in mixed["load_assignment"]["endpoints"][0]["lb_endpoints"]}
+              for e in mixed["_endpoints"]}
     assert tagged == {"10.213.0.12": True, "10.213.0.13": False, "10.213.0.14": True}
     assert "transport_socket" not in cluster(mesh, "productpage-v1", REVIEWS_V2)
 

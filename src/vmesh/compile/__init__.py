@@ -1,8 +1,8 @@
 """Compile the validated Mesh into each host's Envoy files.
 
 ``Renderer(mesh).host(name)`` returns the files for one host's config directory, byte-identical for the same
-input: ``envoy.json`` (bootstrap), ``lds.json``, ``cds.json`` and one ``rds_*.json`` per route configuration,
-as compact JSON. What hosts share is computed once per Renderer: a service's clusters (the same for every client
+input: ``envoy.json`` (bootstrap), ``lds.json``, ``cds.json``, one ``rds_*.json`` per route configuration and
+one ``eds_*.json`` per cluster of a mesh service (its endpoints), as compact JSON. What hosts share is computed once per Renderer: a service's clusters (the same for every client
 with the same config directory) and its route tables (the same for every client, unless a VirtualService matches
 on the caller's labels or namespace). The static equivalent for ``envoy --mode validate`` (which does not read
 file-based xDS) is built only when asked for (``HostConfig.validation``).
@@ -16,7 +16,7 @@ from typing import Any
 
 from vmesh import envoy
 from vmesh.compile import bootstrap, clusters, gateways, listeners, mtls, patches, routes
-from vmesh.compile.envoy_types import ROUTE_CONFIGURATION
+from vmesh.compile.envoy_types import ROUTE_CONFIGURATION, resource_file
 from vmesh.errors import MeshError
 from vmesh.istio.envoyfilter import applies_to
 from vmesh.istio.model import Mesh
@@ -58,16 +58,18 @@ class Renderer:
 
     def __init__(self, mesh: Mesh):
         self.mesh = mesh
-        self._clusters: dict[tuple[str, str], list[str]] = {}
+        self._clusters: dict[tuple[str, str], tuple[list[str], dict[str, str]]] = {}
         self._routes: dict[tuple[Any, ...], str] = {}
         self._by_caller: dict[str, bool] = {}
 
-    def _service_clusters(self, service: Service, client: Workload) -> list[str]:
-        """A service's outbound clusters in JSON; they differ between clients only by the config directory their
-        certificate's SDS file is read from."""
+    def _service_clusters(self, service: Service, client: Workload) -> tuple[list[str], dict[str, str]]:
+        """A service's outbound clusters in JSON, and its endpoint files (name -> content); they differ between
+        clients only by the config directory the files are read from."""
         key = (service.fqdn, client.config_dir)
         if key not in self._clusters:
-            self._clusters[key] = [dumps(c) for c in clusters.outbound(self.mesh, service, client)]
+            found, endpoints = clusters.outbound(self.mesh, service, client)
+            self._clusters[key] = ([dumps(c) for c in found],
+                                   {file: _resources([dumps(e)]) for file, e in endpoints.items()})
         return self._clusters[key]
 
     def _routes_by_caller(self, service: Service) -> bool:
@@ -98,8 +100,11 @@ class Renderer:
         cds = [dumps(c) for c in clusters.catch_all()]
         rds: dict[str, dict[str, Any]] = {}
         route_texts: dict[str, str] = {}
+        endpoint_files: dict[str, str] = {}
         for service in services:
-            cds += self._service_clusters(service, workload)
+            found, endpoints = self._service_clusters(service, workload)
+            cds += found
+            endpoint_files.update(endpoints)
             for port in service.ports:
                 if not port.is_http:
                     continue
@@ -130,12 +135,13 @@ class Renderer:
                  bootstrap.LDS_FILE: _resources([dumps(item) for item in lds]), bootstrap.CDS_FILE: _resources(cds)}
         route_files: dict[str, str] = {}
         for name, text in sorted(route_texts.items()):
-            file = listeners.route_file(name)
+            file = resource_file("rds", name)
             other = route_files.setdefault(file, name)
-            if other != name:  # route_file keeps names apart; never let one route table replace another unseen
+            if other != name:  # resource_file keeps names apart; never let one route table replace another unseen
                 raise MeshError(f"route tables {other!r} and {name!r} would both be written to {file}",
                                 file="inventory", doc=f"host {host}")
             files[file] = text
+        files.update(endpoint_files)
         secrets = {**mtls.secrets(workload), **edge.secrets}
         for name, secret in secrets.items():
             files[name] = _resources([dumps(secret)])

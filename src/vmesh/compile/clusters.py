@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from vmesh.compile import mtls
-from vmesh.compile.envoy_types import (BLACKHOLE, CLUSTER, HTTP_PROTOCOL_OPTIONS, INBOUND_PASSTHROUGH,
-                                       PASSTHROUGH, RAW_BUFFER, UNLIMITED, UPSTREAM_TLS, socket_address)
+from vmesh.compile.envoy_types import (BLACKHOLE, CLUSTER, CLUSTER_LOAD_ASSIGNMENT, HTTP_PROTOCOL_OPTIONS,
+                                       INBOUND_PASSTHROUGH, PASSTHROUGH, RAW_BUFFER, UNLIMITED, UPSTREAM_TLS,
+                                       file_source, resource_file, socket_address)
 from vmesh.istio.model import Mesh, selects
 from vmesh.istio.fields import envoy_duration
 from vmesh.istio.trafficpolicy import Tls, TrafficPolicy
@@ -185,10 +186,14 @@ def _mesh_tls(cluster: dict[str, Any], mesh: Mesh, client: Workload, port: Port,
             lb_endpoint["metadata"] = {"filter_metadata": {"envoy.transport_socket_match": {"tlsMode": "istio"}}}
 
 
-def outbound(mesh: Mesh, service: Service, client: Workload) -> list[dict[str, Any]]:
+def outbound(mesh: Mesh, service: Service, client: Workload) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The clusters ``client`` uses for ``service``, and (file name -> ClusterLoadAssignment) the endpoints of
+    those of mesh services, which read them from a file of their own (EDS): a VM that comes or goes changes that
+    file only, so the cluster and its connection pools stay."""
     rule = mesh.destination_rules.get(service.fqdn)
     subsets = [None] + (sorted(rule.subsets) if rule else [])
     clusters = []
+    endpoints: dict[str, dict[str, Any]] = {}
     for port in service.ports:
         for subset in subsets:
             labels = mesh.subset_labels(service.fqdn, subset)
@@ -202,8 +207,14 @@ def outbound(mesh: Mesh, service: Service, client: Workload) -> list[dict[str, A
             if policy is not None:
                 _apply_policy(cluster, policy, port, service)
             _mesh_tls(cluster, mesh, client, port, subset, service, servers, policy.tls if policy else None)
+            if service.entry is None:
+                file = resource_file("eds", name)
+                endpoints[file] = {"@type": CLUSTER_LOAD_ASSIGNMENT, **cluster.pop("load_assignment")}
+                cluster["type"] = "EDS"
+                cluster["eds_cluster_config"] = {"service_name": name,
+                                                 "eds_config": file_source(client.config_dir, file)}
             clusters.append(cluster)
-    return clusters
+    return clusters, endpoints
 
 
 def inbound(workload: Workload) -> list[dict[str, Any]]:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 from typing import Any
 
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ROUTE_CONFIGURATION = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CLUSTER_LOAD_ASSIGNMENT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
@@ -62,3 +66,21 @@ def file_source(config_dir: str, file: str) -> dict[str, Any]:
         "path_config_source": {"path": f"{config_dir}/{file}", "watched_directory": {"path": config_dir}},
         "resource_api_version": "V3",
     }
+
+
+_FILE_CHAR = re.compile(r"[A-Za-z0-9.-]")
+FILE_STEM_MAX = 200  # file names stay well under the usual 255 bytes
+
+
+def resource_file(prefix: str, name: str) -> str:
+    """The file that holds one named resource (Envoy's filesystem xDS reads one per file): ``rds`` a
+    RouteConfiguration, ``eds`` a cluster's endpoints (ClusterLoadAssignment).
+
+    One file per name, never shared: '|' (Istio's separator in route names) is written '_', every other character
+    but letters, digits, '.' and '-' as '~' and its code point in six hex digits. A longer name is cut, and its
+    SHA-256 follows a '+' (a character the rest never uses)."""
+    stem = "".join("_" if c == "|" else c if _FILE_CHAR.fullmatch(c) else f"~{ord(c):06x}" for c in name)
+    if len(stem) > FILE_STEM_MAX:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        stem = stem[:FILE_STEM_MAX - 17] + "+" + digest
+    return f"{prefix}_{stem}.json"

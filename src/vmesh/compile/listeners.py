@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-import re
 from typing import Any
 
 from vmesh.compile import mtls, rbac, routes
 from vmesh.compile.envoy_types import (BLACKHOLE, CORS, HCM, HTTP_FAULT, INBOUND_PASSTHROUGH, LISTENER, ORIGINAL_DST,
-                                       PASSTHROUGH, ROUTER, TLS_INSPECTOR, access_logs, file_source, socket_address,
-                                       tcp_proxy, typed)
+                                       PASSTHROUGH, ROUTER, TLS_INSPECTOR, access_logs, file_source, resource_file,
+                                       socket_address, tcp_proxy, typed)
 from vmesh.errors import MeshError
 from vmesh.istio.model import Mesh
 from vmesh.names import inbound_name, outbound_name
@@ -22,23 +20,6 @@ ADMIN_PORT = 15000
 READINESS_PORT = 15021
 STATS_PORT = 15090
 ADMIN_CLUSTER = "vmesh_admin"
-
-
-_FILE_CHAR = re.compile(r"[A-Za-z0-9.-]")
-ROUTE_FILE_STEM_MAX = 200  # file names stay well under the usual 255 bytes
-
-
-def route_file(route_name: str) -> str:
-    """The file that holds one RouteConfiguration (Envoy's filesystem RDS reads one resource per file).
-
-    One file per name, never shared: '|' (Istio's separator in route names) is written '_', every other character
-    but letters, digits, '.' and '-' as '~' and its code point in six hex digits. A longer name is cut, and its
-    SHA-256 follows a '+' (a character the rest never uses)."""
-    stem = "".join("_" if c == "|" else c if _FILE_CHAR.fullmatch(c) else f"~{ord(c):06x}" for c in route_name)
-    if len(stem) > ROUTE_FILE_STEM_MAX:
-        digest = hashlib.sha256(route_name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-        stem = stem[:ROUTE_FILE_STEM_MAX - 17] + "+" + digest
-    return f"rds_{stem}.json"
 
 
 def _hcm(stat_prefix: str, route_name: str | None, workload: Workload, *, inbound: bool,
@@ -56,7 +37,7 @@ def _hcm(stat_prefix: str, route_name: str | None, workload: Workload, *, inboun
         config["route_config"] = route_config
     else:
         config["rds"] = {"route_config_name": route_name,
-                         "config_source": file_source(workload.config_dir, route_file(route_name))}
+                         "config_source": file_source(workload.config_dir, resource_file("rds", route_name))}
     if inbound:
         config["server_header_transformation"] = "PASS_THROUGH"
     logs = access_logs(workload.access_log)
