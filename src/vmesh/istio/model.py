@@ -20,6 +20,28 @@ SUPPORTED_KINDS = {"VirtualService", "DestinationRule", "Sidecar", "EnvoyFilter"
                    "PeerAuthentication", "AuthorizationPolicy"}
 
 
+class _BySelector:
+    """Documents with a label selector (``.selector``: labels or None), found for a workload's namespace and labels
+    without a scan of them all: each is filed under its namespace and the first of its selector's labels. A
+    lookup returns a superset of those that select the workload, in their original order."""
+
+    def __init__(self, items: Iterable):
+        items = list(items)
+        self._order = {id(item): n for n, item in enumerate(items)}
+        self._index: dict[tuple, list] = {}
+        for item in items:
+            key = (item.doc.namespace, *(min(item.selector.items()) if item.selector else (None, None)))
+            self._index.setdefault(key, []).append(item)
+
+    def candidates(self, namespace: str, labels: dict[str, str]) -> list:
+        found = []
+        for ns in dict.fromkeys((namespace, sidecar_mod.ROOT_NAMESPACE)):
+            found += self._index.get((ns, None, None), [])
+            for item in labels.items():
+                found += self._index.get((ns, *item), [])
+        return sorted(found, key=lambda item: self._order[id(item)])
+
+
 @dataclasses.dataclass
 class Mesh:
     registry: Registry
@@ -44,9 +66,15 @@ class Mesh:
             self._memo[key] = compute()
         return self._memo[key]
 
+    def _index(self, kind: str, items: Iterable) -> _BySelector:
+        if ("index", kind) not in self._memo:
+            self._memo[("index", kind)] = _BySelector(items)
+        return self._memo[("index", kind)]
+
     def authorization_for(self, workload: registry_mod.Workload) -> list[authorizationpolicy.AuthorizationPolicy]:
+        candidates = self._index("authz", self.authorization_policies).candidates(workload.namespace, workload.labels)
         return self._by_selection("authz", workload, None, lambda: authorizationpolicy.for_workload(
-            self.authorization_policies, workload.namespace, workload.labels))
+            candidates, workload.namespace, workload.labels))
 
     def mtls_mode(self, workload: registry_mod.Workload, port: int | None) -> str:
         """DISABLE, PERMISSIVE or STRICT for one workload port (the port its app listens on); ``None``: the
@@ -61,8 +89,9 @@ class Mesh:
 
     def sidecar(self, host: str) -> sidecar_mod.Sidecar | None:
         workload = self.registry.workloads[host]
+        candidates = self._index("sidecar", self.sidecars).candidates(workload.namespace, workload.labels)
         return self._by_selection("sidecar", workload, None, lambda: sidecar_mod.for_host(
-            self.sidecars, workload.namespace, workload.labels))
+            candidates, workload.namespace, workload.labels))
 
     def visible_services(self, host: str) -> list[str]:
         """FQDNs this host's proxy is configured for: its Sidecar's egress hosts, plus what their routes use."""
