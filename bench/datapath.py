@@ -1,0 +1,394 @@
+"""Data path: what vmesh's sidecar pair adds to a call, against a minimal hand-written Envoy pair and no proxy.
+
+Two "VMs" in network namespaces (tests/harness/netmesh.py), ``client`` and ``server``; nginx on the server
+answers every request with 1 KB. wrk on the client sends a fixed rate (default 1000 requests per second over 10
+keep-alive connections, paced by ``paced.lua``) as uid 1000, so its calls are captured like an application's:
+
+    direct   wrk -> nginx                                                    (no proxy, no redirect)
+    minimal  wrk -> REDIRECT -> Envoy :15001 (original_dst, HTTP router) -> mTLS -> Envoy :15006 -> nginx
+    vmesh    the same path through the files vmesh compiles for the two hosts (no Istio documents: defaults)
+
+The minimal pair is written here by hand (netbench.minimal_client/minimal_server): the router only, a static
+cluster, mTLS with the same certificates. Both proxied pairs run behind the real redirect (vmesh-iptables) with
+the same Envoy flags (``--concurrency 2``, the proxy role's default). wrk times each request from its write to
+the end of the answer in microseconds (hey prints tenths of milliseconds, too coarse for a 5 % comparison).
+
+Each configuration has namespaces of its own, all up at once. Rounds run every configuration in turn, the order
+rotated each round, after one unmeasured warm-up each (which also checks that the calls went through both
+proxies, with a TLS handshake between them); many short rounds let the machine's drift cancel better than a few
+long ones. Printed per configuration, the medians over rounds: p50/p90/p99 latency, the proxies' CPU per 1000
+requests (utime + stime from /proc/PID/stat) and RSS (VmRSS); then vmesh/minimal and minimal/direct, each as the
+ratio of the medians and as the median [interquartile range] of the ratios within each round, next to the
+targets of issue 13. ``--variant`` adds vmesh configurations with one item of the compiled files removed (an
+edited copy; the compiler is untouched), priced against the full vmesh config the same way. The proxies, nginx
+and wrk run at niceness -10 (``--nice``) so that other work on a shared machine disturbs them less; every
+configuration is treated alike.
+
+    sudo .venv/bin/python bench/datapath.py                  # 20 rounds x 3 configs x 3 s: about 4 minutes
+    python bench/datapath.py --rounds 5                      # about a minute, noisier
+    python bench/datapath.py --variant all                   # + the 9 vmesh variants: about 13 minutes
+    python bench/datapath.py --variant bare --variant no-xfcc --json
+
+Needs root, nginx and wrk. Traffic stays inside the namespaces made here; an interrupted run's leftovers are
+removed by name at the next start. No figure is a pass or a fail: ratios measured side by side are what holds
+on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import netbench
+from netbench import APP_PORT, BenchMesh, NetMeshError
+
+WRK = "/usr/bin/wrk"
+PACED_LUA = Path(__file__).resolve().parent / "paced.lua"
+MESH_PREFIX = "benchdp"  # namespaces vm-benchdp<config>-*: never a test's
+WARMUP_SECONDS = 2
+TARGETS = {"p50": 1.05, "p90": 1.05, "p99": 1.10, "cpu": 1.05}  # vmesh/minimal, issue 13
+RSS_TARGET_MB = 5.0  # vmesh may use this much more than minimal, per proxy
+
+HOSTS = {
+    "client": {"vmesh_service_account": "client"},
+    "server": {"vmesh_service": "web", "vmesh_labels": {"app": "web", "version": "v1"},
+               "vmesh_ports": [{"port": APP_PORT, "protocol": "http", "name": "http"}]},
+}
+
+HCM = "envoy.filters.network.http_connection_manager"
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
+
+
+# --- variants: the vmesh files with one item taken out ------------------------------------------------------------
+
+def _hcms(files: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every HTTP connection manager of the host's lds.json."""
+    for listener in files["lds.json"]["resources"]:
+        chains = listener.get("filter_chains", []) + [listener.get("default_filter_chain") or {}]
+        for chain in chains:
+            for item in chain.get("filters", []):
+                if item["name"] == HCM:
+                    yield item["typed_config"]
+
+
+def no_fault_cors(host: str, files: dict[str, Any]) -> None:
+    for hcm in _hcms(files):
+        hcm["http_filters"] = [f for f in hcm["http_filters"]
+                               if f["name"] not in ("envoy.filters.http.fault", "envoy.filters.http.cors")]
+
+
+def no_retry(host: str, files: dict[str, Any]) -> None:
+    for name, data in files.items():
+        if name.startswith("rds_"):
+            for vhost in data["resources"][0]["virtual_hosts"]:
+                for route in vhost["routes"]:
+                    route.get("route", {}).pop("retry_policy", None)
+
+
+def no_xfcc(host: str, files: dict[str, Any]) -> None:
+    for hcm in _hcms(files):
+        hcm.pop("forward_client_cert_details", None)
+        hcm.pop("set_current_client_cert_details", None)
+
+
+def no_normalize_path(host: str, files: dict[str, Any]) -> None:
+    for hcm in _hcms(files):
+        hcm.pop("normalize_path", None)
+
+
+def no_websocket(host: str, files: dict[str, Any]) -> None:
+    for hcm in _hcms(files):
+        hcm.pop("upgrade_configs", None)
+
+
+def no_tls_inspector(host: str, files: dict[str, Any]) -> None:
+    """Inbound: no TLS inspector; each port's mTLS chain matched by port alone (its plaintext chains go)."""
+    for listener in files["lds.json"]["resources"]:
+        if listener["name"] != "virtualInbound":
+            continue
+        listener["listener_filters"] = [f for f in listener["listener_filters"] if f["name"] != TLS_INSPECTOR]
+        listener.pop("listener_filters_timeout", None)
+        listener.pop("continue_on_listener_filters_timeout", None)
+        secured = {c["filter_chain_match"]["destination_port"] for c in listener["filter_chains"]
+                   if c["name"].endswith("~mtls")}
+        chains = []
+        for chain in listener["filter_chains"]:
+            port = chain.get("filter_chain_match", {}).get("destination_port")
+            if chain["name"].endswith("~mtls"):
+                chain["filter_chain_match"] = {"destination_port": port}
+            elif port in secured:
+                continue
+            chains.append(chain)
+        listener["filter_chains"] = chains
+
+
+def no_breaker_tracking(host: str, files: dict[str, Any]) -> None:
+    for cluster in files["cds.json"]["resources"]:
+        for threshold in cluster.get("circuit_breakers", {}).get("thresholds", []):
+            threshold.pop("track_remaining", None)
+
+
+def no_overload_manager(host: str, files: dict[str, Any]) -> None:
+    files["envoy.json"].pop("overload_manager", None)
+
+
+#: name -> (what goes, the compiler's function that emits it, the edit)
+VARIANTS: dict[str, tuple[str, str, Callable[[str, dict[str, Any]], None]]] = {
+    "no-fault-cors": ("the fault and CORS HTTP filters of the outbound HCMs (no fault, no CORS configured)",
+                      "listeners._hcm", no_fault_cors),
+    "no-retry": ("the default retry policy of every route (2 retries, previous_hosts predicate)",
+                 "routes.default_route / routes.DEFAULT_RETRY", no_retry),
+    "no-xfcc": ("forward_client_cert_details APPEND_FORWARD + set_current_client_cert_details on inbound",
+                "listeners._inbound_filters", no_xfcc),
+    "no-normalize-path": ("normalize_path on the inbound HCM", "listeners._inbound_filters", no_normalize_path),
+    "no-websocket": ("upgrade_configs websocket on every HCM", "listeners._hcm", no_websocket),
+    "no-tls-inspector": ("the inbound TLS inspector and the ALPN/transport filter chain match",
+                         "listeners._listener / listeners.inbound", no_tls_inspector),
+    "no-breaker-tracking": ("circuit_breakers track_remaining on every cluster", "clusters._circuit_breakers",
+                            no_breaker_tracking),
+    "no-overload-manager": ("the bootstrap's global downstream connections monitor", "bootstrap.bootstrap",
+                            no_overload_manager),
+}
+
+
+ITEMS = list(VARIANTS)
+
+
+def _bare(host: str, files: dict[str, Any]) -> None:
+    for item in ITEMS:
+        VARIANTS[item][2](host, files)
+
+
+VARIANTS["bare"] = ("every item above at once", "", _bare)
+
+
+# --- running -------------------------------------------------------------------------------------------------------
+
+def mesh_name(config: str) -> str:
+    """benchdp<config> (letters and digits only, at most 24: the harness's rule for mesh names)."""
+    return (MESH_PREFIX + re.sub(r"[^a-z0-9]", "", config))[:24]
+
+
+def make_mesh(config: str, tmp: Path, concurrency: int) -> BenchMesh:
+    proxies = {"direct": "none", "minimal": "minimal"}.get(config, "vmesh")
+    edit = VARIANTS[config][2] if config in VARIANTS else None
+    return BenchMesh(mesh_name(config), HOSTS, [], tmp / config, proxies=proxies, edit=edit,
+                     concurrency=concurrency)
+
+
+def target_url(mesh: BenchMesh) -> str:
+    if mesh.proxies == "none":
+        return f"http://{mesh.address('server')}:{APP_PORT}/"
+    return f"http://{mesh.resolve('client', 'web')}:{APP_PORT}/"  # the service VIP: captured
+
+
+def measure(mesh: BenchMesh, seconds: float, rate: int, connections: int, nice: int = 0) -> dict[str, Any]:
+    """One wrk run at ``rate``; the proxies' CPU over it and their RSS after it."""
+    pids = mesh.proxy_pids()
+    before = {host: netbench.cpu_seconds(pid) for host, pid in pids.items()}
+    argv = [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "2s", "-s",
+            str(mesh.file("client", "paced.lua")), target_url(mesh), "--", str(1000 / rate)]
+    out = netbench.run_as_app(mesh, "client", argv, timeout=seconds + 30, nice=nice)
+    after = {host: netbench.cpu_seconds(pid) for host, pid in pids.items()}
+    result = json.loads(out.strip().splitlines()[-1])
+    result["errors"] = sum(result[k] for k in ("connect", "read", "write", "status", "timeout"))
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    requests = max(result["requests"], 1)
+    result["cpu_ms_per_1000"] = {host: (after[host] - before[host]) * 1e6 / requests for host in pids}
+    result["rss_mb"] = {host: netbench.rss_mb(pid) for host, pid in pids.items()}
+    return result
+
+
+def check_path(mesh: BenchMesh, run: dict[str, Any]) -> None:
+    """The warm-up went where it should: no errors; with proxies, through both of them, over TLS between them."""
+    if run["errors"] or not run["requests"]:
+        raise NetMeshError(f"{mesh.name}: warm-up had {run['errors']} errors in {run['requests']} requests: {run}")
+    if mesh.proxies == "none":
+        return
+    outbound = mesh.stats("client", "listener.0.0.0.0_15001.downstream_cx_total")
+    inbound = mesh.stats("server", "listener.0.0.0.0_15006.")
+    if not outbound.get("listener.0.0.0.0_15001.downstream_cx_total") or \
+            not inbound.get("listener.0.0.0.0_15006.ssl.handshake"):
+        raise NetMeshError(f"{mesh.name}: the calls did not go through both proxies with mTLS: client {outbound}, "
+                           f"server {inbound}")
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    med = netbench.median
+    hosts = sorted(runs[0]["cpu_ms_per_1000"])
+    cpu = {h: med([r["cpu_ms_per_1000"][h] for r in runs]) for h in hosts}
+    rss = {h: med([r["rss_mb"][h] for r in runs]) for h in hosts}
+    return {
+        "rounds": len(runs),
+        "requests": sum(r["requests"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "rps": med([r["rps"] for r in runs]),
+        "p50_ms": med([r["p50_us"] for r in runs]) / 1000,
+        "p90_ms": med([r["p90_us"] for r in runs]) / 1000,
+        "p99_ms": med([r["p99_us"] for r in runs]) / 1000,
+        "cpu_ms_per_1000": cpu,
+        "cpu_pair_ms_per_1000": med([sum(r["cpu_ms_per_1000"].values()) for r in runs]) if hosts else 0.0,
+        "rss_mb": rss,
+    }
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def _value(run: dict[str, Any], key: str) -> float:
+    return sum(run["cpu_ms_per_1000"].values()) if key == "cpu" else run[key + "_us"]
+
+
+def per_round(runs: dict[str, list[dict[str, Any]]], a: str, b: str, key: str) -> list[float]:
+    """a/b within each round (key: p50, p90, p99 or cpu), sorted: the drift of the machine between rounds cancels."""
+    return sorted(ratio(_value(x, key), _value(y, key)) for x, y in zip(runs[a], runs[b]))
+
+
+def paired(runs: dict[str, list[dict[str, Any]]], a: str, b: str, key: str) -> float:
+    """The median over rounds of a/b within each round."""
+    return netbench.median(per_round(runs, a, b, key))
+
+
+def spread(runs: dict[str, list[dict[str, Any]]], a: str, b: str, key: str) -> str:
+    """The per-round ratios' median and interquartile range, as text: how far one round is from another."""
+    values = per_round(runs, a, b, key)
+    return (f"{netbench.median(values):.3f} [{netbench.percentile(values, 25):.3f}-"
+            f"{netbench.percentile(values, 75):.3f}]")
+
+
+def report(summaries: dict[str, dict[str, Any]], runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
+           wall: float) -> None:
+    print(f"\nData path, {args.rate} rps over {args.connections} connections, 1 KB answers, "
+          f"{args.rounds} rounds x {args.seconds} s per configuration, Envoy --concurrency {args.concurrency}, "
+          f"nice {args.nice}, {os.cpu_count()} CPUs, {wall:.0f} s in all")
+    print(f"{'config':22} {'rps':>6} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'errors':>6}   "
+          f"{'CPU ms/1000 req client+server=pair':>36}   {'RSS MB client/server':>20}")
+    for config, s in summaries.items():
+        cpu = s["cpu_ms_per_1000"]
+        cpu_text = (f"{cpu['client']:.0f} + {cpu['server']:.0f} = {s['cpu_pair_ms_per_1000']:.0f}" if cpu else "-")
+        rss_text = f"{s['rss_mb']['client']:.1f} / {s['rss_mb']['server']:.1f}" if s["rss_mb"] else "-"
+        print(f"{config:22} {s['rps']:6.0f} {s['p50_ms']:7.3f} {s['p90_ms']:7.3f} {s['p99_ms']:7.3f} "
+              f"{s['errors']:6d}   {cpu_text:>36}   {rss_text:>20}")
+    direct, minimal, vmesh = (summaries.get(c) for c in ("direct", "minimal", "vmesh"))
+    if minimal and vmesh:
+        print("\nvmesh / minimal: ratio of the medians; median [interquartile range] of the per-round ratios; target")
+        for p in ("p50", "p90", "p99"):
+            print(f"  {p}  {ratio(vmesh[p + '_ms'], minimal[p + '_ms']):.3f}; {spread(runs, 'vmesh', 'minimal', p)}; "
+                  f"<= {TARGETS[p]:.2f}")
+        cpu_v, cpu_m = vmesh["cpu_ms_per_1000"], minimal["cpu_ms_per_1000"]
+        pair = ratio(vmesh["cpu_pair_ms_per_1000"], minimal["cpu_pair_ms_per_1000"])
+        print(f"  CPU per 1000 requests, pair  {pair:.3f}; {spread(runs, 'vmesh', 'minimal', 'cpu')}; "
+              f"<= {TARGETS['cpu']:.2f} (client {ratio(cpu_v['client'], cpu_m['client']):.3f}, "
+              f"server {ratio(cpu_v['server'], cpu_m['server']):.3f})")
+        for host in ("client", "server"):
+            delta = vmesh["rss_mb"][host] - minimal["rss_mb"][host]
+            print(f"  RSS {host}  {delta:+.1f} MB (<= +{RSS_TARGET_MB:.0f} MB)")
+    if direct and minimal:
+        print("\nminimal / direct:  " + ", ".join(f"{p} {ratio(minimal[p + '_ms'], direct[p + '_ms']):.2f}; "
+                                                  f"{spread(runs, 'minimal', 'direct', p)}"
+                                                  for p in ("p50", "p90", "p99")))
+        print("added over direct (ms):")
+        for config in [c for c in summaries if c != "direct"]:
+            s = summaries[config]
+            print(f"  {config:20} " + ", ".join(f"{p} +{s[p + '_ms'] - direct[p + '_ms']:.3f}"
+                                                for p in ("p50", "p90", "p99")))
+        if vmesh:
+            added = {p: ratio(vmesh[p + "_ms"] - direct[p + "_ms"], minimal[p + "_ms"] - direct[p + "_ms"])
+                     for p in ("p50", "p90", "p99")}
+            print("  vmesh's added latency / minimal's: " + ", ".join(f"{p} {v:.2f}" for p, v in added.items()))
+    variants = [c for c in summaries if c in VARIANTS]
+    if vmesh and variants:
+        print("\nvariants / full vmesh, median [interquartile range] of the per-round ratios (below 1: the item "
+              "removed cost that much):")
+        for config in variants:
+            s = summaries[config]
+            print(f"  {config:20} p50 {spread(runs, config, 'vmesh', 'p50')}  "
+                  f"p90 {spread(runs, config, 'vmesh', 'p90')}  CPU pair {spread(runs, config, 'vmesh', 'cpu')}  RSS "
+                  f"{s['rss_mb']['client'] - vmesh['rss_mb']['client']:+.1f}/"
+                  f"{s['rss_mb']['server'] - vmesh['rss_mb']['server']:+.1f} MB  [{VARIANTS[config][1]}]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=20, help="rounds over all configurations (default 20)")
+    parser.add_argument("--seconds", type=int, default=3, help="seconds per measurement (default 3)")
+    parser.add_argument("--rate", type=int, default=1000, help="requests per second (default 1000)")
+    parser.add_argument("--connections", type=int, default=10, help="keep-alive connections (default 10)")
+    parser.add_argument("--concurrency", type=int, default=2, help="Envoy worker threads (default 2, the role's)")
+    parser.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS) + ["all"],
+                        help="also run vmesh with this item removed (repeatable; all: every variant)")
+    parser.add_argument("--nice", type=int, default=-10,
+                        help="niceness of the processes on the measured path (the proxies, nginx, wrk; the same "
+                             "for every configuration), so that other work on the machine disturbs them less "
+                             "(default -10; 0: as any process)")
+    parser.add_argument("--json", action="store_true", help="print one JSON line per measurement and summary")
+    parser.add_argument("--keep", action="store_true", help="keep the logs and Envoy files (path printed)")
+    args = parser.parse_args(argv)
+    if not (1 <= args.rounds <= 50 and 1 <= args.seconds <= 120 and 1 <= args.rate <= 5000
+            and 1 <= args.connections <= 100 and 1 <= args.concurrency <= 8 and -20 <= args.nice <= 19):
+        parser.error("rounds 1-50, seconds 1-120, rate 1-5000, connections 1-100, concurrency 1-8, nice -20-19")
+    if not netbench.can_run() or not shutil.which(WRK) or not shutil.which(netbench.NGINX):
+        parser.error("needs root, ip, setpriv, iptables, nginx and wrk")
+    variants = sorted(VARIANTS) if "all" in args.variant else list(dict.fromkeys(args.variant))
+    configs = ["direct", "minimal", "vmesh"] + variants
+    every_name = [mesh_name(c) for c in ["direct", "minimal", "vmesh", *VARIANTS]]
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="vmesh-bench-datapath."))
+    netbench.remove_leftovers(every_name, tmp / "leftovers")
+    meshes: dict[str, BenchMesh] = {}
+    runs: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
+    try:
+        for config in configs:
+            mesh = meshes[config] = make_mesh(config, tmp, args.concurrency)
+            mesh.start()
+            nginx = netbench.start_nginx(mesh, "server")
+            if args.nice:
+                netbench.renice([*mesh.proxy_pids().values(), nginx.pid], args.nice)
+            lua = mesh.file("client", "paced.lua")
+            shutil.copyfile(PACED_LUA, lua)
+            os.chmod(lua, 0o644)
+        for config, mesh in meshes.items():
+            check_path(mesh, measure(mesh, WARMUP_SECONDS, args.rate, args.connections, args.nice))
+        for round_ in range(args.rounds):
+            order = configs[round_ % len(configs):] + configs[:round_ % len(configs)]
+            for config in order:
+                run = measure(meshes[config], args.seconds, args.rate, args.connections, args.nice)
+                runs[config].append(run)
+                if args.json:
+                    print(json.dumps({"round": round_ + 1, "config": config, **run}, sort_keys=True), flush=True)
+                else:
+                    cpu = "+".join(f"{v:.0f}" for v in run["cpu_ms_per_1000"].values()) or "-"
+                    print(f"round {round_ + 1} {config:20} {run['rps']:5.0f} rps  p50 {run['p50_us'] / 1000:.3f}  "
+                          f"p90 {run['p90_us'] / 1000:.3f}  p99 {run['p99_us'] / 1000:.3f} ms  errors {run['errors']}"
+                          f"  CPU ms/1000 req {cpu}", file=sys.stderr, flush=True)
+    finally:
+        for mesh in reversed(list(meshes.values())):
+            mesh.stop()
+        if args.keep:
+            print(f"logs and Envoy files: {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    summaries = {config: summarize(runs[config]) for config in configs}
+    if args.json:
+        for config, summary in summaries.items():
+            print(json.dumps({"summary": config, **summary}, sort_keys=True))
+        if "minimal" in runs and "vmesh" in runs:
+            print(json.dumps({"ratios": "vmesh/minimal, median of per-round ratios",
+                              **{key: paired(runs, "vmesh", "minimal", key) for key in ("p50", "p90", "p99", "cpu")}},
+                             sort_keys=True))
+    else:
+        report(summaries, runs, args, time.monotonic() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
