@@ -20,17 +20,16 @@ CONNECT_TIMEOUT = "10s"  # Istio's default connectTimeout
 
 
 def _circuit_breakers(policy: TrafficPolicy | None = None) -> dict[str, Any]:
+    """Istio's limits: those the connection pool sets, else none (Envoy's own defaults are 1024). The remaining_*
+    gauges, which Envoy updates on every request, are kept only where a limit can trip (bench/datapath.py)."""
     pool = policy.connection_pool if policy else None
-
-    def limit(value: int | None) -> int:
-        return UNLIMITED if value is None else value
-
-    return {"thresholds": [{
-        "max_connections": limit(pool and pool.max_connections),
-        "max_pending_requests": limit(pool and pool.http1_max_pending_requests),
-        "max_requests": limit(pool and pool.http2_max_requests),
-        "max_retries": limit(pool and pool.max_retries),
-        "track_remaining": True}]}
+    limits = {"max_connections": pool and pool.max_connections,
+              "max_pending_requests": pool and pool.http1_max_pending_requests,
+              "max_requests": pool and pool.http2_max_requests, "max_retries": pool and pool.max_retries}
+    thresholds: dict[str, Any] = {k: UNLIMITED if v is None else v for k, v in limits.items()}
+    if any(v is not None for v in limits.values()):
+        thresholds["track_remaining"] = True
+    return {"thresholds": [thresholds]}
 
 
 def _apply_policy(cluster: dict[str, Any], policy: TrafficPolicy, port: Port | None,
