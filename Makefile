@@ -49,6 +49,7 @@ test-unit: setup
 ## Benchmarks that need no VMs: they print figures and ratios measured in one run, never a pass or a fail.
 bench: setup
 	python bench/compile_scale.py
+	python bench/ansible_scale.py --hosts 20 80
 
 clean: demo-down
 	rm -rf .cache build *.egg-info

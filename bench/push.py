@@ -1,0 +1,102 @@
+"""Push and converge times on the lab VMs: push.yml with a routing change and without, site.yml on a converged
+mesh, each against a one-task no-op playbook on the same hosts, measured side by side in one run.
+
+Needs the demo's VMs up and converged (``make demo``); the demo's routing is changed during the run (a
+VirtualService sending reviews to v1, then none again) and is as before at the end. The mesh documents are read
+from a copy in a temporary directory (``-e vmesh_mesh_dir``), the checkout's are not touched.
+
+    make demo && python bench/push.py               # 3 rounds (about 5 minutes)
+    python bench/push.py --rounds 1 --inventory examples/bookinfo/inventory
+
+Printed: per playbook the median wall time, the hosts that reported a change, the tasks run; then the ratios to
+the no-op. No absolute time is a pass or a fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from harness.fleet import NOOP_PLAY  # noqa: E402
+
+ROUTE_V1 = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+"""
+
+
+def play(inventory: Path, playbook: str, *extra: str) -> tuple[float, str]:
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0")
+    started = time.perf_counter()
+    proc = subprocess.run(["ansible-playbook", "-i", str(inventory), playbook, *extra], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=1800, check=False)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"bench/push.py: {playbook} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}")
+    return elapsed, proc.stdout
+
+
+def changed_hosts(stdout: str) -> int:
+    return sum(1 for n in re.findall(r"^\S+\s+:\s+ok=\d+\s+changed=(\d+)", stdout, re.M) if int(n))
+
+
+def tasks(stdout: str) -> int:
+    return len(re.findall(r"^TASK \[", stdout, re.M))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--inventory", type=Path, default=ROOT / "examples" / "bookinfo" / "inventory")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    inventory = args.inventory.resolve()
+    work = Path(tempfile.mkdtemp(prefix="vmesh-bench-push-"))
+    try:
+        mesh = work / "mesh"
+        shutil.copytree(inventory / "mesh", mesh)
+        (work / "noop.yml").write_text(NOOP_PLAY)
+        with_mesh = ["-e", f"vmesh_mesh_dir={mesh}"]
+        runs: dict[str, list[tuple[float, int, int]]] = {}
+
+        def record(name: str, result: tuple[float, str]) -> None:
+            seconds, stdout = result
+            runs.setdefault(name, []).append((seconds, changed_hosts(stdout), tasks(stdout)))
+
+        for _ in range(args.rounds):
+            record("no-op (1 task)", play(inventory, str(work / "noop.yml")))
+            (mesh / "bench-reviews.yaml").write_text(ROUTE_V1)
+            record("push.yml, a routing change", play(inventory, "vmesh.mesh.push", *with_mesh))
+            (mesh / "bench-reviews.yaml").unlink()
+            record("push.yml, changed back", play(inventory, "vmesh.mesh.push", *with_mesh))
+            record("push.yml, nothing to change", play(inventory, "vmesh.mesh.push", *with_mesh))
+            record("site.yml, converged", play(inventory, "vmesh.mesh.site", *with_mesh))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    noop = statistics.median(s for s, _, _ in runs["no-op (1 task)"])
+    print(f"{'playbook':<30} {'median s':>9} {'x no-op':>8} {'hosts changed':>14} {'tasks':>6}")
+    for name, results in runs.items():
+        seconds = statistics.median(s for s, _, _ in results)
+        print(f"{name:<30} {seconds:>9.1f} {seconds / noop:>8.2f} {max(c for _, c, _ in results):>14} "
+              f"{max(t for _, _, t in results):>6}")
+    print(f"\n{args.rounds} round(s), {inventory}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
