@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
@@ -28,6 +30,7 @@ class ActionModule(ActionBase):
         dest, sources = args.get("dest"), args.get("sources")
         if not isinstance(dest, str) or not dest:
             raise AnsibleActionFail("vmesh.mesh.build: dest (the build directory) is required")
+        dest = os.path.abspath(os.path.expanduser(os.path.expandvars(dest)))  # as a path option is read
         try:
             if sources is not None:
                 manifest, changed = self._compile(task_vars, dest, sources, args.get("hosts"),
@@ -53,6 +56,8 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail("vmesh.mesh.build: sources must be a list of [path, text] pairs")
         if not hosts:
             raise AnsibleActionFail("vmesh.mesh.build: no hosts in group 'vmesh'")
+        if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+            raise AnsibleActionFail("vmesh.mesh.build: hosts must be a list of inventory host names")
         if not isinstance(rollouts, dict) or not all(isinstance(v, dict) for v in rollouts.values()):
             raise AnsibleActionFail("vmesh.mesh.build: rollouts must be a mapping of service name to saved state")
         mesh = load.mesh(inputs.mesh_variables(task_vars["hostvars"], hosts), [(str(p), str(t)) for p, t in sources],

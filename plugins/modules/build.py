@@ -41,7 +41,8 @@ options:
     default: {}
 attributes:
   check_mode:
-    support: full
+    support: partial
+    details: The build directory is written in check mode too (the compiler's output, not a host's state).
   diff_mode:
     support: none
 author: vmesh

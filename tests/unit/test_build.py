@@ -4,7 +4,9 @@ run, and no host's variables hold another host's config."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shutil
 import subprocess
 
@@ -89,6 +91,17 @@ def test_a_damaged_or_replaced_build_is_refused(fleet, tmp_path):
     (build / "objects" / entry["files"]["cds.json"]).write_text('{"resources":[]}')
     with pytest.raises(MeshError, match="does not match its digest \\(cds.json of host host-1\\)"):
         artifact.host_files(build, "host-1", manifest.build)
+    # an entry that says more than the compiler writes: a second line for /etc/hosts
+    path = build / "hosts" / "host-2.json"
+    entry = json.loads(path.read_text())
+    entry["hosts_entries"].append("10.0.0.1 a\n10.0.0.2 b")
+    path.write_text(json.dumps(entry))
+    with pytest.raises(MeshError, match="host-2.json: hosts_entries: not what the compiler writes here"):
+        artifact.host_entry(build, "host-2", manifest.build)
+    # a compile into it again replaces the damaged build, rather than calling it unchanged
+    again = vmesh("compile", "-i", fleet / "hosts.yml", "--out", build)
+    assert again.returncode == 0 and "wrote 6 hosts" in again.stdout, again.stdout + again.stderr
+    assert artifact.host_files(build, "host-1", manifest.build)["cds.json"].startswith('{"resources":[{')
 
 
 def test_a_directory_that_is_no_build_is_never_replaced(fleet, tmp_path):
@@ -100,7 +113,7 @@ def test_a_directory_that_is_no_build_is_never_replaced(fleet, tmp_path):
     assert "holds no vmesh build (no manifest.json): not replaced" in proc.stderr
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
     proc = vmesh("diff", mine, mine)
-    assert proc.returncode == 1 and "no manifest here" in proc.stderr
+    assert proc.returncode == 2 and "no manifest here" in proc.stderr
 
 
 def test_limit_and_a_given_build_push_what_a_full_run_pushes(tmp_path):
@@ -116,7 +129,8 @@ def test_limit_and_a_given_build_push_what_a_full_run_pushes(tmp_path):
     assert ROUTE_SVC_1 in everything["host-0"] and ROUTE_SVC_2 not in everything["host-0"]
     assert ROUTE_SVC_2 in everything["host-1"]
     again = run_push(inventory)
-    assert "changed=0" in again.stdout and "changed=1" not in again.stdout, again.stdout
+    recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", again.stdout, re.M)
+    assert len(recap) == 6 and all(n == "0" for _, n in recap), again.stdout
 
     shutil.rmtree(tmp_path / "hosts")
     limited = run_push(inventory, "--limit", "host-0,host-4")
@@ -151,7 +165,12 @@ def test_a_host_holds_its_own_part_only_and_a_build_must_cover_the_play(fleet, t
     assert proc.returncode == 0, proc.stdout + proc.stderr
     held = json.loads((tmp_path / "held-host-0.json").read_text())
     assert held["host"]["identity"] == "spiffe://cluster.local/ns/default/sa/svc-0"
-    assert sorted(held["host"]["files"]) == sorted(snapshot_names(tmp_path, "host-0"))
+    # the digests of exactly the files the compiler renders for host-0 (vmesh render, on its own)
+    rendered = tmp_path / "rendered"
+    assert vmesh("render", "-i", fleet / "hosts.yml", "--host", "host-0", "--out", rendered).returncode == 0
+    ours = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in rendered.iterdir()
+            if p.name not in ("validate.json", "hosts")}
+    assert held["host"]["files"] == ours
     text = json.dumps(held)
     assert "sa/svc-2" not in text and "host-1" not in text  # nothing of a host it does not route to
     assert len(text) < 4096, len(text)
@@ -163,11 +182,6 @@ def test_a_host_holds_its_own_part_only_and_a_build_must_cover_the_play(fleet, t
     assert proc.returncode != 0
     assert "holds no config for host-2, host-3, host-4, host-5: compile it again" in proc.stdout
     assert not (tmp_path / "hosts").exists()
-
-
-def snapshot_names(root, host):
-    entry = artifact.host_entry(root / "inventory" / ".vmesh" / "build", host)
-    return list(entry["files"])
 
 
 def test_a_vm_joining_changes_only_its_services_endpoint_files(tmp_path):
@@ -182,3 +196,16 @@ def test_a_vm_joining_changes_only_its_services_endpoint_files(tmp_path):
     changes = {c.host: (c.status, c.files) for c in artifact.diff(tmp_path / "b1", tmp_path / "b2")}
     assert changes.pop("host-6")[0] == "added"
     assert changes == {h: ("changed", [eds]) for h in ("host-1", "host-2", "host-4", "host-5")}
+
+
+def test_diff_names_what_a_push_changes_besides_files(tmp_path):
+    from vmesh.compile import HostConfig
+
+    files = {"cds.json": '{"resources":[]}'}
+    before = {"web-1": HostConfig("web-1", files, ["240.240.0.1 web"], [], [], "spiffe://cluster.local/ns/a/sa/web")}
+    after = {"web-1": HostConfig("web-1", files, ["240.240.0.2 web"], [8443], [], "spiffe://cluster.local/ns/b/sa/web")}
+    artifact.write(tmp_path / "a", before)
+    artifact.write(tmp_path / "b", after)
+    (change,) = artifact.diff(tmp_path / "a", tmp_path / "b")
+    assert (change.host, change.status, change.files) == ("web-1", "changed",
+                                                          ["[hosts_entries]", "[edge_ports]", "[identity]"])
