@@ -44,34 +44,38 @@ def _resources(files, name):
     return resources
 
 
-def _static_refs(node):
+def _static_refs(node, folder):
     """SDS references read from files become references to static secrets of the same names."""
     if isinstance(node, dict):
         for key in ("tls_certificate_sds_secret_configs", "validation_context_sds_secret_config"):
             refs = node.get(key)
             for ref in refs if isinstance(refs, list) else [refs]:
-                if isinstance(ref, dict):
-                    ref.pop("sds_config", None)
+                if isinstance(ref, dict) and "sds_config" in ref:
+                    _file_of(ref.pop("sds_config"), "secret %s" % ref.get("name"), folder)
         for value in node.values():
-            _static_refs(value)
+            _static_refs(value, folder)
     elif isinstance(node, list):
         for value in node:
-            _static_refs(value)
+            _static_refs(value, folder)
 
 
-def _file_of(source, what):
+def _file_of(source, what, folder):
     path = (source or {}).get("path_config_source", {}).get("path")
     if not isinstance(path, str):
         raise BundleError("%s is not read from a file" % what)
+    if folder is not None and os.path.dirname(path) != folder:
+        raise BundleError("%s is read from %s, not from %s where the config goes (compiled for another "
+                          "vmesh_config_dir?)" % (what, path, folder))
     return os.path.basename(path)
 
 
-def bundle(files, bootstrap="envoy.json"):
-    """The static bootstrap (JSON text) equivalent to ``files`` (file name -> content) of one config directory."""
+def bundle(files, bootstrap="envoy.json", folder=None):
+    """The static bootstrap (JSON text) equivalent to ``files`` (file name -> content) of one config directory;
+    given ``folder``, the directory they are installed in, every file the config reads must be read from there."""
     boot = _read(files, bootstrap)
     dynamic = boot.pop("dynamic_resources", None) or {}
-    listeners = _resources(files, _file_of(dynamic.get("lds_config"), "the bootstrap's lds_config"))
-    clusters = _resources(files, _file_of(dynamic.get("cds_config"), "the bootstrap's cds_config"))
+    listeners = _resources(files, _file_of(dynamic.get("lds_config"), "the bootstrap's lds_config", folder))
+    clusters = _resources(files, _file_of(dynamic.get("cds_config"), "the bootstrap's cds_config", folder))
     routes, secrets = {}, []
     for name in sorted(files):
         if name == bootstrap or not name.endswith(".json"):
@@ -90,7 +94,7 @@ def bundle(files, bootstrap="envoy.json"):
     if secrets:
         static["secrets"] = secrets
     listeners = copy.deepcopy(listeners)
-    _static_refs(listeners)
+    _static_refs(listeners, folder)
     for listener in listeners:
         chains = listener.get("filter_chains", []) + ([listener["default_filter_chain"]]
                                                        if "default_filter_chain" in listener else [])
@@ -98,18 +102,20 @@ def bundle(files, bootstrap="envoy.json"):
             for flt in chain.get("filters", []):
                 config = flt.get("typed_config", {})
                 if config.get("@type") == HCM and "rds" in config:
-                    name = config.pop("rds").get("route_config_name")
+                    rds = config.pop("rds")
+                    name = rds.get("route_config_name")
+                    _file_of(rds.get("config_source"), "route table %s" % name, folder)
                     if name not in routes:
                         raise BundleError("listener %s uses route table %s, which no file holds"
                                           % (listener.get("name"), name))
                     config["route_config"] = {k: v for k, v in routes[name].items() if k != "@type"}
     clusters = copy.deepcopy(clusters)
-    _static_refs(clusters)
+    _static_refs(clusters, folder)
     for cluster in clusters:
         eds = cluster.pop("eds_cluster_config", None)
         if eds is None:
             continue
-        name = _file_of(eds.get("eds_config"), "cluster %s's endpoints" % cluster.get("name"))
+        name = _file_of(eds.get("eds_config"), "cluster %s's endpoints" % cluster.get("name"), folder)
         resources = _resources(files, name)
         if len(resources) != 1 or resources[0].get("@type") != CLUSTER_LOAD_ASSIGNMENT:
             raise BundleError("%s: expected one ClusterLoadAssignment" % name)

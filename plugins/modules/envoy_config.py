@@ -71,7 +71,8 @@ EXAMPLES = r"""
 - name: Push the Envoy config
   vmesh.mesh.envoy_config:
     dest: /etc/vmesh/envoy
-    files: "{{ lookup('vmesh.mesh.artifact', inventory_hostname) }}"
+    files: "{{ lookup('vmesh.mesh.compiled', inventory_hostname, dir=preflight_built.dir, build=preflight_built.build,
+                      part='files') }}"
     envoy: /opt/vmesh/bin/envoy
   register: pushed
 """
@@ -135,10 +136,11 @@ def plan(dest, files, bootstrap):
     return current.files, changed, removed
 
 
-def validate(module, envoy, files, bootstrap):
-    """Raise ConfigDirError unless ``envoy --mode validate`` accepts the static equivalent of ``files``."""
+def validate(module, envoy, files, bootstrap, dest):
+    """Raise ConfigDirError unless ``envoy --mode validate`` accepts the static equivalent of ``files``, which
+    must read their files from ``dest``."""
     try:
-        validation = bundle(files, bootstrap)
+        validation = bundle(files, bootstrap, dest)
     except BundleError as exc:
         raise ConfigDirError("the new config is not whole; the running config is unchanged: %s" % exc) from None
     folder = tempfile.mkdtemp(prefix="vmesh-validate-")
@@ -186,7 +188,7 @@ def run_locked(module, dest):
             result["version"] = ""
         return result
     if todo.steps:  # the config in force changes (not only its layout)
-        validate(module, p["envoy"], files, bootstrap)
+        validate(module, p["envoy"], files, bootstrap, dest)
 
     def envoy_for(in_force):
         text = in_force.get(bootstrap)

@@ -81,3 +81,14 @@ def test_a_config_missing_a_file_it_names_is_refused(tmp_path):
     assert "the new config is not whole; the running config is unchanged" in result["msg"]
     assert "outbound|9080||reviews.default.svc.cluster.local" in result["msg"]
     assert tree(dest) == before
+
+
+def test_a_config_compiled_for_another_directory_is_refused(tmp_path):
+    """A build compiled with another vmesh_config_dir would have Envoy read its files from elsewhere: refused."""
+    config = compiled(tmp_path / "envoy")
+    elsewhere = tmp_path / "other"
+    result = push(tmp_path, elsewhere, config.files)
+    assert result["failed"] is True
+    assert f"the bootstrap's lds_config is read from {tmp_path / 'envoy'}/lds.json, not from {elsewhere}" \
+        in result["msg"], result["msg"]
+    assert not elsewhere.exists()
