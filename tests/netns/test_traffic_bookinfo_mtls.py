@@ -1,8 +1,9 @@
 """Bookinfo with Istio's destination-rule-all-mtls.yaml under mesh-wide STRICT, in network namespaces.
 
-A module of its own: each Envoy holds about a dozen inotify instances (one per watched xDS file and secret) and
-the kernel allows 128 per user (fs.inotify.max_user_instances), so two Bookinfo meshes of sidecars running as the
-proxy's uid at once would hit the limit.
+A module of its own: each Envoy holds an inotify instance per watched xDS file (listeners, clusters, each route
+table, each cluster's endpoints, each secret: about 20 in Bookinfo) and all sidecars here run as the proxy's uid,
+so two Bookinfo meshes at once need more than the kernel's default 128 per user (fs.inotify.max_user_instances;
+scripts/setup.sh raises it to 1024 for the tests and the lab).
 """
 
 from __future__ import annotations

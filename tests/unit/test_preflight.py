@@ -3,6 +3,11 @@ nothing runs past it. (A missing prerequisite, in a network namespace: tests/net
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
+from harness import ROOT
 from harness.preflight import run_preflight
 
 
@@ -40,3 +45,25 @@ def test_no_way_to_become_root_is_named(tmp_path):
     assert "edge: could not run the prerequisite check as root: " in proc.stdout, proc.stdout
     assert "the Ansible user needs become, e.g. sudo, on this host" in proc.stdout
     assert "look for the gateway certificates" not in proc.stdout
+
+
+def test_too_few_inotify_instances_for_the_hosts_config_are_named():
+    """Envoy watches each file of its config with an inotify instance of its own: the check names a limit below
+    what the host's config needs (the preflight passes twice its watched files, and a few more)."""
+    script = ROOT / "roles" / "preflight" / "files" / "vmesh-prerequisites.sh"
+    limit = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
+
+    # not as root: the script then leaves the host's iptables alone (as root it tries the capture's rules)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+
+    def check(need: int) -> list[str]:
+        out = subprocess.run([*nobody, "sh", str(script), "mesh", str(need)], capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+        return [line for line in out.splitlines() if "inotify" in line]
+
+    assert check(limit + 1) == [
+        f"missing\t-\tinotify instances: fs.inotify.max_user_instances is {limit} and this host's Envoy needs "
+        f"{limit + 1} (one per file of its config, twice over during a hot restart): raise it (sysctl -w "
+        f"fs.inotify.max_user_instances={limit + 1}, and a file in /etc/sysctl.d/ for the next boot), or narrow "
+        "what the host sees with a Sidecar"]
+    assert check(limit) == []

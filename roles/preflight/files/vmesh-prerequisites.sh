@@ -4,10 +4,13 @@
 #   missing<TAB><what><TAB><Debian package, or - when no package provides it><TAB><why>
 # and, last, "checked <role>". Exit status 0 whatever is missing: the caller decides.
 #
-# Usage: vmesh-prerequisites.sh mesh|ca-server
+# Usage: vmesh-prerequisites.sh mesh [INOTIFY]|ca-server
 # mesh: a mesh host (sidecar, identity, capture); ca-server: the online CA's host (python3, openssl, systemd).
+# INOTIFY: the inotify instances this host's Envoy needs (one per file of its config it watches, twice over for a
+# hot restart); fs.inotify.max_user_instances must allow them.
 set -u
 role=${1:-mesh}
+inotify=${2:-0}
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH LC_ALL=C
 
@@ -35,7 +38,14 @@ if ! have openssl; then
   missing "openssl" openssl "no openssl command; the workload's key and certificate request are made with it"
 fi
 
-[ "$role" = ca-server ] && { echo "checked $role"; exit 0; }
+[ "$role" = ca-server ] && { # inotify: Envoy watches each file of its config (file-based xDS) with an inotify instance of its own, and a hot
+# restart runs two Envoys for a while. Below the limit, Envoy aborts at start or on a push.
+limit=$(cat /proc/sys/fs/inotify/max_user_instances 2>/dev/null || echo 0)
+case "$inotify$limit" in *[!0-9]*) inotify=0 ;; esac
+if [ "$inotify" -gt 0 ] && [ "$limit" -lt "$inotify" ]; then
+  missing "inotify instances" - "fs.inotify.max_user_instances is $limit and this host's Envoy needs $inotify (one per file of its config, twice over during a hot restart): raise it (sysctl -w fs.inotify.max_user_instances=$inotify, and a file in /etc/sysctl.d/ for the next boot), or narrow what the host sees with a Sidecar"
+fi
+echo "checked $role"; exit 0; }
 
 # iptables: the capture (both address families).
 for cmd in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
@@ -59,5 +69,12 @@ if have iptables-restore && have iptables && [ "$(id -u)" = 0 ]; then
     missing "kernel nat capture" - "the kernel refused the capture's rules (nat table, REDIRECT, owner, conntrack, multiport): $why"
   fi
   iptables -w 5 -t nat -F "$chain" >/dev/null 2>&1 && iptables -w 5 -t nat -X "$chain" >/dev/null 2>&1
+fi
+# inotify: Envoy watches each file of its config (file-based xDS) with an inotify instance of its own, and a hot
+# restart runs two Envoys for a while. Below the limit, Envoy aborts at start or on a push.
+limit=$(cat /proc/sys/fs/inotify/max_user_instances 2>/dev/null || echo 0)
+case "$inotify$limit" in *[!0-9]*) inotify=0 ;; esac
+if [ "$inotify" -gt 0 ] && [ "$limit" -lt "$inotify" ]; then
+  missing "inotify instances" - "fs.inotify.max_user_instances is $limit and this host's Envoy needs $inotify (one per file of its config, twice over during a hot restart): raise it (sysctl -w fs.inotify.max_user_instances=$inotify, and a file in /etc/sysctl.d/ for the next boot), or narrow what the host sees with a Sidecar"
 fi
 echo "checked $role"
