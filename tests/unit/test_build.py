@@ -209,3 +209,14 @@ def test_diff_names_what_a_push_changes_besides_files(tmp_path):
     (change,) = artifact.diff(tmp_path / "a", tmp_path / "b")
     assert (change.host, change.status, change.files) == ("web-1", "changed",
                                                           ["[hosts_entries]", "[edge_ports]", "[identity]"])
+
+
+def test_only_hosts_whose_files_change_report_changed(fleet):
+    """A routing change to svc-2 changes the hosts that see svc-2 and reports them changed; svc-0's hosts see only
+    svc-1 and report nothing, nor does the host that ran the compile."""
+    assert run_push(fleet).returncode == 0
+    (fleet / "mesh" / "vs2.yaml").write_text(VS_V2.replace("svc-1", "svc-2").replace(", subset: v2}", "}\n    timeout: 3s"))
+    proc = run_push(fleet)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    recap = dict(re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", proc.stdout, re.M))
+    assert recap == {"host-0": "0", "host-1": "1", "host-2": "1", "host-3": "0", "host-4": "1", "host-5": "1"}, recap
