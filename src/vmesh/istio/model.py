@@ -72,9 +72,9 @@ class Mesh:
         return self._memo[("index", kind)]
 
     def authorization_for(self, workload: registry_mod.Workload) -> list[authorizationpolicy.AuthorizationPolicy]:
-        candidates = self._index("authz", self.authorization_policies).candidates(workload.namespace, workload.labels)
+        index = self._index("authz", self.authorization_policies)
         return self._by_selection("authz", workload, None, lambda: authorizationpolicy.for_workload(
-            candidates, workload.namespace, workload.labels))
+            index.candidates(workload.namespace, workload.labels), workload.namespace, workload.labels))
 
     def mtls_mode(self, workload: registry_mod.Workload, port: int | None) -> str:
         """DISABLE, PERMISSIVE or STRICT for one workload port (the port its app listens on); ``None``: the
@@ -89,9 +89,9 @@ class Mesh:
 
     def sidecar(self, host: str) -> sidecar_mod.Sidecar | None:
         workload = self.registry.workloads[host]
-        candidates = self._index("sidecar", self.sidecars).candidates(workload.namespace, workload.labels)
+        index = self._index("sidecar", self.sidecars)
         return self._by_selection("sidecar", workload, None, lambda: sidecar_mod.for_host(
-            candidates, workload.namespace, workload.labels))
+            index.candidates(workload.namespace, workload.labels), workload.namespace, workload.labels))
 
     def visible_services(self, host: str) -> list[str]:
         """FQDNs this host's proxy is configured for: its Sidecar's egress hosts, plus what their routes use."""
