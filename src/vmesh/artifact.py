@@ -27,7 +27,7 @@ import stat
 import tempfile
 from typing import Iterable, Mapping
 
-from vmesh.compile import HostConfig
+from vmesh.compile import HostConfig, dumps
 from vmesh.errors import MeshError
 
 FORMAT = 1
@@ -74,10 +74,6 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _dumps(data: object) -> str:
-    return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
-
 def entries(configs: Mapping[str, HostConfig]) -> tuple[str, dict[str, dict], dict[str, str]]:
     """(build, host -> entry, digest -> content) of compiled hosts."""
     objects: dict[str, str] = {}
@@ -92,7 +88,7 @@ def entries(configs: Mapping[str, HostConfig]) -> tuple[str, dict[str, dict], di
         out[host] = {"host": host, "files": files, "hosts_entries": list(config.hosts_entries),
                      "edge_ports": list(config.edge_ports), "credentials": list(config.credentials),
                      "identity": config.identity}
-    build = hashlib.sha256("\n".join(_dumps(out[h]) for h in sorted(out)).encode("utf-8")).hexdigest()
+    build = hashlib.sha256("\n".join(dumps(out[h]) for h in sorted(out)).encode("utf-8")).hexdigest()
     for entry in out.values():
         entry["build"] = build
     return build, out, objects
@@ -133,7 +129,7 @@ def _write(dest: str, configs: Mapping[str, HostConfig], warnings: Iterable[str]
                 fh.write(text)
         for host, entry in hosts.items():
             with open(os.path.join(staging, "hosts", entry_name(host)), "w", encoding="utf-8") as fh:
-                fh.write(_dumps(entry))
+                fh.write(dumps(entry))
         with open(os.path.join(staging, MANIFEST), "w", encoding="utf-8") as fh:
             fh.write(json.dumps({"format": FORMAT, "build": build, "hosts": manifest.hosts,
                                  "warnings": manifest.warnings}, indent=1, sort_keys=True) + "\n")
@@ -161,7 +157,7 @@ def _holds(dest: str, manifest: Manifest, hosts: Mapping[str, dict], objects: Ma
         for digest, text in objects.items():  # there, and of the right size (reading them all back costs more)
             if os.lstat(os.path.join(folder, digest)).st_size != len(text.encode("utf-8")):
                 return False
-        return all(_read_bounded(os.path.join(dest, "hosts", entry_name(h)), MAX_ENTRY, "entry") == _dumps(e).encode()
+        return all(_read_bounded(os.path.join(dest, "hosts", entry_name(h)), MAX_ENTRY, "entry") == dumps(e).encode()
                    for h, e in hosts.items())
     except (MeshError, OSError):
         return False  # a damaged build is replaced

@@ -2,10 +2,11 @@
 
 ``Renderer(mesh).host(name)`` returns the files for one host's config directory, byte-identical for the same
 input: ``envoy.json`` (bootstrap), ``lds.json``, ``cds.json``, one ``rds_*.json`` per route configuration and
-one ``eds_*.json`` per cluster of a mesh service (its endpoints), as compact JSON. What hosts share is computed once per Renderer: a service's clusters (the same for every client
-with the same config directory) and its route tables (the same for every client, unless a VirtualService matches
-on the caller's labels or namespace). The static equivalent for ``envoy --mode validate`` (which does not read
-file-based xDS) is built only when asked for (``HostConfig.validation``).
+one ``eds_*.json`` per cluster of a mesh service (its endpoints), as compact JSON. What hosts share is computed
+once per Renderer: a service's clusters (the same for every client with the same config directory) and its route
+tables (the same for every client, unless a VirtualService matches on the caller's labels or namespace). The
+static equivalent for ``envoy --mode validate`` (which does not read file-based xDS) is built only when asked for
+(``HostConfig.validation``).
 """
 
 from __future__ import annotations
