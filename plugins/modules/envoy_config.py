@@ -112,19 +112,11 @@ envoy_confirmed:
   returned: always
 """
 
-import os
-import shutil
-import tempfile
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
-from ansible_collections.vmesh.mesh.plugins.module_utils.envoy_files import ConfigDirError, Envoy, locked, ordered
-from ansible_collections.vmesh.mesh.plugins.module_utils.envoy_files import plan as plan_push, push, read_current
-from ansible_collections.vmesh.mesh.plugins.module_utils.envoy_static import BundleError, bundle
-
-#: How long a push waits for another one to finish, beyond that one's own waits on Envoy.
-LOCK_TIMEOUT = 60
+from ansible_collections.vmesh.mesh.plugins.module_utils.envoy_files import ordered, read_current
+from ansible_collections.vmesh.mesh.plugins.module_utils.sidecar import config_dir
 
 
 def plan(dest, files, bootstrap):
@@ -134,71 +126,6 @@ def plan(dest, files, bootstrap):
     changed = ordered([n for n in files if current.files.get(n) != files[n]], bootstrap)
     removed = ordered([n for n in current.files if n not in files], bootstrap)
     return current.files, changed, removed
-
-
-def validate(module, envoy, files, bootstrap, dest):
-    """Raise ConfigDirError unless ``envoy --mode validate`` accepts the static equivalent of ``files``, which
-    must read their files from ``dest``."""
-    try:
-        validation = bundle(files, bootstrap, dest)
-    except BundleError as exc:
-        raise ConfigDirError("the new config is not whole; the running config is unchanged: %s" % exc) from None
-    folder = tempfile.mkdtemp(prefix="vmesh-validate-")
-    try:
-        check = os.path.join(folder, "validate.json")
-        with open(check, "w", encoding="utf-8") as fh:
-            fh.write(validation)
-        rc, out, err = module.run_command([envoy, "--mode", "validate", "-c", check, "-l", "critical",
-                                           "--use-dynamic-base-id"], environ_update={"LC_ALL": "C"})
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    if rc != 0:
-        raise ConfigDirError("envoy --mode validate refused the new config; the running config is unchanged:\n"
-                             + (out + err).strip().replace(check, "<new config>"))
-
-
-def run(module):
-    p = module.params
-    dest = os.path.abspath(p["dest"])
-    # one push at a time, from reading what is in force to cleaning up (several swaps, each confirmed)
-    with locked(dest, LOCK_TIMEOUT + 4 * p["reload_timeout"]):
-        return run_locked(module, dest)
-
-
-def run_locked(module, dest):
-    p = module.params
-    bootstrap = p["bootstrap"]
-    files = {str(k): str(v) for k, v in p["files"].items()}
-    try:
-        mode = int(str(p["mode"]), 8)
-    except ValueError:
-        raise ConfigDirError("mode %r: expected an octal mode such as 0644" % p["mode"]) from None
-    current = read_current(dest)
-    todo = plan_push(current, files, bootstrap, mode)
-    result = dict(changed=todo.changed_any, changed_files=todo.changed, removed_files=todo.removed,
-                  bootstrap_changed=bootstrap in todo.changed, migrated=todo.adopt,
-                  steps=[s.label for s in todo.steps], version=current.version, previous_version=current.previous,
-                  envoy_confirmed=False)
-    if module._diff:
-        result["diff"] = [{"before_header": os.path.join(dest, n), "after_header": os.path.join(dest, n),
-                           "before": current.files.get(n, ""), "after": files.get(n, "")}
-                          for n in todo.changed + todo.removed]
-    if not todo.changed_any or module.check_mode:
-        if todo.steps:
-            result["version"] = ""
-        return result
-    if todo.steps:  # the config in force changes (not only its layout)
-        validate(module, p["envoy"], files, bootstrap, dest)
-
-    def envoy_for(in_force):
-        text = in_force.get(bootstrap)
-        return Envoy.running_from(os.path.join(dest, bootstrap), text) if text else None
-
-    outcome = push(dest, current, todo, mode, p["reload_timeout"], envoy_for)
-    for warning in outcome.warnings:
-        module.warn(warning)
-    result.update(version=outcome.version, previous_version=outcome.previous, envoy_confirmed=outcome.waited)
-    return result
 
 
 def main():
@@ -213,8 +140,11 @@ def main():
         ),
         supports_check_mode=True,
     )
+    p = module.params
     try:
-        result = run(module)
+        result = config_dir(p["dest"], p["files"], p["envoy"], p["bootstrap"], p["mode"], p["reload_timeout"],
+                            check_mode=module.check_mode, diff=module._diff, warn=module.warn,
+                            run_command=lambda argv: module.run_command(argv, environ_update={"LC_ALL": "C"}))
     except HostError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)

@@ -1,6 +1,6 @@
 """A fleet of mesh hosts on this machine: an inventory whose hosts all use the local connection, each with a config
-directory of its own, so the controller's side of a push (compile, build, per-host tasks, the envoy_config module
-with its validation) runs for hundreds of hosts without hundreds of VMs. No Envoy runs: the module writes the files
+directory and hosts file of its own, so the controller's side of a push (compile, build, per-host tasks, the
+sidecar_config module with its validation) runs for hundreds of hosts without hundreds of VMs. No Envoy runs: the module writes the files
 and finds nothing to confirm them with.
 
     inventory = make_fleet(tmp_path, hosts=4, services=2)
@@ -22,7 +22,7 @@ from harness import BIN, ROOT
 from harness.certs import make_ca, make_workload
 
 #: The push: the preflight role (compile into the build directory, or take vmesh_build), then each host's files
-#: from the build through vmesh.mesh.envoy_config, as the proxy role's config tasks do (without its restart
+#: from the build through vmesh.mesh.sidecar_config, as the proxy role's config tasks do (without its restart
 #: handler: no systemd here).
 PUSH_PLAY = """---
 - name: Vmesh | preflight
@@ -31,12 +31,12 @@ PUSH_PLAY = """---
   hosts: vmesh
   gather_facts: false
   tasks:
-    - name: Push the compiled config
-      vmesh.mesh.envoy_config:
+    - name: Push the compiled config and the service names
+      vmesh.mesh.sidecar_config:
+        build: "{{ preflight_built }}"
         dest: "{{ vmesh_config_dir }}"
-        files: "{{ lookup('vmesh.mesh.compiled', inventory_hostname, dir=preflight_built.dir,
-                          build=preflight_built.build, part='files') }}"
         envoy: "{{ fleet_envoy }}"
+        hosts_file: "{{ fleet_hosts_file }}"
 """
 
 NOOP_PLAY = """---
@@ -58,7 +58,7 @@ def make_fleet(root: Path, hosts: int, services: int, docs: dict[str, str] | Non
                only: list[str] | None = None) -> Path:
     """``root/inventory`` (returned): ``hosts`` hosts, host i serving svc-(i mod services) on 8080 (HTTP) as
     version v1 or v2, its config directory ``root/hosts/<host>/envoy``; ``docs`` (file name -> YAML) in
-    ``root/inventory/mesh``. ``only``: the inventory holds just these hosts (a slice of the fleet, as AWX job
+    ``root/inventory/mesh``; ``root/etc/<host>/hosts`` is its hosts file. ``only``: the inventory holds just these hosts (a slice of the fleet, as AWX job
     slicing gives one job)."""
     inventory = root / "inventory"
     (inventory / "mesh").mkdir(parents=True, exist_ok=True)
@@ -73,11 +73,16 @@ def make_fleet(root: Path, hosts: int, services: int, docs: dict[str, str] | Non
         if only is not None and name not in only:
             continue
         service = f"svc-{i % services}"
+        hosts_file = root / "etc" / name / "hosts"
+        hosts_file.parent.mkdir(parents=True, exist_ok=True)
+        if not hosts_file.exists():
+            hosts_file.write_text("127.0.0.1 localhost\n")
         members[name] = {
             "ansible_host": f"10.77.{i // 250}.{i % 250 + 1}", "vmesh_service": service,
             "vmesh_labels": {"app": service, "version": f"v{1 + (i // services) % 2}"},
             "vmesh_ports": [{"port": 8080, "protocol": "http", "name": "http"}],
-            "vmesh_config_dir": str(root / "hosts" / name / "envoy"), "vmesh_certs_dir": str(certs)}
+            "vmesh_config_dir": str(root / "hosts" / name / "envoy"), "vmesh_certs_dir": str(certs),
+            "fleet_hosts_file": str(hosts_file)}
     common = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
               "fleet_envoy": _envoy()}
     (inventory / "hosts.yml").write_text(json.dumps({"all": {"vars": common, "children": {"vmesh": {

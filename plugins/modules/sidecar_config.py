@@ -1,0 +1,180 @@
+#!/usr/bin/python
+"""A sidecar's compiled config on its host in one call: Gateway certificates, Envoy config directory, service
+names."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: sidecar_config
+short_description: Converge a vmesh sidecar's compiled config on its host in one call
+description:
+  - "Puts one host's part of a vmesh build in force, in this order: the Gateway certificates that
+    C(vmesh_credentials) gives on the controller (a folder C(<credentials_dir>/<credentialName>) each, root's,
+    readable by the proxy's group; the key 0640), the Envoy config directory (as M(vmesh.mesh.envoy_config) does
+    it: validated by C(envoy --mode validate), staged whole, switched make-before-break, hot-reloaded), then the
+    service names in the hosts file (a marked block, as M(ansible.builtin.blockinfile) wrote it before)."
+  - "Checks come before changes: the certificate folders a Gateway expects on the host (not given on the
+    controller) must hold C(tls.crt) and C(tls.key), the hosts file must be a regular file of root's, and a
+    refused config changes no file of the config directory or the hosts file."
+  - The controller's side (an action plugin) reads the host's files and entry from the build directory given in
+    O(build) and the given certificates' files; the module gets their contents, never a path on the controller.
+    The certificates' contents are not logged.
+  - "One module call per host instead of a task per part: on the demo's VMs a routing change is pushed in a
+    fraction of the time of the tasks this replaces (bench/push.py)."
+options:
+  build:
+    description: The build (what M(vmesh.mesh.build) returned, C({dir, build})).
+    type: dict
+    required: true
+  host:
+    description: The host whose part of the build is pushed.
+    type: str
+    default: the inventory host the task runs for
+  dest:
+    description: The config directory Envoy watches (the compiler's C(vmesh_config_dir)).
+    type: path
+    required: true
+  envoy:
+    description: The Envoy binary on the host, used for validation.
+    type: path
+    required: true
+  bootstrap:
+    description: The name of the bootstrap file; a change to it needs a restart, which the module reports.
+    type: str
+    default: envoy.json
+  mode:
+    description: Mode of the config files.
+    type: raw
+    default: "0644"
+  reload_timeout:
+    description: Seconds a running Envoy may take to read and warm each step before the push is undone.
+    type: float
+    default: 30
+  hosts_file:
+    description: The hosts file that gets the block of service names.
+    type: path
+    default: /etc/hosts
+  credentials:
+    description: "C(vmesh_credentials): credentialName to C({cert, key, ca}) paths on the controller. Only the
+      names the host's Gateways use are pushed; the others a Gateway uses must be on the host already."
+    type: dict
+    default: {}
+  credentials_dir:
+    description: The folder that holds a folder per credentialName on the host.
+    type: path
+    default: /etc/vmesh/credentials
+  credentials_group:
+    description: The group that may read the certificates (the proxy's).
+    type: str
+    default: vmesh-proxy
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+notes:
+  - "What the action plugin passes to the module on the host is internal: the files, the hosts entries, the
+    certificates' contents (C(credential_texts), never logged) and the credentialNames expected on the host."
+"""
+
+EXAMPLES = r"""
+- name: Push this host's compiled config
+  vmesh.mesh.sidecar_config:
+    build: "{{ preflight_built }}"
+    dest: /etc/vmesh/envoy
+    envoy: /opt/vmesh/bin/envoy
+    credentials: "{{ vmesh_credentials | default({}) }}"
+  register: pushed
+"""
+
+RETURN = r"""
+changed_files:
+  description: Config files written (new or different), in the order their changes reach Envoy.
+  type: list
+  returned: always
+removed_files:
+  description: Config files removed because they are no longer part of the config.
+  type: list
+  returned: always
+bootstrap_changed:
+  description: Whether the bootstrap changed (Envoy must restart to read it).
+  type: bool
+  returned: always
+steps:
+  description: The swaps made (or, in check mode, to make) in the config directory.
+  type: list
+  returned: always
+version:
+  description: The version directory in force (under O(dest)); empty in check mode when it would change.
+  type: str
+  returned: always
+envoy_confirmed:
+  description: Whether a running Envoy confirmed each swap.
+  type: bool
+  returned: always
+hosts_changed:
+  description: Whether the block of service names in the hosts file changed.
+  type: bool
+  returned: always
+credentials_changed:
+  description: The certificate folders and files written.
+  type: list
+  returned: always
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
+from ansible_collections.vmesh.mesh.plugins.module_utils import sidecar
+
+
+def run(module):
+    p = module.params
+    check = module.check_mode
+    # checks first: the hosts file is read (not written) and the expected certificates looked for before anything
+    sidecar.hosts_file(p["hosts_file"], p["hosts_entries"], check_mode=True)
+    written = sidecar.credentials(p["credentials_dir"], p["credential_texts"], p["credentials_expected"],
+                                  p["credentials_group"], check_mode=check)
+    result = sidecar.config_dir(p["dest"], p["files"], p["envoy"], p["bootstrap"], p["mode"], p["reload_timeout"],
+                                check_mode=check, diff=module._diff, warn=module.warn,
+                                run_command=lambda argv: module.run_command(argv, environ_update={"LC_ALL": "C"}))
+    hosts_changed, before, after = sidecar.hosts_file(p["hosts_file"], p["hosts_entries"], check_mode=check)
+    result.update(changed=result["changed"] or hosts_changed or bool(written), hosts_changed=hosts_changed,
+                  credentials_changed=written)
+    if module._diff:
+        result["diff"] = result["diff"] + [
+            {"before_header": path, "after_header": path, "before": "", "after": "(written; content not shown)\n"}
+            for path in written]
+        if hosts_changed:
+            result["diff"].append({"before_header": p["hosts_file"], "after_header": p["hosts_file"],
+                                   "before": before, "after": after})
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            dest=dict(type="path", required=True),
+            files=dict(type="dict", required=True),
+            envoy=dict(type="path", required=True),
+            bootstrap=dict(type="str", default="envoy.json"),
+            mode=dict(type="raw", default="0644"),
+            reload_timeout=dict(type="float", default=30),
+            hosts_file=dict(type="path", default="/etc/hosts"),
+            hosts_entries=dict(type="list", elements="str", default=[]),
+            credential_texts=dict(type="dict", default={}, no_log=True),
+            credentials_expected=dict(type="list", elements="str", default=[]),
+            credentials_dir=dict(type="path", default="/etc/vmesh/credentials"),
+            credentials_group=dict(type="str", default="vmesh-proxy"),
+        ),
+        supports_check_mode=True,
+    )
+    try:
+        result = run(module)
+    except HostError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
