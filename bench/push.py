@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--inventory", type=Path, default=ROOT / "examples" / "bookinfo" / "inventory")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-site", action="store_true", help="leave out site.yml (the longest run)")
     args = parser.parse_args(argv)
     inventory = args.inventory.resolve()
     work = Path(tempfile.mkdtemp(prefix="vmesh-bench-push-"))
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             (mesh / "bench-reviews.yaml").unlink()
             record("push.yml, changed back", play(inventory, "vmesh.mesh.push", *with_mesh))
             record("push.yml, nothing to change", play(inventory, "vmesh.mesh.push", *with_mesh))
-            record("site.yml, converged", play(inventory, "vmesh.mesh.site", *with_mesh))
+            if not args.no_site:
+                record("site.yml, converged", play(inventory, "vmesh.mesh.site", *with_mesh))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     noop = statistics.median(s for s, _, _ in runs["no-op (1 task)"])
