@@ -28,30 +28,12 @@ description:
     could have been planted by another user (not root's, writable by others, or a link other than its own
     C(..data/<name>) links); it never follows such a link.
 options:
-  dest:
-    description: The config directory Envoy watches (the compiler's C(vmesh_config_dir)).
-    type: path
-    required: true
   files:
     description: File name to content; plain C(*.json) names.
     type: dict
     required: true
-  envoy:
-    description: The Envoy binary used for validation.
-    type: path
-    required: true
-  bootstrap:
-    description: The name of the bootstrap file; a change to it needs a restart, which the module reports.
-    type: str
-    default: envoy.json
-  mode:
-    description: Mode of the written files.
-    type: raw
-    default: "0644"
-  reload_timeout:
-    description: Seconds a running Envoy may take to read and warm each step before the push is undone.
-    type: float
-    default: 30
+extends_documentation_fragment:
+  - vmesh.mesh.config_dir
 attributes:
   check_mode:
     support: full

@@ -30,26 +30,6 @@ options:
     description: The host whose part of the build is pushed.
     type: str
     default: the inventory host the task runs for
-  dest:
-    description: The config directory Envoy watches (the compiler's C(vmesh_config_dir)).
-    type: path
-    required: true
-  envoy:
-    description: The Envoy binary on the host, used for validation.
-    type: path
-    required: true
-  bootstrap:
-    description: The name of the bootstrap file; a change to it needs a restart, which the module reports.
-    type: str
-    default: envoy.json
-  mode:
-    description: Mode of the config files.
-    type: raw
-    default: "0644"
-  reload_timeout:
-    description: Seconds a running Envoy may take to read and warm each step before the push is undone.
-    type: float
-    default: 30
   hosts_file:
     description: The hosts file that gets the block of service names.
     type: path
@@ -67,6 +47,8 @@ options:
     description: The group that may read the certificates (the proxy's).
     type: str
     default: vmesh-proxy
+extends_documentation_fragment:
+  - vmesh.mesh.config_dir
 attributes:
   check_mode:
     support: full
