@@ -28,6 +28,16 @@ from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
 
 #: How long a push waits for another one to finish, beyond that one's own waits on Envoy.
 LOCK_TIMEOUT = 60
+#: The argument spec of the config directory's options, shared by the envoy_config and sidecar_config modules
+#: (documented in the doc fragment vmesh.mesh.config_dir).
+CONFIG_DIR_ARGS = dict(
+    dest=dict(type="path", required=True),
+    files=dict(type="dict", required=True),
+    envoy=dict(type="path", required=True),
+    bootstrap=dict(type="str", default="envoy.json"),
+    mode=dict(type="raw", default="0644"),
+    reload_timeout=dict(type="float", default=30),
+)
 #: The hosts file's block, as ansible.builtin.blockinfile wrote it before (so a host set up then is adopted).
 HOSTS_MARKER = "# %s vmesh services (managed by Ansible; removed by playbooks/uninstall.yml)"
 #: A Gateway credential's files: the name in the module's input, the file on the host and its mode.
@@ -66,18 +76,27 @@ def validate(run_command, envoy, files, bootstrap, dest):
                              + (out + err).strip().replace(check, "<new config>"))
 
 
-def config_dir(dest, files, envoy, bootstrap="envoy.json", mode="0644", reload_timeout=30.0, check_mode=False,
-               diff=False, run_command=None, warn=None):
+def config_dir_of(module):
+    """:func:`config_dir` with the options of CONFIG_DIR_ARGS, check mode, diff, warnings and commands of the
+    AnsibleModule ``module``."""
+    p = module.params
+    return config_dir(p["dest"], p["files"], p["envoy"], p["bootstrap"], p["mode"], p["reload_timeout"],
+                      check_mode=module.check_mode, diff=module._diff, warn=module.warn,
+                      run_command=lambda argv: module.run_command(argv, environ_update={"LC_ALL": "C"}))
+
+
+def config_dir(dest, files, envoy, bootstrap, mode, reload_timeout, run_command, warn, check_mode=False,
+               diff=False):
     """Make the config directory ``dest`` hold exactly ``files`` (name -> text); see the envoy_config module's
     documentation. Returns its result: changed, changed_files, removed_files, bootstrap_changed, migrated, steps,
-    version, previous_version, envoy_confirmed, and with ``diff`` a list of per-file diffs."""
+    version, previous_version, envoy_confirmed, and with ``diff`` a list of per-file diffs. ``run_command(argv)``
+    returns (rc, stdout, stderr); ``warn(text)`` reports a warning."""
     dest = os.path.abspath(dest)
     files = {str(k): str(v) for k, v in files.items()}
     try:
         mode = int(str(mode), 8)
     except ValueError:
         raise ConfigDirError("mode %r: expected an octal mode such as 0644" % mode) from None
-    run_command = run_command or (lambda argv: host.run(argv, shown=3))
     # one push at a time, from reading what is in force to cleaning up (several swaps, each confirmed)
     with locked(dest, LOCK_TIMEOUT + 4 * reload_timeout):
         current = read_current(dest)
@@ -103,8 +122,7 @@ def config_dir(dest, files, envoy, bootstrap="envoy.json", mode="0644", reload_t
 
         outcome = push(dest, current, todo, mode, reload_timeout, envoy_for)
         for warning in outcome.warnings:
-            if warn:
-                warn(warning)
+            warn(warning)
         result.update(version=outcome.version, previous_version=outcome.previous, envoy_confirmed=outcome.waited)
         return result
 

@@ -98,7 +98,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
 from ansible_collections.vmesh.mesh.plugins.module_utils.envoy_files import ordered, read_current
-from ansible_collections.vmesh.mesh.plugins.module_utils.sidecar import config_dir
+from ansible_collections.vmesh.mesh.plugins.module_utils.sidecar import CONFIG_DIR_ARGS, config_dir_of
 
 
 def plan(dest, files, bootstrap):
@@ -112,21 +112,11 @@ def plan(dest, files, bootstrap):
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            dest=dict(type="path", required=True),
-            files=dict(type="dict", required=True),
-            envoy=dict(type="path", required=True),
-            bootstrap=dict(type="str", default="envoy.json"),
-            mode=dict(type="raw", default="0644"),
-            reload_timeout=dict(type="float", default=30),
-        ),
+        argument_spec=CONFIG_DIR_ARGS,
         supports_check_mode=True,
     )
-    p = module.params
     try:
-        result = config_dir(p["dest"], p["files"], p["envoy"], p["bootstrap"], p["mode"], p["reload_timeout"],
-                            check_mode=module.check_mode, diff=module._diff, warn=module.warn,
-                            run_command=lambda argv: module.run_command(argv, environ_update={"LC_ALL": "C"}))
+        result = config_dir_of(module)
     except HostError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)

@@ -113,13 +113,12 @@ from ansible_collections.vmesh.mesh.plugins.module_utils import sidecar
 def run(module):
     p = module.params
     check = module.check_mode
-    # checks first: the hosts file is read (not written) and the expected certificates looked for before anything
+    # checks first: the hosts file is read (not written) and the expected certificates looked for before anything;
+    # the hosts file is read again when it is written, last, so an edit made meanwhile is kept
     sidecar.hosts_file(p["hosts_file"], p["hosts_entries"], check_mode=True)
     written = sidecar.credentials(p["credentials_dir"], p["credential_texts"], p["credentials_expected"],
                                   p["credentials_group"], check_mode=check)
-    result = sidecar.config_dir(p["dest"], p["files"], p["envoy"], p["bootstrap"], p["mode"], p["reload_timeout"],
-                                check_mode=check, diff=module._diff, warn=module.warn,
-                                run_command=lambda argv: module.run_command(argv, environ_update={"LC_ALL": "C"}))
+    result = sidecar.config_dir_of(module)
     hosts_changed, before, after = sidecar.hosts_file(p["hosts_file"], p["hosts_entries"], check_mode=check)
     result.update(changed=result["changed"] or hosts_changed or bool(written), hosts_changed=hosts_changed,
                   credentials_changed=written)
@@ -136,12 +135,7 @@ def run(module):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            dest=dict(type="path", required=True),
-            files=dict(type="dict", required=True),
-            envoy=dict(type="path", required=True),
-            bootstrap=dict(type="str", default="envoy.json"),
-            mode=dict(type="raw", default="0644"),
-            reload_timeout=dict(type="float", default=30),
+            sidecar.CONFIG_DIR_ARGS,
             hosts_file=dict(type="path", default="/etc/hosts"),
             hosts_entries=dict(type="list", elements="str", default=[]),
             credential_texts=dict(type="dict", default={}, no_log=True),
