@@ -39,7 +39,7 @@ class ActionModule(ActionBase):
         name = str(args.get("host") or task_vars["inventory_hostname"])
         try:
             entry = artifact.host_entry(build["dir"], name, str(build["build"]))
-            files = artifact.host_files(build["dir"], name, str(build["build"]))
+            files = artifact.entry_files(build["dir"], name, entry)
         except MeshError as exc:
             raise AnsibleActionFail(f"vmesh.mesh.sidecar_config: {exc}") from exc
         given = args.get("credentials") or {}

@@ -234,8 +234,14 @@ def host_entry(path: str, host: str, build: str | None = None) -> dict:
 
 def host_files(path: str, host: str, build: str | None = None) -> dict[str, str]:
     """One host's files (name -> content), each checked against its digest."""
+    return entry_files(path, host, host_entry(path, host, build))
+
+
+def entry_files(path: str, host: str, entry: dict) -> dict[str, str]:
+    """The files of ``entry``, ``host``'s entry as :func:`host_entry` returned it, each checked against its
+    digest."""
     out = {}
-    for name, digest in sorted(host_entry(path, host, build)["files"].items()):
+    for name, digest in sorted(entry["files"].items()):
         where = os.path.join(path, "objects", digest)
         raw = _read_bounded(where, MAX_OBJECT, f"object of {name} of host {host}")
         if hashlib.sha256(raw).hexdigest() != digest:
