@@ -43,7 +43,8 @@ def vmesh_test_stage_answers(log_text, state):
             lines.append((float(parts[0]), parts[1], parts[2]))
     out = []
     for entry in state["history"]:
-        inside = [(answer, status) for t, answer, status in lines if entry["started"] <= t <= entry["ended"]]
+        started, ended = float(entry["started"]), float(entry["ended"])
+        inside = [(answer, status) for t, answer, status in lines if started <= t <= ended]
         answers, statuses = {}, {}
         for answer, status in inside:
             answers[answer] = answers.get(answer, 0) + 1
