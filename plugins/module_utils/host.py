@@ -160,6 +160,17 @@ def ensure_dir(path, mode, uid, gid):
     return changed
 
 
+def converge_dir(path, mode, uid, gid, check_mode=False):
+    """Whether the directory ``path`` is (or, in check mode, would be) made or given ``mode`` and ``uid``:``gid``;
+    a link or anything else in its place is refused."""
+    st = lstat_or_none(path)
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        raise FileError("%s is %s, not a directory; refused (remove it and run again)" % (path, kind(st)))
+    if check_mode:
+        return st is None or (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) != (mode, uid, gid)
+    return ensure_dir(path, mode, uid, gid)
+
+
 def remove_tree(path):
     """Remove ``path`` (a directory with what it holds, a link or a file) without following any link."""
     st = lstat_or_none(path)
@@ -325,6 +336,18 @@ def write_file(path, data, mode, uid, gid):
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
+
+
+def converge_file(path, data, mode, uid, gid, check_mode=False, limit=MAX_FILE_BYTES):
+    """(changed, before) for the regular file ``path`` that must hold ``data`` (bytes) with ``mode`` and
+    ``uid``:``gid``: it is written atomically (:func:`write_file`) unless it does already, never in check mode.
+    ``before`` is what it held (None when there was no file). The caller checks the directory."""
+    before, st = read_regular(path, limit=limit, missing_ok=True)
+    if before == data and (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (mode, uid, gid):
+        return False, before
+    if not check_mode:
+        write_file(path, data, mode, uid, gid)
+    return True, before
 
 
 def create_file(path, data, mode):

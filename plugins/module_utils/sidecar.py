@@ -235,33 +235,17 @@ def credentials(directory, given, expected, group, check_mode=False):
     gid = _group_id(group, check_mode) if given else None
     uid = host.owner()
     changed = []
-    if given and _ensure_dir(directory, 0o755, uid, 0, check_mode):
+    if given and host.converge_dir(directory, 0o755, uid, 0, check_mode):
         changed.append(directory)
     for name in sorted(given):
         folder = os.path.join(directory, name)
-        if _ensure_dir(folder, 0o750, uid, gid, check_mode):
+        if host.converge_dir(folder, 0o750, uid, gid, check_mode):
             changed.append(folder)
         for part, filename, mode in CREDENTIAL_FILES:
             if part not in given[name]:
                 continue
             path = os.path.join(folder, filename)
             wanted = str(given[name][part]).encode("utf-8")
-            data, st = (None, None) if gid is None and check_mode else host.read_regular(path, missing_ok=True)
-            if data == wanted and (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (mode, uid, gid):
-                continue
-            changed.append(path)
-            if not check_mode:
-                host.write_file(path, wanted, mode, uid, gid)
+            if (gid is None and check_mode) or host.converge_file(path, wanted, mode, uid, gid, check_mode)[0]:
+                changed.append(path)
     return changed
-
-
-def _ensure_dir(path, mode, uid, gid, check_mode):
-    """Whether the directory ``path`` is (or, in check mode, would be) made or fixed; a link or anything else in
-    its place is refused."""
-    st = host.lstat_or_none(path)
-    if st is not None and not stat.S_ISDIR(st.st_mode):
-        raise SidecarError("%s is %s, not a directory; refused (remove it and run again)" % (path, host.kind(st)))
-    if check_mode:
-        return st is None or (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) != (mode, uid, gid)
-    return host.ensure_dir(path, mode, uid, gid)
-
