@@ -25,6 +25,12 @@ options:
     description: Return each named file and the module_utils files it imports, as C({name, content}) dictionaries.
     type: bool
     default: false
+  lib:
+    description: "With O(with_imports): the C(<lib>) folder on the VM; each file is then returned as C({dest,
+      content}), C(dest) its path under C(<lib>/ansible_collections/vmesh/mesh/plugins/module_utils/), as
+      M(vmesh.mesh.host_files) takes them."
+    type: str
+    default: ""
 """
 
 EXAMPLES = r"""
@@ -42,6 +48,10 @@ EXAMPLES = r"""
   loop: "{{ query('vmesh.mesh.node_source', 'renew', with_imports=true) }}"
   loop_control:
     label: "{{ item.name }}"
+
+- name: The same in one call
+  vmesh.mesh.host_files:
+    files: "{{ query('vmesh.mesh.node_source', 'renew', with_imports=true, lib='/opt/vmesh/lib/renew') }}"
 """
 
 RETURN = r"""
@@ -113,5 +123,9 @@ class LookupModule(LookupBase):
         self.set_options(var_options=variables, direct=kwargs)
         if self.get_option("with_imports"):
             files = closure(terms)
+            lib = self.get_option("lib")
+            if lib:
+                code = os.path.join(lib, "ansible_collections", *PACKAGE.split(".")[1:])
+                return [{"dest": os.path.join(code, name), "content": files[name]} for name in sorted(files)]
             return [{"name": name, "content": files[name]} for name in sorted(files)]
         return [source(name) for name in terms]
