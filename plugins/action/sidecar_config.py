@@ -16,7 +16,8 @@ else:
     IMPORT_ERROR = None
 
 #: Options passed to the module as they are.
-PASSED = ("dest", "envoy", "bootstrap", "mode", "reload_timeout", "hosts_file", "credentials_dir", "credentials_group")
+PASSED = ("dest", "envoy", "bootstrap", "mode", "reload_timeout", "hosts_file", "credentials_dir", "credentials_group",
+          "service")
 #: The certificate files a credential may name (vmesh_credentials.<name>.<part>); at most 1 MiB each.
 PARTS = ("cert", "key", "ca")
 MAX_CREDENTIAL_BYTES = 1 << 20

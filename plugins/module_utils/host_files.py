@@ -331,6 +331,13 @@ def services(entries, changed_paths, daemon_reload, check_mode=False, run=host.r
     return actions
 
 
+def runner_of(module):
+    """A ``run(argv)`` for :func:`services` through an AnsibleModule's run_command (LC_ALL=C)."""
+    def run(argv):
+        return module.run_command(argv, environ_update={"LC_ALL": "C"})
+    return run
+
+
 def _systemctl_says(run, verb, name):
     """systemctl's one-word answer to is-enabled or is-active (its exit code only says "not")."""
     _rc, out, _err = run(["systemctl", verb, name])

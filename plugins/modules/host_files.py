@@ -185,16 +185,10 @@ def run(module):
         return result
     every = changed + p["changed_before"]
     actions = host_files.services(p["services"], every, p["daemon_reload"] and host_files.units_changed(every),
-                                  check, run=_runner(module))
+                                  check, run=host_files.runner_of(module))
     result["services_changed"] = actions
     result["changed"] = result["changed"] or bool(actions)
     return result
-
-
-def _runner(module):
-    def run(argv):
-        return module.run_command(argv, environ_update={"LC_ALL": "C"})
-    return run
 
 
 def main():

@@ -47,6 +47,11 @@ options:
     description: The group that may read the certificates (the proxy's).
     type: str
     default: vmesh-proxy
+  service:
+    description: "A systemd unit that runs Envoy on this config (C(vmesh-proxy.service)): once the config is in
+      force, it is enabled and started unless it is already. Empty: the unit is left as it is."
+    type: str
+    default: ""
 extends_documentation_fragment:
   - vmesh.mesh.config_dir
 attributes:
@@ -102,12 +107,16 @@ credentials_changed:
   description: The certificate folders and files written.
   type: list
   returned: always
+service_changed:
+  description: What was done to O(service), such as C(enable vmesh-proxy.service) or C(start vmesh-proxy.service).
+  type: list
+  returned: always
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
-from ansible_collections.vmesh.mesh.plugins.module_utils import sidecar
+from ansible_collections.vmesh.mesh.plugins.module_utils import host_files, sidecar
 
 
 def run(module):
@@ -120,8 +129,12 @@ def run(module):
                                   p["credentials_group"], check_mode=check)
     result = sidecar.config_dir_of(module)
     hosts_changed, before, after = sidecar.hosts_file(p["hosts_file"], p["hosts_entries"], check_mode=check)
-    result.update(changed=result["changed"] or hosts_changed or bool(written), hosts_changed=hosts_changed,
-                  credentials_changed=written)
+    started = []
+    if p["service"]:
+        started = host_files.services([{"name": p["service"], "enabled": True, "state": "started"}], [], False,
+                                      check, run=host_files.runner_of(module))
+    result.update(changed=result["changed"] or hosts_changed or bool(written) or bool(started),
+                  hosts_changed=hosts_changed, credentials_changed=written, service_changed=started)
     if module._diff:
         result["diff"] = result["diff"] + [
             {"before_header": path, "after_header": path, "before": "", "after": "(written; content not shown)\n"}
@@ -142,6 +155,7 @@ def main():
             credentials_expected=dict(type="list", elements="str", default=[]),
             credentials_dir=dict(type="path", default="/etc/vmesh/credentials"),
             credentials_group=dict(type="str", default="vmesh-proxy"),
+            service=dict(type="str", default=""),
         ),
         supports_check_mode=True,
     )
