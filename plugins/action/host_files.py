@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 
 from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.plugins.action import ActionBase
 
-#: Larger files than this go by checksum (the module's MAX_CONTENT_BYTES).
-MAX_CONTENT_BYTES = 1 << 20
+# files larger than MAX_CONTENT_BYTES go by checksum, hashed as the host hashes them
+from ansible_collections.vmesh.mesh.plugins.module_utils.host_files import MAX_CONTENT_BYTES, sha256_stream
+
 PASSED = ("user", "directories", "sweep", "absent", "daemon_reload", "services")
 
 
@@ -79,7 +79,11 @@ class ActionModule(ActionBase):
         try:
             size = os.stat(path).st_size
             if size > MAX_CONTENT_BYTES:
-                given.update(sha256=str(entry.get("sha256") or _sha256(path)), size=size)
+                digest = entry.get("sha256")
+                if not digest:
+                    with open(path, "rb") as handle:
+                        digest = sha256_stream(handle.read)[0]
+                given.update(sha256=str(digest), size=size)
                 return given, path
             with open(path, "rb") as handle:
                 data = handle.read()
@@ -91,10 +95,3 @@ class ActionModule(ActionBase):
             given.update(content=base64.b64encode(data).decode("ascii"), encoding="base64")
         return given, None
 
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

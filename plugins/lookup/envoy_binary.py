@@ -32,11 +32,12 @@ _raw:
   elements: dict
 """
 
-import hashlib
 import os
 
 from ansible.errors import AnsibleLookupError
 from ansible.plugins.lookup import LookupBase
+
+from ansible_collections.vmesh.mesh.plugins.module_utils.host_files import sha256_stream
 
 try:
     from vmesh import envoy
@@ -61,14 +62,11 @@ def found(given):
 
 
 def sha256(path):
-    digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
+            return sha256_stream(handle.read)[0]
     except OSError as exc:
         raise AnsibleLookupError("vmesh.mesh.envoy_binary: %s: %s" % (path, exc.strerror)) from None
-    return digest.hexdigest()
 
 
 class LookupModule(LookupBase):

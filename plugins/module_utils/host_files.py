@@ -159,18 +159,22 @@ def content_of(entry):
     return str(entry["content"]).encode("utf-8")
 
 
+def sha256_stream(read):
+    """(hex SHA-256, size) of what ``read(n)`` gives until it gives nothing: a file's content, read in chunks."""
+    digest, size = hashlib.sha256(), 0
+    for chunk in iter(lambda: read(CHUNK), b""):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
 def sha256_of(path):
     """(hex SHA-256, size) of the regular file ``path`` (never through a link), or (None, None) without one."""
-    fd, st = host.open_regular(path, missing_ok=True)
+    fd, _st = host.open_regular(path, missing_ok=True)
     if fd is None:
         return None, None
-    digest = hashlib.sha256()
     try:
-        while True:
-            chunk = os.read(fd, CHUNK)
-            if not chunk:
-                return digest.hexdigest(), st.st_size
-            digest.update(chunk)
+        return sha256_stream(lambda size: os.read(fd, size))
     except OSError as exc:
         raise HostFilesError("%s: %s" % (path, exc.strerror)) from None
     finally:
