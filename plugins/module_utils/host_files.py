@@ -346,3 +346,58 @@ def _systemctl_says(run, verb, name):
     """systemctl's one-word answer to is-enabled or is-active (its exit code only says "not")."""
     _rc, out, _err = run(["systemctl", verb, name])
     return out.strip().splitlines()[0] if out.strip() else ""
+
+
+def argument_spec():
+    """The options of the vmesh.mesh.host_files module (documented there), with what its action plugin adds."""
+    return dict(
+        user=dict(type="dict", options=dict(name=dict(type="str", required=True),
+                                            uid=dict(type="int", required=True),
+                                            comment=dict(type="str", default="vmesh"))),
+        directories=dict(type="list", elements="dict", default=[],
+                         options=dict(path=dict(type="path", required=True), mode=dict(type="str", default="0755"))),
+        files=dict(type="list", elements="dict", default=[],
+                   options=dict(dest=dict(type="path", required=True), content=dict(type="str"),
+                                encoding=dict(type="str", choices=["utf-8", "base64"], default="utf-8"),
+                                sha256=dict(type="str"), size=dict(type="int"),
+                                mode=dict(type="str", default="0644"))),
+        sweep=dict(type="list", elements="path", default=[]),
+        absent=dict(type="list", elements="path", default=[]),
+        daemon_reload=dict(type="bool", default=True),
+        services=dict(type="list", elements="dict", default=[],
+                      options=dict(name=dict(type="str", required=True), enabled=dict(type="bool", default=True),
+                                   state=dict(type="str", choices=["started", "none"], default="started"),
+                                   restart_on=dict(type="list", elements="path", default=[]))),
+        staged=dict(type="dict", default={}),
+        changed_before=dict(type="list", elements="path", default=[]),
+    )
+
+
+def converge(module):
+    """The module's work on its validated ``module.params``: checks, then the changes, then systemd."""
+    p = module.params
+    check_mode = module.check_mode
+    check(p["directories"], p["files"], p["absent"] + p["sweep"])
+    user = p["user"]
+    user_changed = bool(user) and system_user(user["name"], user["uid"], user["comment"], check_mode)
+    changed = directories(p["directories"], check_mode)
+    written, needed, diffs = files(p["files"], p["staged"], check_mode)
+    changed += written
+    keep = {}
+    for path in [f["dest"] for f in p["files"]] + [d["path"] for d in p["directories"]]:
+        keep.setdefault(path.rsplit("/", 1)[0], set()).add(path.rsplit("/", 1)[1])
+    for directory in p["sweep"]:
+        changed += sweep(directory, keep.get(directory.rstrip("/"), set()), check_mode)
+    changed += remove(p["absent"], check_mode)
+    result = {"changed": user_changed or bool(changed), "changed_files": changed, "user_changed": user_changed,
+              "needed": needed, "services_changed": []}
+    if module._diff:
+        result["diff"] = diffs
+    if needed:  # the controller sends these, then calls again: the units wait for every file
+        return result
+    every = changed + p["changed_before"]
+    actions = services(p["services"], every, p["daemon_reload"] and units_changed(every), check_mode,
+                       run=runner_of(module))
+    result["services_changed"] = actions
+    result["changed"] = result["changed"] or bool(actions)
+    return result

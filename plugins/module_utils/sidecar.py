@@ -20,7 +20,7 @@ import shutil
 import stat
 import tempfile
 
-from ansible_collections.vmesh.mesh.plugins.module_utils import host
+from ansible_collections.vmesh.mesh.plugins.module_utils import host, host_files
 from ansible_collections.vmesh.mesh.plugins.module_utils.envoy_files import ConfigDirError, Envoy, locked
 from ansible_collections.vmesh.mesh.plugins.module_utils.envoy_files import plan as plan_push, push, read_current
 from ansible_collections.vmesh.mesh.plugins.module_utils.envoy_static import BundleError, bundle
@@ -249,3 +249,45 @@ def credentials(directory, given, expected, group, check_mode=False):
             if (gid is None and check_mode) or host.converge_file(path, wanted, mode, uid, gid, check_mode)[0]:
                 changed.append(path)
     return changed
+
+
+def argument_spec():
+    """The options of the vmesh.mesh.sidecar_config module (documented there), as its action plugin passes them."""
+    return dict(
+        CONFIG_DIR_ARGS,
+        hosts_file=dict(type="path", default="/etc/hosts"),
+        hosts_entries=dict(type="list", elements="str", default=[]),
+        credential_texts=dict(type="dict", default={}, no_log=True),
+        credentials_expected=dict(type="list", elements="str", default=[]),
+        credentials_dir=dict(type="path", default="/etc/vmesh/credentials"),
+        credentials_group=dict(type="str", default="vmesh-proxy"),
+        service=dict(type="str", default=""),
+    )
+
+
+def converge(module):
+    """The module's work on its validated ``module.params``: checks, the certificates, the config, the hosts file,
+    then the service."""
+    p = module.params
+    check = module.check_mode
+    # checks first: the hosts file is read (not written) and the expected certificates looked for before anything;
+    # the hosts file is read again when it is written, last, so an edit made meanwhile is kept
+    hosts_file(p["hosts_file"], p["hosts_entries"], check_mode=True)
+    written = credentials(p["credentials_dir"], p["credential_texts"], p["credentials_expected"],
+                          p["credentials_group"], check_mode=check)
+    result = config_dir_of(module)
+    hosts_changed, before, after = hosts_file(p["hosts_file"], p["hosts_entries"], check_mode=check)
+    started = []
+    if p["service"]:
+        started = host_files.services([{"name": p["service"], "enabled": True, "state": "started"}], [], False,
+                                      check, run=host_files.runner_of(module))
+    result.update(changed=result["changed"] or hosts_changed or bool(written) or bool(started),
+                  hosts_changed=hosts_changed, credentials_changed=written, service_changed=started)
+    if module._diff:
+        result["diff"] = result["diff"] + [
+            {"before_header": path, "after_header": path, "before": "", "after": "(written; content not shown)\n"}
+            for path in written]
+        if hosts_changed:
+            result["diff"].append({"before_header": p["hosts_file"], "after_header": p["hosts_file"],
+                                   "before": before, "after": after})
+    return result

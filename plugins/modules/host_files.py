@@ -158,66 +158,13 @@ services_changed:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
-from ansible_collections.vmesh.mesh.plugins.module_utils import host_files
-
-
-def run(module):
-    p = module.params
-    check = module.check_mode
-    directories, files = p["directories"], p["files"]
-    host_files.check(directories, files, p["absent"] + p["sweep"])
-    user = p["user"]
-    user_changed = bool(user) and host_files.system_user(user["name"], user["uid"], user["comment"], check)
-    changed = host_files.directories(directories, check)
-    written, needed, diffs = host_files.files(files, p["staged"], check)
-    changed += written
-    keep = {}
-    for path in [f["dest"] for f in files] + [d["path"] for d in directories]:
-        keep.setdefault(path.rsplit("/", 1)[0], set()).add(path.rsplit("/", 1)[1])
-    for directory in p["sweep"]:
-        changed += host_files.sweep(directory, keep.get(directory.rstrip("/"), set()), check)
-    changed += host_files.remove(p["absent"], check)
-    result = {"changed": user_changed or bool(changed), "changed_files": changed, "user_changed": user_changed,
-              "needed": needed, "services_changed": []}
-    if module._diff:
-        result["diff"] = diffs
-    if needed:  # the controller sends these, then calls again: the units wait for every file
-        return result
-    every = changed + p["changed_before"]
-    actions = host_files.services(p["services"], every, p["daemon_reload"] and host_files.units_changed(every),
-                                  check, run=host_files.runner_of(module))
-    result["services_changed"] = actions
-    result["changed"] = result["changed"] or bool(actions)
-    return result
+from ansible_collections.vmesh.mesh.plugins.module_utils.host_files import argument_spec, converge
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            user=dict(type="dict", options=dict(name=dict(type="str", required=True),
-                                                uid=dict(type="int", required=True),
-                                                comment=dict(type="str", default="vmesh"))),
-            directories=dict(type="list", elements="dict", default=[],
-                             options=dict(path=dict(type="path", required=True), mode=dict(type="str", default="0755"))),
-            files=dict(type="list", elements="dict", default=[],
-                       options=dict(dest=dict(type="path", required=True), content=dict(type="str"),
-                                    encoding=dict(type="str", choices=["utf-8", "base64"], default="utf-8"),
-                                    sha256=dict(type="str"), size=dict(type="int"),
-                                    mode=dict(type="str", default="0644"))),
-            sweep=dict(type="list", elements="path", default=[]),
-            absent=dict(type="list", elements="path", default=[]),
-            daemon_reload=dict(type="bool", default=True),
-            services=dict(type="list", elements="dict", default=[],
-                          options=dict(name=dict(type="str", required=True), enabled=dict(type="bool", default=True),
-                                       state=dict(type="str", choices=["started", "none"], default="started"),
-                                       restart_on=dict(type="list", elements="path", default=[]))),
-            staged=dict(type="dict", default={}),
-            changed_before=dict(type="list", elements="path", default=[]),
-        ),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     try:
-        result = run(module)
+        result = converge(module)
     except HostError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)

@@ -91,99 +91,15 @@ reason:
   returned: always
 """
 
-import hashlib
-import os
-import stat
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
-from ansible_collections.vmesh.mesh.plugins.module_utils.certs import KEY_MODE, CertError, Openssl, pem_blocks, resolve_owner
-from ansible_collections.vmesh.mesh.plugins.module_utils.host import check_parents, ensure_dir, fix_attributes
-from ansible_collections.vmesh.mesh.plugins.module_utils.host import lstat_or_none, owner, write_file
-
-
-def argument_spec():
-    return dict(
-        path=dict(type="path", default="/etc/vmesh/node/node-key.pem"),
-        owner=dict(type="str", default="root"),
-        group=dict(type="str", default="root"),
-        force=dict(type="bool", default=False),
-    )
-
-
-def openssl_for(module):
-    def run(argv, data=None):
-        # rc is checked by certs.py, which raises CertError with openssl's message.
-        return module.run_command(argv, data=data, binary_data=True, environ_update={"LC_ALL": "C"},
-                                  check_rc=False)
-    return Openssl(run=run, binary=module.get_bin_path("openssl", required=True))
-
-
-def fingerprint(public_key):
-    ders = pem_blocks(public_key, "PUBLIC KEY")
-    return hashlib.sha256(ders[0]).hexdigest() if ders else ""
-
-
-def _attributes(st):
-    return {"mode": "%04o" % stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
-
-
-def ensure(module):
-    """Decide (make, keep, or fix mode and owner), then act unless in check mode. Raises CertError."""
-    p = module.params
-    path = p["path"]
-    openssl = openssl_for(module)
-    try:
-        uid, gid = resolve_owner(p["owner"], p["group"])
-    except CertError:
-        if not module.check_mode:
-            raise
-        uid = gid = None  # the user is made by a task that check mode skipped
-    check_parents(path)  # nothing above the key that another user could swap
-    st = lstat_or_none(path)
-    if st is not None and not stat.S_ISREG(st.st_mode) and not p["force"]:
-        raise CertError("%s is %s, not a regular file; refused (a root process does not follow it): remove it, or "
-                        "set force=true to replace it with a new key" % (path, "a symbolic link" if stat.S_ISLNK(
-                            st.st_mode) else "not a regular file"))
-    public = ""
-    if st is not None and not p["force"]:
-        try:
-            public = openssl.key_public_key(path, path)  # a regular file in directories only root can write
-        except HostError as exc:
-            raise CertError("%s is not a private key openssl can read (%s); remove it, or set force=true to make "
-                            "a new one" % (path, exc)) from None
-    before = dict(_attributes(st), fingerprint=fingerprint(public)) if st is not None else None
-
-    if st is None:
-        reason = "missing"
-    elif p["force"]:
-        reason = "forced"
-    elif uid is not None and before != dict(before, mode="%04o" % KEY_MODE, uid=uid, gid=gid):
-        reason = "attributes"
-    else:
-        reason = ""
-
-    if reason and not module.check_mode:
-        directory = os.path.dirname(path) or "."
-        if lstat_or_none(directory) is None:
-            ensure_dir(directory, 0o700, owner(), os.getegid())
-        if reason in ("missing", "forced"):
-            write_file(path, openssl.new_key(path), KEY_MODE, uid, gid)  # rename(2) replaces a link, unfollowed
-            public = openssl.key_public_key(path, path)
-        else:
-            fix_attributes(path, KEY_MODE, uid, gid)
-    result = dict(changed=bool(reason), reason=reason, path=path, public_key=public, fingerprint=fingerprint(public))
-    if module._diff:
-        after = {"mode": "%04o" % KEY_MODE, "uid": uid, "gid": gid,
-                 "fingerprint": fingerprint(public) or ("(new)" if reason in ("missing", "forced") else "")}
-        result["diff"] = {"before_header": path, "before": before or {}, "after_header": path, "after": after}
-    return result
+from ansible_collections.vmesh.mesh.plugins.module_utils.workload import node_key, node_key_spec
 
 
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=node_key_spec(), supports_check_mode=True)
     try:
-        result = ensure(module)
+        result = node_key(module)
     except HostError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)

@@ -116,51 +116,13 @@ service_changed:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
-from ansible_collections.vmesh.mesh.plugins.module_utils import host_files, sidecar
-
-
-def run(module):
-    p = module.params
-    check = module.check_mode
-    # checks first: the hosts file is read (not written) and the expected certificates looked for before anything;
-    # the hosts file is read again when it is written, last, so an edit made meanwhile is kept
-    sidecar.hosts_file(p["hosts_file"], p["hosts_entries"], check_mode=True)
-    written = sidecar.credentials(p["credentials_dir"], p["credential_texts"], p["credentials_expected"],
-                                  p["credentials_group"], check_mode=check)
-    result = sidecar.config_dir_of(module)
-    hosts_changed, before, after = sidecar.hosts_file(p["hosts_file"], p["hosts_entries"], check_mode=check)
-    started = []
-    if p["service"]:
-        started = host_files.services([{"name": p["service"], "enabled": True, "state": "started"}], [], False,
-                                      check, run=host_files.runner_of(module))
-    result.update(changed=result["changed"] or hosts_changed or bool(written) or bool(started),
-                  hosts_changed=hosts_changed, credentials_changed=written, service_changed=started)
-    if module._diff:
-        result["diff"] = result["diff"] + [
-            {"before_header": path, "after_header": path, "before": "", "after": "(written; content not shown)\n"}
-            for path in written]
-        if hosts_changed:
-            result["diff"].append({"before_header": p["hosts_file"], "after_header": p["hosts_file"],
-                                   "before": before, "after": after})
-    return result
+from ansible_collections.vmesh.mesh.plugins.module_utils.sidecar import argument_spec, converge
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            sidecar.CONFIG_DIR_ARGS,
-            hosts_file=dict(type="path", default="/etc/hosts"),
-            hosts_entries=dict(type="list", elements="str", default=[]),
-            credential_texts=dict(type="dict", default={}, no_log=True),
-            credentials_expected=dict(type="list", elements="str", default=[]),
-            credentials_dir=dict(type="path", default="/etc/vmesh/credentials"),
-            credentials_group=dict(type="str", default="vmesh-proxy"),
-            service=dict(type="str", default=""),
-        ),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     try:
-        result = run(module)
+        result = converge(module)
     except HostError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)

@@ -113,61 +113,15 @@ removed:
   returned: always
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
-from ansible_collections.vmesh.mesh.plugins.module_utils.certs import CertError, Openssl, ignored_owner, install, installed, plan_install
-from ansible_collections.vmesh.mesh.plugins.module_utils.certs import resolve_group
-
-
-def argument_spec():
-    return dict(
-        path=dict(type="path", required=True),
-        chain=dict(type="str"),
-        trust_bundle=dict(type="str", required=True),
-        owner=dict(type="str"),
-        group=dict(type="str", default="vmesh-proxy"),
-    )
-
-
-def openssl_for(module):
-    def run(argv, data=None):
-        # rc is checked by certs.py, which raises CertError with openssl's message.
-        return module.run_command(argv, data=data, binary_data=True, environ_update={"LC_ALL": "C"},
-                                  check_rc=False)
-    return Openssl(run=run, binary=module.get_bin_path("openssl", required=True))
-
-
-def ensure(module):
-    """Decide (plan_install), then install unless in check mode. Raises CertError."""
-    p = module.params
-    if ignored_owner(p["owner"]):
-        module.warn(ignored_owner(p["owner"]))
-    try:
-        gid = resolve_group(p["group"])
-    except CertError:
-        if not module.check_mode:
-            raise
-        gid = None  # the group is made by a task that check mode skipped
-    plan = plan_install(p["path"], p["chain"], p["trust_bundle"], openssl_for(module), module.check_mode, gid)
-    for warning in plan.warnings:
-        module.warn(warning)
-    version = installed(p["path"]).version or ""
-    if plan.changed and not module.check_mode:
-        version = install(p["path"], plan, gid)
-    result = dict(changed=plan.changed, changed_files=plan.changed_files, version=version, removed=plan.cleanup,
-                  serial=plan.after["serial"], not_after=plan.after["not_after"], identity=plan.after["identity"])
-    if module._diff:
-        result["diff"] = {"before_header": os.path.join(p["path"], "..data"), "before": plan.before,
-                          "after_header": os.path.join(p["path"], "..data"), "after": plan.after}
-    return result
+from ansible_collections.vmesh.mesh.plugins.module_utils.workload import workload_cert, workload_cert_spec
 
 
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=workload_cert_spec(), supports_check_mode=True)
     try:
-        result = ensure(module)
+        result = workload_cert(module)
     except HostError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)

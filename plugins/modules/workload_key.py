@@ -118,60 +118,13 @@ identity:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
-from ansible_collections.vmesh.mesh.plugins.module_utils.certs import CertError, Openssl, ignored_owner, parse_identity, prepare_pending
-from ansible_collections.vmesh.mesh.plugins.module_utils.certs import renewal_reasons, resolve_group, state
-
-
-def argument_spec():
-    return dict(
-        path=dict(type="path", required=True),
-        identity=dict(type="str", required=True),
-        owner=dict(type="str"),
-        group=dict(type="str", default="vmesh-proxy"),
-        issuer=dict(type="str"),
-        renew_ratio=dict(type="float", default=0.5),
-        force=dict(type="bool", default=False),
-    )
-
-
-def openssl_for(module):
-    def run(argv, data=None):
-        # rc is checked by certs.py, which raises CertError with openssl's message.
-        return module.run_command(argv, data=data, binary_data=True, environ_update={"LC_ALL": "C"},
-                                  check_rc=False)
-    return Openssl(run=run, binary=module.get_bin_path("openssl", required=True))
-
-
-def ensure(module):
-    """Decide, then make the pending key and CSR unless in check mode. Raises CertError."""
-    p = module.params
-    parse_identity(p["identity"])
-    if not 0 < p["renew_ratio"] <= 1:
-        raise CertError("renew_ratio must be in (0, 1], got %s" % p["renew_ratio"])
-    if ignored_owner(p["owner"]):
-        module.warn(ignored_owner(p["owner"]))
-    openssl = openssl_for(module)
-    current = state(p["path"], openssl)
-    if current["error"]:
-        module.warn(current["error"])
-    issuer = openssl.info(p["issuer"], "issuer") if (p["issuer"] or "").strip() else None
-    reasons = renewal_reasons(current, p["identity"], issuer, p["renew_ratio"], p["force"])
-    result = dict(changed=bool(reasons), needed=bool(reasons), reason=reasons[0] if reasons else "",
-                  reasons=reasons, csr="", serial=current["serial"], not_after=current["not_after"],
-                  identity=current["identity"])
-    if module._diff:
-        result["diff"] = {"before": {"installed_identity": current["identity"], "pending_csr_for": ""},
-                          "after": {"installed_identity": current["identity"],
-                                    "pending_csr_for": p["identity"] if reasons else ""}}
-    if reasons and not module.check_mode:
-        result["csr"] = prepare_pending(p["path"], p["identity"], resolve_group(p["group"]), openssl)
-    return result
+from ansible_collections.vmesh.mesh.plugins.module_utils.workload import workload_key, workload_key_spec
 
 
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=workload_key_spec(), supports_check_mode=True)
     try:
-        result = ensure(module)
+        result = workload_key(module)
     except HostError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)
