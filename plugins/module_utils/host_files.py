@@ -308,8 +308,9 @@ def units_changed(paths):
 
 def services(entries, changed_paths, daemon_reload, check_mode=False, run=host.run):
     """Converge systemd units: a daemon-reload when ``daemon_reload`` (a unit file changed), then each entry's
-    ``enabled`` and ``state`` (started or, when a path in its ``restart_on`` changed, restarted). Returns the
-    actions taken (or, in check mode, to take), such as "enable vmesh-renew.timer"."""
+    ``enabled`` and ``state`` (started or, when a path in its ``restart_on`` changed, restarted). An enabled unit
+    whose own file changed is enabled again, so that a new [Install] section takes effect. Returns the actions
+    taken (or, in check mode, to take), such as "enable vmesh-renew.timer"."""
     actions = []
     if daemon_reload:
         actions.append("daemon-reload")
@@ -321,6 +322,10 @@ def services(entries, changed_paths, daemon_reload, check_mode=False, run=host.r
             actions.append("enable %s" % name)
             if not check_mode:
                 _run(run, ["systemctl", "enable", "--quiet", name])
+        elif entry.get("enabled") and UNIT_DIR + name in changed_paths:
+            actions.append("reenable %s" % name)
+            if not check_mode:
+                _run(run, ["systemctl", "reenable", "--quiet", name])
         if entry.get("state") != "started":
             continue
         active = _systemctl_says(run, "is-active", name) == "active"

@@ -118,7 +118,7 @@ def test_units_are_reloaded_enabled_started_and_restarted_only_when_needed():
     running = Systemctl(enabled=["vmesh-renew.timer"], active=["vmesh-renew.timer"])
     assert host_files.services(entries, [], False, run=running) == [] and running.calls == []
     assert host_files.services(entries, [unit], True, check_mode=True, run=running) == [
-        "daemon-reload", "restart vmesh-renew.timer"]
+        "daemon-reload", "reenable vmesh-renew.timer", "restart vmesh-renew.timer"]
     assert running.calls == []
     assert host_files.units_changed(["/opt/vmesh/bin/x", unit]) and not host_files.units_changed(["/etc/x"])
 
@@ -184,3 +184,13 @@ def test_one_call_installs_sends_a_large_file_only_when_it_differs_and_converges
     (top / "bin" / "big").write_bytes(b"tampered")
     repaired = _play(tmp_path)
     assert repaired["changed_files"] == [str(top / "bin" / "big")] and (top / "bin" / "big").read_bytes() == big
+
+
+def test_an_enabled_unit_whose_file_changed_is_enabled_again():
+    unit = "/etc/systemd/system/vmesh-redirect.service"
+    entries = [{"name": "vmesh-redirect.service", "enabled": True, "state": "started"}]
+    running = Systemctl(enabled=["vmesh-redirect.service"], active=["vmesh-redirect.service"])
+    # a new [Install] section (sysinit.target or multi-user.target) takes effect only when enabled again
+    assert host_files.services(entries, [unit], True, run=running) == ["daemon-reload", "reenable vmesh-redirect.service"]
+    assert running.calls == ["daemon-reload", "reenable --quiet vmesh-redirect.service"]
+    assert host_files.services(entries, ["/opt/vmesh/bin/vmesh-iptables"], False, run=running) == []
