@@ -45,7 +45,7 @@ options:
             options of their action plugins).
           - 'A C(program) step runs one of vmesh''s programs on the host: C(argv) (a list), C(read_only) (run in
             check mode too, when the program is there) and C(changed_prefix) (the step changed something when the
-            program''s output starts with it). It fails when the program exits with another status than 0.
+            program''s output starts with it). It fails when the program exits with another status than 0.'
         type: dict
         default: {}
   secrets:
