@@ -118,6 +118,7 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.vmesh.mesh.plugins.module_utils import host_files, redirect, sidecar, workload
 from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
 
+
 def program_spec():
     return dict(argv=dict(type="list", elements="str", required=True),
                 read_only=dict(type="bool", default=False),
@@ -130,7 +131,7 @@ def program(module):
     if module.check_mode and not (p["read_only"] and os.path.exists(p["argv"][0])):
         # it changes something, or an earlier step would install it: not run, as a command task in check mode
         return dict(changed=False, skipped=True, rc=None, stdout="", stderr="")
-    rc, out, err = module.run_command(p["argv"], environ_update={"LC_ALL": "C"})
+    rc, out, err = host_files.runner_of(module)(p["argv"])
     if rc != 0:
         raise HostError("%s exited with %d: %s" % (" ".join(p["argv"]), rc, (err or out).strip()))
     return dict(changed=bool(p["changed_prefix"]) and out.startswith(p["changed_prefix"]), rc=rc, stdout=out,
