@@ -55,8 +55,8 @@ CASES = {
     outlierDetection: {consecutive5xxErrors: 3, interval: 10s, baseEjectionTime: 30s, maxEjectionPercent: 100}
 """,
         lambda c: c[ALL]["outlier_detection"] == {
-            "consecutive_5xx": 3, "enforcing_consecutive_5xx": 100, "interval": "10s", "base_ejection_time": "30s",
-            "max_ejection_percent": 100, "enforcing_success_rate": 0, "enforcing_consecutive_gateway_failure": 0}),
+            "consecutive_5xx": 3, "interval": "10s", "base_ejection_time": "30s", "max_ejection_percent": 100,
+            "enforcing_success_rate": 0}),
     "gateway errors": (
         "  trafficPolicy:\n    outlierDetection: {consecutiveGatewayErrors: 2, consecutive5xxErrors: 0}\n",
         lambda c: c[ALL]["outlier_detection"]["consecutive_gateway_failure"] == 2

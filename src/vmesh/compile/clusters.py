@@ -76,15 +76,18 @@ def _apply_policy(cluster: dict[str, Any], policy: TrafficPolicy, port: Port | N
             protocol["explicit_http_config"] = {"http2_protocol_options": {}}
     od = policy.outlier_detection
     if od is not None:
+        # Envoy's defaults are left out: enforcing_consecutive_5xx 100, max_ejection_percent 10,
+        # enforcing_consecutive_gateway_failure 0 (success-rate ejection, on by default, Istio turns off)
         outlier: dict[str, Any] = {
             "consecutive_5xx": od.consecutive_5xx,
-            "enforcing_consecutive_5xx": 100 if od.consecutive_5xx else 0,
             "interval": envoy_duration(od.interval_ns),
             "base_ejection_time": envoy_duration(od.base_ejection_ns),
-            "max_ejection_percent": od.max_ejection_percent,
             "enforcing_success_rate": 0,
-            "enforcing_consecutive_gateway_failure": 0,
         }
+        if not od.consecutive_5xx:
+            outlier["enforcing_consecutive_5xx"] = 0
+        if od.max_ejection_percent != 10:
+            outlier["max_ejection_percent"] = od.max_ejection_percent
         if od.consecutive_gateway:
             outlier["consecutive_gateway_failure"] = od.consecutive_gateway
             outlier["enforcing_consecutive_gateway_failure"] = 100
@@ -115,8 +118,7 @@ def _static(name: str, endpoints: list[tuple[str, int]], port: Port | None = Non
         "@type": CLUSTER,
         "name": name,
         "type": "STATIC",
-        "connect_timeout": CONNECT_TIMEOUT,
-        "lb_policy": "ROUND_ROBIN",
+        "connect_timeout": CONNECT_TIMEOUT,  # lb_policy: Envoy's default, ROUND_ROBIN
         "circuit_breakers": _circuit_breakers(),
         "load_assignment": {
             "cluster_name": name,
@@ -210,8 +212,8 @@ def outbound(mesh: Mesh, service: Service, client: Workload) -> tuple[list[dict[
                 file = resource_file("eds", name)
                 endpoints[file] = {"@type": CLUSTER_LOAD_ASSIGNMENT, **cluster.pop("load_assignment")}
                 cluster["type"] = "EDS"
-                cluster["eds_cluster_config"] = {"service_name": name,
-                                                 "eds_config": file_source(client.config_dir, file)}
+                # service_name: the cluster's own name by default, as the file has it
+                cluster["eds_cluster_config"] = {"eds_config": file_source(client.config_dir, file)}
             clusters.append(cluster)
     return clusters, endpoints
 

@@ -61,11 +61,9 @@ def file_source(config_dir: str, file: str) -> dict[str, Any]:
     force (plugins/module_utils/envoy_files.py): the one rename of ``..data`` that switches versions is a
     move into ``config_dir``, so every resource watching it (LDS, CDS, each RDS and SDS file) re-reads, through
     the links, the new version. Path and watched directory are therefore the plain ones, the same for a directory
-    of plain files (the layout before versions, and the test harness's), and nothing here names a version."""
-    return {
-        "path_config_source": {"path": f"{config_dir}/{file}", "watched_directory": {"path": config_dir}},
-        "resource_api_version": "V3",
-    }
+    of plain files (the layout before versions, and the test harness's), and nothing here names a version.
+    ``resource_api_version`` is left out: V3 is Envoy's only one, and its default."""
+    return {"path_config_source": {"path": f"{config_dir}/{file}", "watched_directory": {"path": config_dir}}}
 
 
 _FILE_CHAR = re.compile(r"[A-Za-z0-9.-]")

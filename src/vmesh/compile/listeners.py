@@ -30,8 +30,7 @@ def _hcm(stat_prefix: str, route_name: str | None, workload: Workload, *, inboun
         "http_filters": ([] if inbound else [typed("envoy.filters.http.fault", HTTP_FAULT),
                                               typed("envoy.filters.http.cors", CORS)])
                         + [typed("envoy.filters.http.router", ROUTER)],
-        "upgrade_configs": [{"upgrade_type": "websocket"}],
-        "use_remote_address": False,
+        "upgrade_configs": [{"upgrade_type": "websocket"}],  # use_remote_address: false by default
     }
     if route_config is not None:
         config["route_config"] = route_config

@@ -45,14 +45,16 @@ def _sds(workload: Workload, name: str) -> dict[str, Any]:
     return {"name": name, "sds_config": file_source(workload.config_dir, secret_file(name))}
 
 
-def _common(workload: Workload, san_matchers: list[dict[str, Any]], alpn: list[str]) -> dict[str, Any]:
+def _common(workload: Workload, san_matchers: list[dict[str, Any]], alpn: list[str], *,
+            server: bool) -> dict[str, Any]:
     common: dict[str, Any] = {
-        "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
         "tls_certificate_sds_secret_configs": [_sds(workload, CERT_SECRET)],
         "combined_validation_context": {
             "default_validation_context": {"match_typed_subject_alt_names": san_matchers},
             "validation_context_sds_secret_config": _sds(workload, ROOT_SECRET)},
     }
+    if server:  # a client's minimum is TLS 1.2 by Envoy's default; a server's is 1.0
+        common["tls_params"] = {"tls_minimum_protocol_version": "TLSv1_2"}
     if alpn:
         common["alpn_protocols"] = alpn
     return common
@@ -63,7 +65,7 @@ def upstream(workload: Workload, identities: list[str], sni: str) -> dict[str, A
     (SPIFFE ids); an empty list accepts any certificate of the trust bundle."""
     matchers = [{"san_type": "URI", "matcher": {"exact": identity}} for identity in sorted(set(identities))]
     return {"name": TLS, "typed_config": {"@type": UPSTREAM_TLS, "sni": sni,
-                                          "common_tls_context": _common(workload, matchers, ["istio"])}}
+                                          "common_tls_context": _common(workload, matchers, ["istio"], server=False)}}
 
 
 def downstream(workload: Workload, registry: Registry, http: bool) -> dict[str, Any]:
@@ -71,7 +73,7 @@ def downstream(workload: Workload, registry: Registry, http: bool) -> dict[str, 
     matchers = [{"san_type": "URI", "matcher": {"prefix": f"spiffe://{registry.trust_domain}/"}}]
     alpn = ["h2", "http/1.1"] if http else []
     return {"name": TLS, "typed_config": {"@type": DOWNSTREAM_TLS, "require_client_certificate": True,
-                                          "common_tls_context": _common(workload, matchers, alpn)}}
+                                          "common_tls_context": _common(workload, matchers, alpn, server=True)}}
 
 
 def sni(port: int, subset: str | None, fqdn: str) -> str:
