@@ -25,15 +25,16 @@ from vmesh.compile.envoy_types import CLUSTER, HCM, LISTENER, ROUTE_CONFIGURATIO
 
 # --- the compiler's config for productpage, pushed one call at a time ------------------------------------------
 
-VS_V3 = """apiVersion: networking.istio.io/v1
+VS_V1 = """apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: reviews}
 spec:
   hosts: [reviews]
   http:
   - route:
-    - destination: {host: reviews, subset: v3}
+    - destination: {host: reviews, subset: v1}
 """
+VS_V3 = VS_V1.replace("subset: v1", "subset: v3")
 
 
 def compiled(config_dir: Path, *docs: str):

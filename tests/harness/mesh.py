@@ -42,6 +42,18 @@ def build(*docs: str, hosts: dict | None = None, with_rules: bool = True) -> Mes
     return load.mesh(hosts if hosts is not None else bookinfo_hosts(), sources)
 
 
+def routes_to(service: str, *subsets: str, every_host: bool = True) -> str:
+    """A VirtualService sending ``service``'s requests by weight to all its hosts (``every_host``) and to each
+    subset: the compiler writes only the clusters something sends to."""
+    targets = ([{"host": service}] if every_host else []) + [{"host": service, "subset": s} for s in subsets]
+    weights = [100 // len(targets)] * len(targets)
+    weights[0] += 100 - sum(weights)
+    return json.dumps({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                       "metadata": {"name": f"{service}-split"},
+                       "spec": {"hosts": [service], "http": [{"route": [
+                           {"destination": d, "weight": w} for d, w in zip(targets, weights)]}]}})
+
+
 def resources(files: dict[str, str], name: str) -> list[dict]:
     return json.loads(files[name])["resources"]
 

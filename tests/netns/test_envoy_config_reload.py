@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from harness.config_push import VS_V3, compiled, push
+from harness.config_push import VS_V1, VS_V3, compiled, push
 from vmesh import envoy
 
 
@@ -27,7 +27,7 @@ def test_running_envoy_hot_reloads_a_pushed_change(tmp_path):
     dest = tmp_path / "envoy"
     proc = None
     try:
-        good = compiled(dest)
+        good = compiled(dest, VS_V1)
         push(tmp_path, dest, good.files)
         proc = subprocess.Popen(["ip", "netns", "exec", ns, envoy.binary(), "-c", str(dest / "envoy.json"),
                                  "-l", "error", "--use-dynamic-base-id"], stdout=subprocess.DEVNULL,
@@ -60,6 +60,16 @@ def test_running_envoy_hot_reloads_a_pushed_change(tmp_path):
                               "'http://127.0.0.1:15000/config_dump?resource=dynamic_route_configs',timeout=2)"
                               ".read().decode())"], capture_output=True, text=True, timeout=10).stdout
         assert "outbound|9080|v3|reviews.default.svc.cluster.local" in dump
+        # with no VirtualService, productpage sends to every reviews host: that cluster comes first, the routes
+        # move to it, then the subsets' clusters (no longer used) go
+        result = push(tmp_path, dest, compiled(dest).files, netns=ns)
+        assert result["envoy_confirmed"] is True
+        assert result["steps"] == ["clusters", "listeners and routes", "final"]
+        clusters = subprocess.run(admin + [sys.executable, "-c", "import urllib.request;print(urllib.request.urlopen("
+                                  "'http://127.0.0.1:15000/clusters',timeout=2).read().decode())"],
+                                  capture_output=True, text=True, timeout=10).stdout
+        names = {line.split("::")[0] for line in clusters.splitlines() if "reviews" in line}
+        assert names == {"outbound|9080||reviews.default.svc.cluster.local"}
         assert stats("server.uptime")["server.uptime"] >= uptime
         assert proc.poll() is None  # the same Envoy process, never restarted
     finally:

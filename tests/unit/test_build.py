@@ -17,15 +17,16 @@ from harness.fleet import host_name, make_fleet, run_push, snapshot
 from vmesh import artifact
 from vmesh.errors import MeshError
 
-VS_V2 = """apiVersion: networking.istio.io/v1
+VS_V1 = """apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: svc-1}
 spec:
   hosts: [svc-1]
   http:
   - route:
-    - destination: {host: svc-1, subset: v2}
+    - destination: {host: svc-1, subset: v1}
 """
+VS_V2 = VS_V1.replace("subset: v1", "subset: v2")
 DR = """apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: svc-1}
@@ -53,7 +54,7 @@ def vmesh(*args):
 
 @pytest.fixture
 def fleet(tmp_path):
-    return make_fleet(tmp_path, hosts=6, services=3, docs={"dr.yaml": DR, "sidecar.yaml": SIDECAR})
+    return make_fleet(tmp_path, hosts=6, services=3, docs={"dr.yaml": DR, "sidecar.yaml": SIDECAR, "vs.yaml": VS_V1})
 
 
 def test_compile_writes_each_file_once_and_diff_names_what_a_change_touches(fleet, tmp_path):

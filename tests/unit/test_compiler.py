@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from harness import DATA
-from harness.mesh import bookinfo_hosts, build, lb_endpoints, outbound_routes, resources
+from harness.mesh import bookinfo_hosts, build, lb_endpoints, outbound_routes, resources, routes_to
 from vmesh import registry
 from vmesh.compile import mtls, render_all, render_host
 from vmesh.errors import MeshError
@@ -95,11 +95,86 @@ def test_no_virtual_service_routes_to_every_endpoint():
 
 
 def test_subset_clusters_select_by_label():
-    clusters = clusters_by_name(build(), "productpage-v1")
+    clusters = clusters_by_name(build(routes_to("reviews", "v1", "v3"), routes_to("ratings", "v2-mysql")),
+                                "productpage-v1")
     assert endpoints(clusters["outbound|9080|v1|reviews.default.svc.cluster.local"]) == ["10.213.0.12"]
     assert endpoints(clusters["outbound|9080|v3|reviews.default.svc.cluster.local"]) == ["10.213.0.14"]
     # a subset no host carries yet is a cluster with no endpoints (503, as in Istio), not an error
     assert endpoints(clusters["outbound|9080|v2-mysql|ratings.default.svc.cluster.local"]) == []
+
+
+def _referenced(node) -> set[str]:
+    """Every cluster a listener or route sends to, walked structurally (not the compiler's own text scan)."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("cluster", "cluster_name") and isinstance(value, str):
+                found.add(value)
+            elif key == "weighted_clusters":
+                found |= {c["name"] for c in value["clusters"]}
+            found |= _referenced(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= _referenced(value)
+    return found
+
+
+def _reviews_clusters(mesh, host="productpage-v1") -> list[str]:
+    files = render_host(mesh, host).files
+    return sorted(c["name"].split("|")[2] or "all" for c in resources(files, "cds.json") if "reviews" in c["name"])
+
+
+REVIEWS_WITH_TCP = {"vmesh_ports": [{"port": 9080, "protocol": "http", "name": "http"},
+                                    {"port": 9000, "protocol": "tcp", "name": "tcp"}]}
+MIRROR_V3 = VS_ALL_V1.replace("subset: v1}\n", "}\n    mirror: {host: reviews, subset: v3}\n")
+ROUTE_PATCH = """apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: to-v3, namespace: istio-system}
+spec:
+  configPatches:
+  - applyTo: HTTP_ROUTE
+    match:
+      context: SIDECAR_OUTBOUND
+      routeConfiguration: {vhost: {name: "details.default.svc.cluster.local:9080", route: {action: ANY}}}
+    patch:
+      operation: MERGE
+      value: {route: {cluster: "outbound|9080|v3|reviews.default.svc.cluster.local"}}
+"""
+
+
+def test_only_clusters_something_sends_to_are_written(envoy_validate):
+    # no VirtualService: every reviews host's cluster, no subset's (the DestinationRule alone sends nothing there)
+    assert _reviews_clusters(build()) == ["all"]
+    # a route to some subsets brings every subset of that port, so shifting weight between them (a canary) changes
+    # the route table only; the cluster of all hosts, no longer used, goes
+    split = render_host(build(VS_90_10), "productpage-v1").files
+    assert _reviews_clusters(build(VS_90_10)) == ["v1", "v2", "v3"]
+    flipped = render_host(build(VS_90_10.replace("90", "5").replace("10", "95")), "productpage-v1").files
+    assert [n for n in split if split[n] != flipped[n]] == ["rds_outbound_9080__reviews.default.svc.cluster.local.json"]
+    assert not [n for n in split if n.startswith("eds_") and "reviews" in n and "9080__" in n]
+    # a TCP port with no tcp route keeps only its cluster of all hosts
+    hosts = bookinfo_hosts()
+    for name, host in hosts.items():
+        if name.startswith("reviews"):
+            host.update(REVIEWS_WITH_TCP)
+    assert [c for c in _reviews_clusters(build(VS_90_10, hosts=hosts))] == ["all", "v1", "v2", "v3"]
+    files = render_host(build(VS_90_10, hosts=hosts), "productpage-v1").files
+    assert "outbound|9000||reviews.default.svc.cluster.local" in files["cds.json"]
+    assert "outbound|9000|v1|" not in files["cds.json"]
+    # what a mirror or an EnvoyFilter's route sends to counts as well
+    assert _reviews_clusters(build(MIRROR_V3)) == ["all", "v1", "v2", "v3"]
+    patched = build(ROUTE_PATCH)
+    assert _reviews_clusters(patched) == ["all", "v1", "v2", "v3"]
+    # on every host of these meshes, whatever is sent to is there, and every endpoint file belongs to a cluster
+    for mesh in (build(), build(VS_90_10), build(VS_90_10, hosts=hosts), patched, build(MIRROR_V3)):
+        for config in render_all(mesh).values():
+            cds = {c["name"] for c in resources(config.files, "cds.json")}
+            texts = [config.files["lds.json"]] + [t for n, t in config.files.items() if n.startswith("rds_")]
+            assert set().union(*(_referenced(json.loads(t)) for t in texts)) <= cds, config.host
+            eds = {n for n in config.files if n.startswith("eds_")}
+            assert eds == {c["eds_cluster_config"]["eds_config"]["path_config_source"]["path"].rsplit("/", 1)[1]
+                           for c in resources(config.files, "cds.json") if "eds_cluster_config" in c}
+        envoy_validate(render_host(mesh, "productpage-v1").validation)
 
 
 def test_all_v1():

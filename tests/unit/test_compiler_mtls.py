@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from harness.mesh import bookinfo_hosts, build, lb_endpoints, resources
+from harness.mesh import bookinfo_hosts, build, lb_endpoints, resources, routes_to
 from vmesh.compile import mtls, render_host
 from vmesh.errors import MeshError
 
@@ -107,7 +107,7 @@ def test_auto_mtls_follows_each_server_mode():
     assert sans(socket) == ["spiffe://cluster.local/ns/default/sa/reviews"]
     assert socket["typed_config"]["common_tls_context"]["alpn_protocols"] == ["istio"]
     # one reviews host with mTLS disabled: it gets plaintext, the others mTLS, chosen per endpoint
-    mesh = build(pa("v2", selector={"version": "v2"}, mode="DISABLE"))
+    mesh = build(pa("v2", selector={"version": "v2"}, mode="DISABLE"), routes_to("reviews", "v2"))
     mixed = cluster(mesh, "productpage-v1", REVIEWS)
     assert "transport_socket" not in mixed
     assert [m["name"] for m in mixed["transport_socket_matches"]] == ["tlsMode-istio", "tlsMode-disabled"]
@@ -128,7 +128,8 @@ spec:
   subsets:
   - {name: v2, labels: {version: v2}}
 """
-    explicit = build(dr % "{mode: ISTIO_MUTUAL}", pa("v2", selector={"version": "v2"}, mode="DISABLE"), with_rules=False)
+    explicit = build(dr % "{mode: ISTIO_MUTUAL}", pa("v2", selector={"version": "v2"}, mode="DISABLE"),
+                     routes_to("reviews", "v2"), with_rules=False)
     assert "transport_socket" in cluster(explicit, "productpage-v1", REVIEWS_V2)  # asked for, even if it fails
     disabled = build(dr % "{mode: DISABLE}", with_rules=False)
     assert "transport_socket" not in cluster(disabled, "productpage-v1", REVIEWS)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from harness.mesh import build, outbound_routes, resources
+from harness.mesh import build, outbound_routes, resources, routes_to
 from vmesh.compile import render_all, render_host
 from vmesh.errors import MeshError
 
@@ -19,7 +19,9 @@ spec:
 
 
 def clusters(body: str) -> dict[str, dict]:
-    mesh = build(DR.format(body=body), with_rules=False)
+    """productpage's reviews clusters: all hosts', and each subset's (it sends to all of them)."""
+    subsets = ("v1", "v2") if "subsets:" in body else ()
+    mesh = build(DR.format(body=body), routes_to("reviews", *subsets), with_rules=False)
     return {c["name"]: c for c in resources(render_host(mesh, "productpage-v1").files, "cds.json")}
 
 

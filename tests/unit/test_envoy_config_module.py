@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from harness.config_push import VS_V3, compiled, push, tree
+from harness.config_push import VS_V1, VS_V3, compiled, push, tree
 
 
 SIDECAR_REVIEWS_ONLY = """apiVersion: networking.istio.io/v1
@@ -28,7 +28,7 @@ def snapshot(dest: Path) -> dict:
 
 def test_four_steps_and_stale_files(tmp_path):
     dest = tmp_path / "envoy"
-    config = compiled(dest)
+    config = compiled(dest, VS_V1)
     checked = push(tmp_path, dest, config.files, check=True)
     assert checked["changed"] is True and not dest.exists()
     applied = push(tmp_path, dest, config.files)
@@ -39,7 +39,7 @@ def test_four_steps_and_stale_files(tmp_path):
     assert os.readlink(dest / "..data") == applied["version"]
     assert push(tmp_path, dest, config.files, check=True)["changed"] is False
     assert push(tmp_path, dest, config.files)["changed"] is False
-    # a routing change touches only the route file, and needs no restart
+    # a routing change between subsets touches only the route file, and needs no restart
     routed = compiled(dest, VS_V3)
     result = push(tmp_path, dest, routed.files)
     assert result["changed_files"] == ["rds_outbound_9080__reviews.default.svc.cluster.local.json"]

@@ -2,17 +2,19 @@
 
 ``Renderer(mesh).host(name)`` returns the files for one host's config directory, byte-identical for the same
 input: ``envoy.json`` (bootstrap), ``lds.json``, ``cds.json``, one ``rds_*.json`` per route configuration and
-one ``eds_*.json`` per cluster of a mesh service (its endpoints), as compact JSON. What hosts share is computed
-once per Renderer: a service's clusters (the same for every client with the same config directory) and its route
-tables (the same for every client, unless a VirtualService matches on the caller's labels or namespace). The
-static equivalent for ``envoy --mode validate`` (which does not read file-based xDS) is built only when asked for
-(``HostConfig.validation``).
+one ``eds_*.json`` per cluster of a mesh service (its endpoints), as compact JSON. A host gets only the outbound
+clusters its listeners and routes send to (with all subsets of a service port where one is used). What hosts
+share is computed once per Renderer: a service's clusters (the same for every client with the same config
+directory) and its route tables (the same for every client, unless a VirtualService matches on the caller's labels
+or namespace). The static equivalent for ``envoy --mode validate`` (which does not read file-based xDS) is built
+only when asked for (``HostConfig.validation``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any
 
 from vmesh import envoy
@@ -24,6 +26,9 @@ from vmesh.istio.model import Mesh
 from vmesh.registry import Port, Service, Workload
 
 BOOTSTRAP_FILE = "envoy.json"
+# An outbound cluster's name (names.py) in a JSON text, but not as the name of a route table (RDS) or of a
+# filter chain: any other place is taken as a reference (routes, tcp_proxy, mirrors, an EnvoyFilter's own fields).
+_REFERENCE = re.compile(r'(?<!"route_config_name":)(?<!,"name":)"outbound\|(\d+)\|([^|"]*)\|([^|"]+)"')
 
 
 @dataclasses.dataclass
@@ -39,6 +44,18 @@ class HostConfig:
     def validation(self) -> str:
         """The static bootstrap equivalent to ``files``, for envoy --mode validate (built on each call)."""
         return envoy.static_bundle(self.files)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cluster:
+    port: int
+    subset: str | None
+    json: str
+    endpoints: tuple[str, str] | None  # (file name, its text)
+
+
+def _references(text: str) -> set[tuple[int, str, str]]:
+    return {(int(port), subset, fqdn) for port, subset, fqdn in _REFERENCE.findall(text)}
 
 
 def dumps(data: Any) -> str:
@@ -59,19 +76,27 @@ class Renderer:
 
     def __init__(self, mesh: Mesh):
         self.mesh = mesh
-        self._clusters: dict[tuple[str, str], tuple[list[str], dict[str, str]]] = {}
+        self._clusters: dict[tuple[str, str], list[_Cluster]] = {}
         self._routes: dict[tuple[Any, ...], str] = {}
+        self._refs: dict[str, set[tuple[int, str, str]]] = {}
         self._by_caller: dict[str, bool] = {}
 
-    def _service_clusters(self, service: Service, client: Workload) -> tuple[list[str], dict[str, str]]:
-        """A service's outbound clusters in JSON, and its endpoint files (name -> content); they differ between
-        clients only by the config directory the files are read from."""
+    def _service_clusters(self, service: Service, client: Workload) -> list[_Cluster]:
+        """A service's outbound clusters in JSON, with their endpoint files; they differ between clients only by
+        the config directory the files are read from."""
         key = (service.fqdn, client.config_dir)
         if key not in self._clusters:
-            found, endpoints = clusters.outbound(self.mesh, service, client)
-            self._clusters[key] = ([dumps(c) for c in found],
-                                   {file: _resources([dumps(e)]) for file, e in endpoints.items()})
+            self._clusters[key] = [
+                _Cluster(c.port, c.subset, dumps(c.cluster),
+                         (c.endpoints[0], _resources([dumps(c.endpoints[1])])) if c.endpoints else None)
+                for c in clusters.outbound(self.mesh, service, client)]
         return self._clusters[key]
+
+    def _references(self, text: str) -> set[tuple[int, str, str]]:
+        """The outbound clusters a shared route text sends to, (port, subset or "", FQDN), kept with it."""
+        if text not in self._refs:
+            self._refs[text] = _references(text)
+        return self._refs[text]
 
     def _routes_by_caller(self, service: Service) -> bool:
         """Whether the service's VirtualService matches on the caller (sourceLabels, sourceNamespace)."""
@@ -98,14 +123,9 @@ class Renderer:
         services = [registry.services[fqdn] for fqdn in mesh.visible_services(host)]
         # EnvoyFilters edit this host's route tables: it gets tables of its own, not the shared ones
         patched = any(applies_to(f, workload.namespace, workload.labels) for f in mesh.envoy_filters)
-        cds = [dumps(c) for c in clusters.catch_all()]
         rds: dict[str, dict[str, Any]] = {}
         route_texts: dict[str, str] = {}
-        endpoint_files: dict[str, str] = {}
         for service in services:
-            found, endpoints = self._service_clusters(service, workload)
-            cds += found
-            endpoint_files.update(endpoints)
             for port in service.ports:
                 if not port.is_http:
                     continue
@@ -118,7 +138,6 @@ class Renderer:
         policy = mesh.outbound_policy_for(host)
         for number, entries in listeners.port_wide_http(services).items():
             rds[str(number)] = routes.port_wide(mesh, number, entries, workload, policy)
-        cds += [dumps(c) for c in clusters.inbound(workload)]
         for port in workload.ports:
             if port.is_http:
                 config = routes.inbound(port)
@@ -131,9 +150,25 @@ class Renderer:
         rds.update(edge.routes)
         lds = [listeners.outbound(mesh, services, workload, policy), listeners.inbound(mesh, workload)] + edge.listeners
         patches.apply(mesh, workload, lds, rds)
+        # the route tables hosts share are scanned once (kept with them), this host's own ones here
+        lds_text = _resources([dumps(item) for item in lds])
+        used = _references(lds_text).union(*map(self._references, route_texts.values()))
         route_texts.update((name, _route_file(config)) for name, config in rds.items())
+        used = used.union(*(_references(route_texts[name]) for name in rds))
+        by_subset = {(port, fqdn) for port, subset, fqdn in used if subset}
+        cds = [dumps(c) for c in clusters.catch_all()]
+        endpoint_files: dict[str, str] = {}
+        for service in services:
+            for c in self._service_clusters(service, workload):
+                # Only the clusters something sends to. Where some subset of a service port is used, all of its
+                # subsets are there, so shifting weight between subsets (a canary) changes routes only.
+                if (c.port, c.subset or "", service.fqdn) in used or (c.subset and (c.port, service.fqdn) in by_subset):
+                    cds.append(c.json)
+                    if c.endpoints:
+                        endpoint_files[c.endpoints[0]] = c.endpoints[1]
+        cds += [dumps(c) for c in clusters.inbound(workload)]
         files = {BOOTSTRAP_FILE: dumps(bootstrap.bootstrap(workload, registry)),
-                 bootstrap.LDS_FILE: _resources([dumps(item) for item in lds]), bootstrap.CDS_FILE: _resources(cds)}
+                 bootstrap.LDS_FILE: lds_text, bootstrap.CDS_FILE: _resources(cds)}
         route_files: dict[str, str] = {}
         for name, text in sorted(route_texts.items()):
             file = resource_file("rds", name)

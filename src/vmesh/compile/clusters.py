@@ -1,7 +1,9 @@
-"""Clusters: one per service port and per DestinationRule subset, plus the inbound and catch-all ones."""
+"""Clusters: one per service port and per DestinationRule subset, plus the inbound and catch-all ones. (The
+renderer keeps, per host, those its routes send to.)"""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from vmesh.compile import mtls
@@ -187,14 +189,22 @@ def _mesh_tls(cluster: dict[str, Any], mesh: Mesh, client: Workload, port: Port,
             lb_endpoint["metadata"] = {"filter_metadata": {"envoy.transport_socket_match": {"tlsMode": "istio"}}}
 
 
-def outbound(mesh: Mesh, service: Service, client: Workload) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """The clusters ``client`` uses for ``service``, and (file name -> ClusterLoadAssignment) the endpoints of
-    those of mesh services, which read them from a file of their own (EDS): a VM that comes or goes changes that
-    file only, so the cluster and its connection pools stay."""
+@dataclasses.dataclass(frozen=True)
+class Outbound:
+    """One outbound cluster of a service port (and subset), with its endpoints file when it reads one (EDS)."""
+    port: int
+    subset: str | None
+    cluster: dict[str, Any]
+    endpoints: tuple[str, dict[str, Any]] | None  # (file name, ClusterLoadAssignment)
+
+
+def outbound(mesh: Mesh, service: Service, client: Workload) -> list[Outbound]:
+    """The clusters ``client`` may use for ``service``: one per port, and one per port and DestinationRule subset.
+    Those of mesh services read their endpoints from a file of their own (EDS): a VM that comes or goes changes
+    that file only, so the cluster and its connection pools stay."""
     rule = mesh.destination_rules.get(service.fqdn)
     subsets = [None] + (sorted(rule.subsets) if rule else [])
-    clusters = []
-    endpoints: dict[str, dict[str, Any]] = {}
+    out = []
     for port in service.ports:
         for subset in subsets:
             labels = mesh.subset_labels(service.fqdn, subset)
@@ -208,14 +218,15 @@ def outbound(mesh: Mesh, service: Service, client: Workload) -> tuple[list[dict[
             if policy is not None:
                 _apply_policy(cluster, policy, port, service)
             _mesh_tls(cluster, mesh, client, port, subset, service, servers, policy.tls if policy else None)
+            endpoints = None
             if service.entry is None:
                 file = resource_file("eds", name)
-                endpoints[file] = {"@type": CLUSTER_LOAD_ASSIGNMENT, **cluster.pop("load_assignment")}
+                endpoints = (file, {"@type": CLUSTER_LOAD_ASSIGNMENT, **cluster.pop("load_assignment")})
                 cluster["type"] = "EDS"
                 # service_name: the cluster's own name by default, as the file has it
                 cluster["eds_cluster_config"] = {"eds_config": file_source(client.config_dir, file)}
-            clusters.append(cluster)
-    return clusters, endpoints
+            out.append(Outbound(port.number, subset, cluster, endpoints))
+    return out
 
 
 def inbound(workload: Workload) -> list[dict[str, Any]]:
