@@ -26,9 +26,10 @@ from vmesh.istio.model import Mesh
 from vmesh.registry import Port, Service, Workload
 
 BOOTSTRAP_FILE = "envoy.json"
-# An outbound cluster's name (names.py) in a JSON text, but not as the name of a route table (RDS) or of a
-# filter chain: any other place is taken as a reference (routes, tcp_proxy, mirrors, an EnvoyFilter's own fields).
-_REFERENCE = re.compile(r'(?<!"route_config_name":)(?<!,"name":)"outbound\|(\d+)\|([^|"]*)\|([^|"]+)"')
+# An outbound cluster's name (names.py) in a JSON text. Taken as a reference wherever it stands (routes, tcp_proxy,
+# mirrors, an EnvoyFilter's own fields) but as the name of a route table (RDS) or of a filter chain.
+_OUTBOUND = re.compile(r'"outbound\|(\d+)\|([^|"]*)\|([^|"]+)"')
+_NOT_A_REFERENCE = ('"route_config_name":', ',"name":')
 
 
 @dataclasses.dataclass
@@ -55,7 +56,8 @@ class _Cluster:
 
 
 def _references(text: str) -> set[tuple[int, str, str]]:
-    return {(int(port), subset, fqdn) for port, subset, fqdn in _REFERENCE.findall(text)}
+    return {(int(m[1]), m[2], m[3]) for m in _OUTBOUND.finditer(text)
+            if not text.endswith(_NOT_A_REFERENCE, 0, m.start())}
 
 
 def dumps(data: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -70,6 +71,7 @@ _FILE_CHAR = re.compile(r"[A-Za-z0-9.-]")
 FILE_STEM_MAX = 200  # file names stay well under the usual 255 bytes
 
 
+@functools.cache  # hosts name the same shared resources again and again
 def resource_file(prefix: str, name: str) -> str:
     """The file that holds one named resource (Envoy's filesystem xDS reads one per file): ``rds`` a
     RouteConfiguration, ``eds`` a cluster's endpoints (ClusterLoadAssignment).
