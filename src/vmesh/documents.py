@@ -111,9 +111,9 @@ def name_problem(kind: str, name: str) -> str | None:
 # --- YAML, read strictly -----------------------------------------------------------------------------------------
 
 # Limits. The Kubernetes API server takes a request of at most 3 MiB and stores an object of at most 1.5 MiB (etcd);
-# vmesh takes a file of at most 2 MiB and an object of at most 1 MiB, as its YAML reader (pure Python) reads a few
-# hundred KB a second and an Istio object is a few KB. No YAML nested deeper than 100 levels either: far more
-# than any Istio object needs.
+# vmesh takes a file of at most 2 MiB and an object of at most 1 MiB, as its YAML reader reads a few hundred KB a
+# second when it is PyYAML's pure-Python one (no libyaml, or text libyaml refuses) and an Istio object is a few
+# KB. No YAML nested deeper than 100 levels either: far more than any Istio object needs.
 MAX_FILE_CHARS = 2 * 1024 * 1024
 MAX_DOCUMENT_CHARS = 1024 * 1024
 MAX_DEPTH = 100
@@ -143,8 +143,8 @@ class _Refused(Exception):
         self.problem = problem
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """yaml.SafeLoader as strict as the Kubernetes API server (and a little stricter).
+class _Strict:
+    """A YAML loader as strict as the Kubernetes API server (and a little stricter).
 
     Refused: duplicate keys at any depth (compared as Kubernetes compares them, as text: ``8080`` and ``"8080"``
     are one key), anchors and aliases (so no alias bomb and no recursive document), merge keys (``<<``), tags
@@ -154,8 +154,7 @@ class _StrictLoader(yaml.SafeLoader):
     stops reading at once.
     """
 
-    def __init__(self, text: str, bad_char: tuple[int, str, Any] | None = None):
-        super().__init__(text)
+    def _init_strict(self, bad_char: tuple[int, str, Any] | None) -> None:
         self.bad_char = bad_char  # (index, character, mark) of the first character the reader would refuse
         self.problem: _Problem | None = None
         self.root_line = 0
@@ -274,7 +273,33 @@ class _StrictLoader(yaml.SafeLoader):
         return self.construct_scalar(node)
 
 
-_StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _StrictLoader.construct_yaml_timestamp)
+class _PyLoader(_Strict, yaml.SafeLoader):
+    """The strict loader over PyYAML's own reader, scanner and parser (pure Python)."""
+
+    def __init__(self, text: str, bad_char: tuple[int, str, Any] | None = None):
+        yaml.SafeLoader.__init__(self, text)
+        self._init_strict(bad_char)
+
+
+_PyLoader.add_constructor("tag:yaml.org,2002:timestamp", _PyLoader.construct_yaml_timestamp)
+
+if getattr(yaml, "__with_libyaml__", False):
+    class _CLoader(_Strict, yaml.cyaml.CParser, yaml.composer.Composer, yaml.constructor.SafeConstructor,
+                   yaml.resolver.Resolver):
+        """The strict loader over libyaml's parser (C, about five times faster); composing, and so every check of
+        the strict loader, stays in Python. libyaml's marks count characters, as PyYAML's do."""
+
+        def __init__(self, text: str, bad_char: tuple[int, str, Any] | None = None):
+            yaml.cyaml.CParser.__init__(self, text)
+            yaml.composer.Composer.__init__(self)
+            yaml.constructor.SafeConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+            self._init_strict(bad_char)
+
+    _CLoader.add_constructor("tag:yaml.org,2002:timestamp", _CLoader.construct_yaml_timestamp)
+    _StrictLoader: type = _CLoader
+else:
+    _StrictLoader = _PyLoader
 
 
 def _char_name(char: str) -> str:
@@ -282,7 +307,7 @@ def _char_name(char: str) -> str:
     return f"the character U+{ord(char):04X} ({kind})"
 
 
-def _key_text(loader: _StrictLoader, key: Any) -> str:
+def _key_text(loader: _Strict, key: Any) -> str:
     """A key as Kubernetes' YAML-to-JSON conversion makes it text: 8080 and "8080" are the same key."""
     if key.tag in (_STR, _MERGE) or key.tag not in _CORE_TAGS:
         return key.value
@@ -314,9 +339,24 @@ def _located(message: str, mark: Any) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {message}" if mark is not None else message
 
 
-def _yaml_documents(text: str, file: str) -> Iterable[tuple[int, Any]]:
+class _Slower(Exception):
+    """libyaml refused the text: PyYAML's own reader reads it again, so that the message is the same either way."""
+
+
+def _yaml_documents(text: str, file: str) -> list[tuple[int, Any]]:
     """(line, data) of each document of ``text``; every mistake, whatever part of the YAML reader finds it, is a
-    MeshError naming the file, the document and, where there is one, the field."""
+    MeshError naming the file, the document and, where there is one, the field.
+
+    Read with libyaml where PyYAML has it. Text it refuses (malformed, an escaped lone surrogate, nesting deeper
+    than libyaml's own limit, reached before the loader's) is read again by PyYAML's pure-Python reader, whose
+    findings the messages are written for."""
+    try:
+        return list(_read_yaml(text, file, _StrictLoader))
+    except _Slower:
+        return list(_read_yaml(text, file, _PyLoader))
+
+
+def _read_yaml(text: str, file: str, loader_class: type) -> Iterable[tuple[int, Any]]:
     if len(text) > MAX_FILE_CHARS:
         raise MeshError(f"{len(text)} characters is more than the {MAX_FILE_CHARS} (2 MiB) a mesh file may have; "
                         "split it into several files", file=file)
@@ -331,7 +371,7 @@ def _yaml_documents(text: str, file: str) -> Iterable[tuple[int, Any]]:
         text = _RAW_BAD.sub("\ufffd", text)
     index, loader = 0, None
     try:
-        loader = _StrictLoader(text, bad_char)
+        loader = loader_class(text, bad_char)
         loader.get_event()  # STREAM-START
         while not loader.check_event(yaml.StreamEndEvent):
             index += 1
@@ -360,13 +400,17 @@ def _yaml_documents(text: str, file: str) -> Iterable[tuple[int, Any]]:
                         doc=f"document {index} (line {loader.root_line if loader else 1})",
                         field=problem.path or None) from None
     except yaml.YAMLError as exc:
+        if loader_class is not _PyLoader:
+            raise _Slower() from None
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
         doc = f"document {index} (line {loader.root_line})" if index and loader is not None else None
         raise MeshError(f"malformed YAML: {_located(problem, mark)}", file=file, doc=doc) from None
     except (RecursionError, MemoryError, ValueError, TypeError, OverflowError) as exc:
         # a guard for what the checks above should already stop: never a traceback from the YAML reader
-        mark = loader.get_mark() if loader is not None else None
+        if loader_class is not _PyLoader:
+            raise _Slower() from None
+        mark = loader.get_mark() if loader is not None and hasattr(loader, "get_mark") else None
         doc = f"document {index} (line {loader.root_line})" if index and loader is not None else None
         raise MeshError(_located(f"the YAML reader gave up ({type(exc).__name__}): simplify the document", mark),
                         file=file, doc=doc) from None

@@ -16,9 +16,11 @@ import time
 from typing import Any, Iterator
 
 import pytest
+import yaml
 
+from harness import DATA
 from harness.mesh import bookinfo_hosts
-from vmesh import load
+from vmesh import documents, load
 from vmesh.compile import render_all
 from vmesh.errors import MeshError, MeshErrors
 
@@ -369,3 +371,28 @@ def test_adversarial_document_is_refused_with_a_located_message(text, where, pat
         assert error.field is not None and error.field.startswith(path), message
     assert len(message) < 2000, message[:300]  # huge values are cut
     assert message.isprintable(), message  # no control, zero-width or bidi character reaches a terminal
+
+
+def _read(text: str, loader: type) -> Any:
+    try:
+        return list(documents._read_yaml(text, FILE, loader))
+    except documents._Slower:
+        return "refused by libyaml: read again by PyYAML"
+    except MeshError as exc:
+        return str(exc)
+
+
+def test_libyaml_reads_what_pyyaml_reads():
+    """Documents are read with libyaml (five times faster) where PyYAML has it: every valid document of the
+    project's own and every adversarial case gives the same data, lines and message as PyYAML's own reader, or
+    goes back to it."""
+    assert yaml.__with_libyaml__ and documents._StrictLoader is documents._CLoader
+    texts = [p.read_text() for p in sorted(DATA.rglob("*.yaml"))] + [c[1] for c in CASES]
+    fallbacks = 0
+    for text in texts:
+        fast = _read(text, documents._CLoader)
+        if fast == "refused by libyaml: read again by PyYAML":
+            fallbacks += 1
+            continue
+        assert fast == _read(text, documents._PyLoader), text[:200]
+    assert fallbacks < len(CASES) // 10  # the fast reader is the one in use
