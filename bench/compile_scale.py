@@ -118,6 +118,16 @@ def measure(hosts: int, services: int, dependencies: int, sample: int, shape: st
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
+def machine_speed() -> float:
+    """Seconds a fixed pure-Python loop takes here: the compiler's times scale with it, and it differs from one
+    day to the next on shared machines, so runs on different days compare through it."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(5_000_000):
+        total += i
+    return round(time.perf_counter() - started, 2)
+
+
 def child(hosts: int, services: int, dependencies: int, sample: int, shape: str) -> dict:
     code = ("import json, sys; sys.path.insert(0, 'bench'); import compile_scale as b; "
             f"print(json.dumps(b.measure({hosts}, {services}, {dependencies}, {sample}, {shape!r})))")
@@ -137,15 +147,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON line per measurement")
     args = parser.parse_args(argv)
 
+    before = machine_speed()
     rows = [child(h, args.services or max(2, h // 5), args.dependencies, args.sample, args.shape) for h in args.hosts]
     largest = max(args.hosts)
     slope = [child(largest, args.services or max(2, largest // 5), d, min(args.sample, 50), args.shape)
              for d in (1, args.dependencies, 3 * args.dependencies)]
+    speed = (before, machine_speed())
     if args.json:
         for row in rows + slope:
-            print(json.dumps(row))
+            print(json.dumps({**row, "machine_loop_s": speed}))
         return 0
-    print(f"shape {args.shape}, {args.dependencies} dependencies per Sidecar")
+    print(f"shape {args.shape}, {args.dependencies} dependencies per Sidecar; this machine: a 5M-step Python loop "
+          f"took {speed[0]} s before and {speed[1]} s after")
     print(f"{'hosts':>6} {'svcs':>5} {'model s':>8} {'ms/host':>8} {'all s':>7} {'KB/host':>8} "
           f"{'visible':>7} {'peak MB':>8}")
     for r in rows:
