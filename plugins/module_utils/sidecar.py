@@ -21,7 +21,7 @@ import stat
 import tempfile
 
 from ansible_collections.vmesh.mesh.plugins.module_utils import host, host_files
-from ansible_collections.vmesh.mesh.plugins.module_utils.envoy_files import ConfigDirError, Envoy, locked
+from ansible_collections.vmesh.mesh.plugins.module_utils.envoy_files import ConfigDirError, Envoy, kind, locked
 from ansible_collections.vmesh.mesh.plugins.module_utils.envoy_files import plan as plan_push, push, read_current
 from ansible_collections.vmesh.mesh.plugins.module_utils.envoy_static import BundleError, bundle
 from ansible_collections.vmesh.mesh.plugins.module_utils.errors import HostError
@@ -85,6 +85,13 @@ def config_dir_of(module):
                       run_command=lambda argv: module.run_command(argv, environ_update={"LC_ALL": "C"}))
 
 
+def restart_needed(current, todo, bootstrap):
+    """Whether Envoy reads the change only when it starts: its bootstrap, or a secret's file it already read
+    (vmesh.compile.envoy_types.secret_source)."""
+    return bootstrap in todo.changed or any(
+        kind(name, bootstrap) == "sds" and name in current.files for name in todo.changed)
+
+
 def config_dir(dest, files, envoy, bootstrap, mode, reload_timeout, run_command, warn, check_mode=False,
                diff=False):
     """Make the config directory ``dest`` hold exactly ``files`` (name -> text); see the envoy_config module's
@@ -102,7 +109,7 @@ def config_dir(dest, files, envoy, bootstrap, mode, reload_timeout, run_command,
         current = read_current(dest)
         todo = plan_push(current, files, bootstrap, mode)
         result = dict(changed=todo.changed_any, changed_files=todo.changed, removed_files=todo.removed,
-                      bootstrap_changed=bootstrap in todo.changed, migrated=todo.adopt,
+                      bootstrap_changed=restart_needed(current, todo, bootstrap), migrated=todo.adopt,
                       steps=[s.label for s in todo.steps], version=current.version,
                       previous_version=current.previous, envoy_confirmed=False)
         if diff:

@@ -69,7 +69,7 @@ removed_files:
   type: list
   returned: always
 bootstrap_changed:
-  description: Whether the bootstrap changed (Envoy must restart to read it).
+  description: Whether Envoy must restart to read the change, its bootstrap or a secret's file it read when it started (the certificate files themselves change with no restart).
   type: bool
   returned: always
 migrated:

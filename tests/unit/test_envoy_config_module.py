@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from harness.config_push import VS_V1, VS_V3, compiled, push, tree
@@ -44,6 +45,10 @@ def test_four_steps_and_stale_files(tmp_path):
     result = push(tmp_path, dest, routed.files)
     assert result["changed_files"] == ["rds_outbound_9080__reviews.default.svc.cluster.local.json"]
     assert result["bootstrap_changed"] is False
+    # a secret's file is read once, when Envoy starts: a new one asks for a restart
+    shutil.copytree(tmp_path / "certs", tmp_path / "certs2")
+    moved = {**routed.files, "sds_default.json": routed.files["sds_default.json"].replace("/certs/", "/certs2/")}
+    assert push(tmp_path, dest, moved)["bootstrap_changed"] is True
     # a file no longer wanted is removed: productpage's Sidecar stops naming details
     fewer = compiled(dest, VS_V3, SIDECAR_REVIEWS_ONLY).files
     result = push(tmp_path, dest, fewer)

@@ -67,6 +67,14 @@ def file_source(config_dir: str, file: str) -> dict[str, Any]:
     return {"path_config_source": {"path": f"{config_dir}/{file}", "watched_directory": {"path": config_dir}}}
 
 
+def secret_source(config_dir: str, file: str) -> dict[str, Any]:
+    """Where a secret's SDS file is read from. Unlike file_source, Envoy reads it when a listener or cluster
+    first names it and not again: what the file says (where the certificate, key and trust bundle are) is
+    fixed, and the secret watches those files itself. A changed secret file therefore needs a restart, which the
+    config module asks for (plugins/module_utils/sidecar.py); the files' contents change with no restart."""
+    return {"path_config_source": {"path": f"{config_dir}/{file}"}}
+
+
 _FILE_CHAR = re.compile(r"[A-Za-z0-9.-]")
 FILE_STEM_MAX = 200  # file names stay well under the usual 255 bytes
 

@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from vmesh.compile import routes
-from vmesh.compile.envoy_types import (DOWNSTREAM_TLS, LISTENER, SECRET, TLS_INSPECTOR, file_source, socket_address,
+from vmesh.compile.envoy_types import (DOWNSTREAM_TLS, LISTENER, SECRET, TLS_INSPECTOR, secret_source, socket_address,
                                        typed)
 from vmesh.errors import MeshError
 from vmesh.istio.model import Mesh
@@ -94,7 +94,7 @@ def _downstream_tls(server: Server, workload: Workload, edge: EdgeConfig) -> dic
     name, ca_name = _tls_secret(server, workload, edge)
     tls = server.tls
     common: dict[str, Any] = {"tls_certificate_sds_secret_configs": [
-        {"name": name, "sds_config": file_source(workload.config_dir, secret_file(name))}]}
+        {"name": name, "sds_config": secret_source(workload.config_dir, secret_file(name))}]}
     if server.is_http:
         common["alpn_protocols"] = ["h2", "http/1.1"] if server.protocol != "HTTP" else ["http/1.1"]
     params = {k: v for k, v in (("tls_minimum_protocol_version", tls.min_version),
@@ -112,7 +112,7 @@ def _downstream_tls(server: Server, workload: Workload, edge: EdgeConfig) -> dic
         common["combined_validation_context"] = {
             "default_validation_context": default,
             "validation_context_sds_secret_config": {
-                "name": ca_name, "sds_config": file_source(workload.config_dir, secret_file(ca_name))}}
+                "name": ca_name, "sds_config": secret_source(workload.config_dir, secret_file(ca_name))}}
         context["require_client_certificate"] = True
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmesh.compile.envoy_types import DOWNSTREAM_TLS, SECRET, UPSTREAM_TLS, file_source
+from vmesh.compile.envoy_types import DOWNSTREAM_TLS, SECRET, UPSTREAM_TLS, secret_source
 from vmesh.registry import Registry, Workload
 
 CERT_SECRET = "default"
@@ -42,7 +42,7 @@ def secrets(workload: Workload) -> dict[str, dict[str, Any]]:
 
 
 def _sds(workload: Workload, name: str) -> dict[str, Any]:
-    return {"name": name, "sds_config": file_source(workload.config_dir, secret_file(name))}
+    return {"name": name, "sds_config": secret_source(workload.config_dir, secret_file(name))}
 
 
 def _common(workload: Workload, san_matchers: list[dict[str, Any]], alpn: list[str], *,
