@@ -119,6 +119,14 @@ class Registry:
         return name
 
 
+def _client_address(hostvars: dict[str, Any]) -> str | None:
+    address = hostvars.get("vmesh_address", hostvars.get("ansible_host"))
+    try:
+        return str(ipaddress.IPv4Address(address)) if isinstance(address, str) else None
+    except ValueError:
+        return None
+
+
 def _err(host: str, field: str, message: str) -> MeshError:
     return MeshError(message, file="inventory", doc=f"host {host}", field=field)
 
@@ -207,9 +215,10 @@ def _workload(host: str, hostvars: dict[str, Any]) -> Workload:
         account = hostvars.get("vmesh_service_account", "default")
         if not isinstance(account, str) or not DNS_LABEL.match(account):
             raise _err(host, "vmesh_service_account", f"expected a DNS label, got {account!r}")
-        # a pure client's labels still count for sourceLabels matches and Sidecar selectors
+        # a pure client's labels still count for sourceLabels matches and Sidecar selectors; its address, when the
+        # inventory has one, names it in the metrics of the hosts it calls (none is needed)
         return Workload(service=None, labels=_labels(host, hostvars.get("vmesh_labels")), ports=(),
-                        service_account=account, address=None, **common)
+                        service_account=account, address=_client_address(hostvars), **common)
     if not isinstance(service, str) or not DNS_LABEL.match(service) or len(service) > 63:
         raise _err(host, "vmesh_service", f"expected a DNS label such as 'reviews', got {service!r}")
     address = hostvars.get("vmesh_address", hostvars.get("ansible_host"))
