@@ -78,8 +78,8 @@ def bundle(files, bootstrap="envoy.json", folder=None):
     clusters = _resources(files, _file_of(dynamic.get("cds_config"), "the bootstrap's cds_config", folder))
     routes, secrets = {}, []
     for name in sorted(files):
-        if name == bootstrap or not name.endswith(".json"):
-            continue
+        if name == bootstrap or not name.endswith(".json") or not name.startswith(("rds_", "sds_")):
+            continue  # endpoints are read below, by the clusters that name them; peers.json is no xDS
         resources = _resources(files, name)
         if len(resources) == 1 and resources[0].get("@type") == ROUTE_CONFIGURATION:
             routes[resources[0].get("name")] = resources[0]

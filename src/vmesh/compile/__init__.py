@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 from vmesh import envoy
-from vmesh.compile import bootstrap, clusters, gateways, listeners, mtls, patches, routes
+from vmesh.compile import bootstrap, clusters, gateways, listeners, mtls, patches, routes, telemetry
 from vmesh.compile.envoy_types import ROUTE_CONFIGURATION, resource_file
 from vmesh.errors import MeshError
 from vmesh.istio.envoyfilter import applies_to
@@ -81,6 +81,7 @@ class Renderer:
         self._clusters: dict[tuple[str, str], list[_Cluster]] = {}
         self._routes: dict[tuple[Any, ...], str] = {}
         self._refs: dict[str, set[tuple[int, str, str]]] = {}
+        self._callers: dict[str, list[Workload]] | None = None
         self._by_caller: dict[str, bool] = {}
 
     def _service_clusters(self, service: Service, client: Workload) -> list[_Cluster]:
@@ -99,6 +100,16 @@ class Renderer:
         if text not in self._refs:
             self._refs[text] = _references(text)
         return self._refs[text]
+
+    def callers(self, workload: Workload) -> list[Workload]:
+        """The hosts whose proxies send to ``workload``'s service (computed for all services at the first call)."""
+        if self._callers is None:
+            self._callers = {}
+            for host, client in sorted(self.mesh.registry.workloads.items()):
+                for fqdn in self.mesh.visible_services(host):
+                    self._callers.setdefault(fqdn, []).append(client)
+        service = self.mesh.registry.fqdn(workload.service, workload.namespace) if workload.service else None
+        return self._callers.get(service, []) if service else []
 
     def _routes_by_caller(self, service: Service) -> bool:
         """Whether the service's VirtualService matches on the caller (sourceLabels, sourceNamespace)."""
@@ -180,6 +191,8 @@ class Renderer:
                                 file="inventory", doc=f"host {host}")
             files[file] = text
         files.update(endpoint_files)
+        files[telemetry.PEERS_FILE] = dumps(telemetry.peers(mesh, workload, [s.fqdn for s in services],
+                                                            self.callers(workload)))
         secrets = {**mtls.secrets(workload), **edge.secrets}
         for name, secret in secrets.items():
             files[name] = _resources([dumps(secret)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from vmesh.compile import mtls, rbac, routes
+from vmesh.compile import mtls, rbac, routes, telemetry
 from vmesh.compile.envoy_types import (BLACKHOLE, CORS, HCM, HTTP_FAULT, INBOUND_PASSTHROUGH, LISTENER, ORIGINAL_DST,
                                        PASSTHROUGH, ROUTER, TLS_INSPECTOR, access_logs, file_source, resource_file,
                                        socket_address, tcp_proxy, typed)
@@ -23,7 +23,7 @@ ADMIN_CLUSTER = "vmesh_admin"
 
 
 def _hcm(stat_prefix: str, route_name: str | None, workload: Workload, *, inbound: bool,
-         route_config: dict[str, Any] | None = None) -> dict[str, Any]:
+         route_config: dict[str, Any] | None = None, metrics: bool = True) -> dict[str, Any]:
     config: dict[str, Any] = {
         "stat_prefix": stat_prefix,
         # fault and CORS take their settings per route, so adding a fault changes only the routes (no drain)
@@ -39,7 +39,7 @@ def _hcm(stat_prefix: str, route_name: str | None, workload: Workload, *, inboun
                          "config_source": file_source(workload.config_dir, resource_file("rds", route_name))}
     if inbound:
         config["server_header_transformation"] = "PASS_THROUGH"
-    logs = access_logs(workload.access_log)
+    logs = access_logs(workload.access_log) + ([telemetry.http_stats(inbound=inbound)] if metrics else [])
     if logs:
         config["access_log"] = logs
     return typed("envoy.filters.network.http_connection_manager", HCM, **config)
@@ -225,17 +225,21 @@ def inbound(mesh: Mesh, workload: Workload) -> dict[str, Any]:
     return listener
 
 
-def _admin_proxy(name: str, port: int, path: str, target: str, workload: Workload) -> dict[str, Any]:
+def _admin_proxy(name: str, port: int, path: str, target: str, workload: Workload,
+                 filters: list[dict[str, Any]] = ()) -> dict[str, Any]:
     route_config = {"name": name, "virtual_hosts": [{"name": name, "domains": ["*"], "routes": [
         {"match": {"path": path}, "route": {"cluster": ADMIN_CLUSTER, "prefix_rewrite": target, "timeout": "5s"}}]}]}
-    return {"name": name, "address": socket_address("0.0.0.0", port), "filter_chains": [
-        {"filters": [_hcm(name, None, workload, inbound=True, route_config=route_config)]}]}
+    hcm = _hcm(name, None, workload, inbound=True, route_config=route_config, metrics=False)
+    hcm["typed_config"]["http_filters"][0:0] = list(filters)
+    return {"name": name, "address": socket_address("0.0.0.0", port), "filter_chains": [{"filters": [hcm]}]}
 
 
 def static(workload: Workload) -> list[dict[str, Any]]:
-    """Readiness on 15021 (/healthz/ready, Envoy's /ready) and Prometheus stats on 15090; admin stays local."""
+    """Readiness on 15021 (/healthz/ready, Envoy's /ready) and Prometheus stats on 15090, with Istio's metrics
+    written from Envoy's (telemetry.py); admin stays local."""
     quiet = Workload(**{**workload.__dict__, "access_log": False})
     return [
         _admin_proxy("vmesh_readiness", READINESS_PORT, "/healthz/ready", "/ready", quiet),
-        _admin_proxy("vmesh_prometheus", STATS_PORT, "/stats/prometheus", "/stats/prometheus", quiet),
+        _admin_proxy("vmesh_prometheus", STATS_PORT, "/stats/prometheus", "/stats/prometheus", quiet,
+                     [telemetry.lua_filter(workload.config_dir)]),
     ]

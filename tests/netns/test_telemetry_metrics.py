@@ -1,0 +1,127 @@
+"""Istio's standard metrics on every sidecar's :15090/stats/prometheus, with real traffic: N requests give N in
+istio_requests_total once per reporter, with Istio's labels (who called whom, which version answered, the code,
+whether it was mTLS).
+
+Hosts: ``client`` (service account ``sleep``), ``echo-v1`` and ``echo-v2`` (the ``echo`` service, HTTP on 8080),
+and ``outside``, a machine with no sidecar, from which Prometheus would scrape.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from harness.netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
+
+pytestmark = [pytest.mark.netns, requires_netns]
+
+HOSTS = {
+    "client": {"vmesh_service_account": "sleep", "vmesh_labels": {"app": "sleep", "version": "v1"}},
+    "echo-v1": {"vmesh_service": "echo", "vmesh_labels": {"app": "echo", "version": "v1"},
+                "vmesh_ports": [{"port": 8080, "protocol": "http"}]},
+    "echo-v2": {"vmesh_service": "echo", "vmesh_labels": {"app": "echo", "version": "v2"},
+                "vmesh_ports": [{"port": 8080, "protocol": "http"}]},
+    "outside": {"netmesh_outside": True},
+}
+SUBSETS = ("mesh/dr.yaml", """apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo}
+spec:
+  host: echo
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+""")
+ONLY_V2 = ("mesh/vs.yaml", """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo}
+spec:
+  hosts: [echo]
+  http:
+  - route:
+    - destination: {host: echo, subset: v2}
+""")
+STRICT = ("mesh/peer.yaml", """apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec:
+  mtls: {mode: STRICT}
+""")
+SERIES = re.compile(r'^(istio_[a-z_]+)\{([^}]*)\} (\S+)$', re.M)
+LABEL = re.compile(r'([a-z_]+)="([^"]*)"')
+
+
+@pytest.fixture(scope="module")
+def mesh(netmesh_module):
+    mesh = netmesh_module(HOSTS, [SUBSETS, ONLY_V2, STRICT])
+    mesh.start_echo("echo-v1")
+    mesh.start_echo("echo-v2")
+    return mesh
+
+
+def scrape(mesh, host: str) -> list[tuple[str, dict[str, str], float]]:
+    """What Prometheus reads from the host's :15090/stats/prometheus (from a machine outside the mesh)."""
+    answer = mesh.request("outside", f"http://{mesh.address(host)}:15090/stats/prometheus")
+    assert answer.status == 200, answer
+    return [(name, dict(LABEL.findall(labels)), float(value)) for name, labels, value in SERIES.findall(answer.text)]
+
+
+def requests_total(mesh, host: str, **match: str) -> float:
+    return sum(v for name, labels, v in scrape(mesh, host)
+               if name == "istio_requests_total" and all(labels.get(k) == x for k, x in match.items()))
+
+
+def wait_for(mesh, host: str, expected: float, **match: str) -> float:
+    """Envoy publishes histograms every 5 s: poll until the count is there (or 20 s went by)."""
+    deadline = time.monotonic() + 20
+    while True:
+        seen = requests_total(mesh, host, **match)
+        if seen >= expected or time.monotonic() > deadline:
+            return seen
+        time.sleep(1)
+
+
+def test_each_request_is_counted_once_per_reporter_with_istio_labels(mesh):
+    count = 7
+    answers = mesh.sample("client", "http://echo:8080/", count)
+    assert answers == {(200, "echo-v2"): count}, answers
+    source = {"reporter": "source", "source_workload": "client", "source_app": "sleep",
+              "source_principal": "spiffe://cluster.local/ns/default/sa/sleep",
+              "destination_workload": "echo-v2", "destination_version": "v2", "destination_app": "echo",
+              "destination_service": "echo.default.svc.cluster.local", "destination_service_name": "echo",
+              "destination_service_namespace": "default", "response_code": "200", "request_protocol": "http"}
+    destination = {**source, "reporter": "destination", "connection_security_policy": "mutual_tls",
+                   "destination_principal": "spiffe://cluster.local/ns/default/sa/echo"}
+    assert wait_for(mesh, "client", count, **source) == count
+    assert wait_for(mesh, "echo-v2", count, **destination) == count
+    # nothing reached v1, and the client reports nothing as a destination
+    assert requests_total(mesh, "echo-v1") == 0
+    assert requests_total(mesh, "client", reporter="destination") == 0
+    # Istio's histograms, with the same labels and counts
+    series = scrape(mesh, "echo-v2")
+    names = {name for name, labels, _ in series if labels.get("reporter") == "destination"}
+    assert {"istio_request_duration_milliseconds_bucket", "istio_request_duration_milliseconds_count",
+            "istio_request_bytes_count", "istio_response_bytes_sum"} <= names
+    durations = [v for name, labels, v in series
+                 if name == "istio_request_duration_milliseconds_count" and labels.get("reporter") == "destination"]
+    assert sum(durations) == count
+    received = sum(v for name, labels, v in series
+                   if name == "istio_request_bytes_sum" and labels.get("reporter") == "destination")
+    assert received >= count * len("GET / HTTP/1.1\r\n")  # wire bytes: at least each request line
+
+
+def test_a_request_no_host_answers_is_counted_by_the_client_only(mesh):
+    """A subset no host carries: Envoy answers 503 itself (no healthy upstream), so only the client reports."""
+    nobody = SUBSETS[1] + "  - {name: v3, labels: {version: v3}}\n"
+    mesh.push([("mesh/dr.yaml", nobody), ("mesh/vs.yaml", ONLY_V2[1].replace("subset: v2", "subset: v3")), STRICT])
+    try:
+        before = requests_total(mesh, "echo-v1") + requests_total(mesh, "echo-v2")
+        assert mesh.request("client", "http://echo:8080/").status == 503
+        match = {"reporter": "source", "response_code": "503", "response_flags": "UH",
+                 "destination_service": "echo.default.svc.cluster.local", "destination_workload": "unknown"}
+        assert wait_for(mesh, "client", 1, **match) == 1
+        assert requests_total(mesh, "echo-v1") + requests_total(mesh, "echo-v2") == before
+    finally:
+        mesh.push([SUBSETS, ONLY_V2, STRICT])
