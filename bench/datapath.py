@@ -26,7 +26,7 @@ configuration is treated alike.
 
     sudo .venv/bin/python bench/datapath.py                  # 20 rounds x 3 configs x 3 s: about 4 minutes
     python bench/datapath.py --rounds 5                      # about a minute, noisier
-    python bench/datapath.py --variant all                   # + the 9 vmesh variants: about 13 minutes
+    python bench/datapath.py --variant all                   # + the 10 vmesh variants: about 14 minutes
     python bench/datapath.py --variant bare --variant no-xfcc --json
 
 Needs root, nginx and wrk. Traffic stays inside the namespaces made here; an interrupted run's leftovers are
@@ -136,6 +136,15 @@ def no_breaker_tracking(host: str, files: dict[str, Any]) -> None:
             threshold.pop("track_remaining", None)
 
 
+def no_metrics(host: str, files: dict[str, Any]) -> None:
+    for hcm in _hcms(files):
+        logs = [log for log in hcm.get("access_log", []) if log["name"] != "envoy.access_loggers.stats"]
+        if logs:
+            hcm["access_log"] = logs
+        else:
+            hcm.pop("access_log", None)
+
+
 def no_overload_manager(host: str, files: dict[str, Any]) -> None:
     files["envoy.json"].pop("overload_manager", None)
 
@@ -156,6 +165,8 @@ VARIANTS: dict[str, tuple[str, str, Callable[[str, dict[str, Any]], None]]] = {
                             no_breaker_tracking),
     "no-overload-manager": ("the bootstrap's global downstream connections monitor", "bootstrap.bootstrap",
                             no_overload_manager),
+    "no-metrics": ("Istio's metrics: the stats access logger of every HCM (three histograms per request)",
+                   "telemetry.http_stats", no_metrics),
 }
 
 
