@@ -95,7 +95,7 @@ class Renderer:
                 for c in clusters.outbound(self.mesh, service, client)]
         return self._clusters[key]
 
-    def _references(self, text: str) -> set[tuple[int, str, str]]:
+    def _shared_references(self, text: str) -> set[tuple[int, str, str]]:
         """The outbound clusters a shared route text sends to, (port, subset or "", FQDN), kept with it."""
         if text not in self._refs:
             self._refs[text] = _references(text)
@@ -165,7 +165,7 @@ class Renderer:
         patches.apply(mesh, workload, lds, rds)
         # the route tables hosts share are scanned once (kept with them), this host's own ones here
         lds_text = _resources([dumps(item) for item in lds])
-        used = _references(lds_text).union(*map(self._references, route_texts.values()))
+        used = _references(lds_text).union(*map(self._shared_references, route_texts.values()))
         route_texts.update((name, _route_file(config)) for name, config in rds.items())
         used = used.union(*(_references(route_texts[name]) for name in rds))
         by_subset = {(port, fqdn) for port, subset, fqdn in used if subset}

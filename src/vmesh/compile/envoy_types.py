@@ -60,7 +60,7 @@ def file_source(config_dir: str, file: str) -> dict[str, Any]:
 
     On the VM ``config_dir/file`` is a link ``..data/file`` and ``..data`` a link to the version directory in
     force (plugins/module_utils/envoy_files.py): the one rename of ``..data`` that switches versions is a
-    move into ``config_dir``, so every resource watching it (LDS, CDS, each RDS and SDS file) re-reads, through
+    move into ``config_dir``, so every resource watching it (LDS, CDS, each RDS and EDS file) re-reads, through
     the links, the new version. Path and watched directory are therefore the plain ones, the same for a directory
     of plain files (the layout before versions, and the test harness's), and nothing here names a version.
     ``resource_api_version`` is left out: V3 is Envoy's only one, and its default."""

@@ -11,11 +11,7 @@
 local PEERS = "@PEERS@"
 local SEP = ";"
 
-local FAMILIES = {
-  d = {"istio_request_duration_milliseconds", "histogram"},
-  q = {"istio_request_bytes", "histogram"},
-  r = {"istio_response_bytes", "histogram"},
-}
+local FAMILIES = {d = "istio_request_duration_milliseconds", q = "istio_request_bytes", r = "istio_response_bytes"}
 local ORDER = {"istio_requests_total", "istio_request_duration_milliseconds", "istio_request_bytes",
                "istio_response_bytes"}
 
@@ -144,7 +140,7 @@ end
 
 local function convert(text)
   local peers, me = read_peers()
-  local out, series, order = {}, {}, {}
+  local out, series = {}, {}
   local function add(family, kind, name, labels, value)
     local fam = series[family]
     if not fam then
@@ -166,7 +162,7 @@ local function convert(text)
       local labels = labels_of(key, peers, me)
       local number = tonumber(value)
       if labels and number then
-        local family = FAMILIES[short][1]
+        local family = FAMILIES[short]
         local le = rest:match('le="([^"]*)"')
         if suffix == "bucket" and le then
           add(family, "histogram", family .. "_bucket", labels .. ",le=\"" .. le .. "\"", number)

