@@ -19,6 +19,7 @@ HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_mana
 ROUTE_CONFIGURATION = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER_LOAD_ASSIGNMENT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+FILE_LOGGER = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
 
 class BundleError(ValueError):
@@ -59,6 +60,19 @@ def _static_refs(node, folder):
             _static_refs(value, folder)
 
 
+def _quiet_logs(node):
+    """Access log files become /dev/null: validation (as root on the host) must not create the files the proxy
+    writes, nor follow a link its user put where they go."""
+    if isinstance(node, dict):
+        if node.get("@type") == FILE_LOGGER:
+            node["path"] = os.devnull
+        for value in node.values():
+            _quiet_logs(value)
+    elif isinstance(node, list):
+        for value in node:
+            _quiet_logs(value)
+
+
 def _file_of(source, what, folder):
     path = (source or {}).get("path_config_source", {}).get("path")
     if not isinstance(path, str):
@@ -95,6 +109,7 @@ def bundle(files, bootstrap="envoy.json", folder=None):
         static["secrets"] = secrets
     listeners = copy.deepcopy(listeners)
     _static_refs(listeners, folder)
+    _quiet_logs(listeners)
     for listener in listeners:
         chains = listener.get("filter_chains", []) + ([listener["default_filter_chain"]]
                                                        if "default_filter_chain" in listener else [])

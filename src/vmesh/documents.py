@@ -15,6 +15,7 @@ from vmesh.errors import MeshError
 API_GROUPS = {
     "networking.istio.io": {"v1", "v1beta1", "v1alpha3"},
     "security.istio.io": {"v1", "v1beta1"},
+    "telemetry.istio.io": {"v1", "v1alpha1"},
 }
 
 # Every kind vmesh knows, with its API group. The ones with no compiler yet are refused with a clear message
@@ -32,6 +33,7 @@ KINDS = {
     "PeerAuthentication": "security.istio.io",
     "AuthorizationPolicy": "security.istio.io",
     "RequestAuthentication": "security.istio.io",
+    "Telemetry": "telemetry.istio.io",
 }
 
 DEFAULT_NAMESPACE = "default"

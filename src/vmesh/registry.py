@@ -29,6 +29,7 @@ MESH_SETTINGS = {
     "vmesh_outbound_traffic_policy": "ALLOW_ANY",
     "vmesh_trust_domain": "cluster.local",
     "vmesh_rollouts": None,  # canary rollouts, read by vmesh.rollout
+    "vmesh_mesh_config": None,  # Istio's meshConfig (telemetry providers), read by vmesh.istio.meshconfig
 }
 # Per-host settings with their defaults.
 HOST_SETTINGS = {
@@ -99,6 +100,7 @@ class Registry:
     outbound_policy: str = "ALLOW_ANY"
     trust_domain: str = "cluster.local"
     rollout_settings: Any = None  # vmesh_rollouts as the inventory gives it (vmesh.rollout.parse reads it)
+    mesh_config_settings: Any = None  # vmesh_mesh_config as the inventory gives it (vmesh.istio.meshconfig)
 
     def identity(self, workload: Workload) -> str:
         """The workload's SPIFFE id, the URI in its certificate."""
@@ -300,7 +302,8 @@ def build(hosts: dict[str, dict[str, Any]]) -> Registry:
     if not isinstance(trust_domain, str) or not TRUST_DOMAIN.match(trust_domain):
         raise MeshError(f"expected a trust domain such as cluster.local, got {trust_domain!r}", file="inventory",
                         field="vmesh_trust_domain")
-    reg = Registry(services, workloads, domain, cidr, policy, trust_domain, settings["vmesh_rollouts"])
+    reg = Registry(services, workloads, domain, cidr, policy, trust_domain, settings["vmesh_rollouts"],
+                   settings["vmesh_mesh_config"])
     for name, ip in pinned.items():
         fqdn = reg.fqdn(str(name), "default")
         try:

@@ -276,7 +276,8 @@ class NetMesh:
 
     def __init__(self, name: str, hosts: Mapping[str, Mapping[str, Any]], sources: Iterable[tuple[str, str]] = (),
                  tmp_path: Path | str | None = None, *, concurrency: int = 1,
-                 envoy_args: Sequence[str] = ("--drain-time-s", "5", "--drain-strategy", "immediate")):
+                 envoy_args: Sequence[str] = ("--drain-time-s", "5", "--drain-strategy", "immediate",
+                                              "--file-flush-interval-msec", "1000")):
         if not NAME_RE.match(name):
             raise NetMeshError(f"mesh name {name!r}: expected 1-24 of [a-z0-9] (it prefixes namespace names)")
         if not hosts:
@@ -368,6 +369,11 @@ class NetMesh:
 
     def _envoy_log(self, host: str) -> Path:
         return self.logs / f"{self._host(host).slug}.envoy.log"
+
+    def log(self, host: str, name: str = "envoy") -> str:
+        """What Envoy (``"envoy"``) or an app started by ``start_app`` under ``name`` wrote on ``host`` so far."""
+        path = self.logs / f"{self._host(host).slug}.{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def _compile(self, sources: Iterable[tuple[str, str]]) -> dict[str, HostConfig]:
         mesh = load.mesh({h.name: h.vars for h in self._hosts.values() if not h.outside and h.name not in self._left},

@@ -171,7 +171,11 @@ class Renderer:
         by_subset = {(port, fqdn) for port, subset, fqdn in used if subset}
         cds = [dumps(c) for c in clusters.catch_all()]
         endpoint_files: dict[str, str] = {}
-        for service in services:
+        # the trace collectors this host sends spans to, when their service is not among those it sees
+        collectors = {fqdn for side in ("client", "server") for fqdn, _ in
+                      telemetry.tracer_clusters(mesh.telemetry(workload, side))}
+        collectors -= {s.fqdn for s in services}
+        for service in services + [registry.services[fqdn] for fqdn in sorted(collectors)]:
             for c in self._service_clusters(service, workload):
                 # Only the clusters something sends to. Where some subset of a service port is used, all of its
                 # subsets are there, so shifting weight between subsets (a canary) changes routes only.

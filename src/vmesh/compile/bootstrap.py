@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmesh.compile import listeners
+from vmesh.compile import listeners, telemetry
 from vmesh.compile.envoy_types import DOWNSTREAM_CONNECTIONS, file_source, socket_address
 from vmesh.registry import Registry, Workload
 
@@ -20,7 +20,7 @@ def node_id(workload: Workload, registry: Registry) -> str:
 
 
 def bootstrap(workload: Workload, registry: Registry) -> dict[str, Any]:
-    cluster = f"{workload.service}.{workload.namespace}" if workload.service else f"client.{workload.namespace}"
+    cluster = telemetry.service_name(workload)  # Istio's: the tracing service name, app.namespace
     return {
         "node": {
             "id": node_id(workload, registry),

@@ -17,7 +17,6 @@ ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 ORIGINAL_DST = "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
 HTTP_PROTOCOL_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-STDOUT_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 HTTP_FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 CORS = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
 CORS_POLICY = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
@@ -49,10 +48,6 @@ def typed(name: str, type_url: str, **config: Any) -> dict[str, Any]:
 
 def tcp_proxy(stat_prefix: str, cluster: str) -> dict[str, Any]:
     return typed("envoy.filters.network.tcp_proxy", TCP_PROXY, stat_prefix=stat_prefix, cluster=cluster)
-
-
-def access_logs(enabled: bool) -> list[dict[str, Any]]:
-    return [typed("envoy.access_loggers.stdout", STDOUT_ACCESS_LOG)] if enabled else []
 
 
 def file_source(config_dir: str, file: str) -> dict[str, Any]:

@@ -23,26 +23,39 @@ local function split(text, sep)
   return out
 end
 
--- peers.json: {"peers":[SELF, PEER...]}, each "ADDRESS WORKLOAD NAMESPACE APP VERSION SERVICE-ACCOUNT CANONICAL
--- REVISION" ("-": the app, the version); the proxy's own entry (address "self") adds SERVICE TRUST-DOMAIN CLUSTER.
+-- peers.json: {"peers":[SELF, PEER...], "metrics":[RULE...]}, each peer "ADDRESS WORKLOAD NAMESPACE APP VERSION
+-- SERVICE-ACCOUNT CANONICAL REVISION" ("-": the app, the version); the proxy's own entry (address "self") adds
+-- SERVICE TRUST-DOMAIN CLUSTER. A rule, from the Telemetry kind's metrics overrides, is "! REPORTER off METRIC",
+-- "! REPORTER drop METRIC|* TAG" or "! REPORTER set METRIC|* TAG VALUE" (REPORTER: s or d), applied in order.
 local function read_peers()
   local peers, me, entries = {}, nil, {}
+  local rules = {}
   local f = io.open(PEERS, "r")
   if not f then
-    return peers, nil
+    return peers, nil, rules
   end
   local text = f:read("*a")
   f:close()
   for entry in text:gmatch('"([^"]*)"') do
-    entries[#entries + 1] = split(entry, " ")
+    local fields = split(entry, " ")
+    if fields[1] == "!" then
+      rules[#rules + 1] = fields
+    else
+      entries[#entries + 1] = fields
+    end
   end
-  local first = entries[2]  -- entries[1] is the key "peers"
-  if not first or first[1] ~= "self" or #first ~= 11 then
-    return peers, nil
+  local first = nil  -- the other one-word strings are the keys ("peers", "metrics")
+  for _, p in ipairs(entries) do
+    if p[1] == "self" then
+      first = p
+      break
+    end
+  end
+  if not first or #first ~= 11 then
+    return peers, nil, rules
   end
   local domain, cluster = first[10], first[11]
-  for i = 2, #entries do
-    local p = entries[i]
+  for _, p in ipairs(entries) do
     if #p >= 8 then
       local peer = {workload = p[2], namespace = p[3], app = p[4], version = p[5],
                     principal = "spiffe://" .. domain .. "/ns/" .. p[3] .. "/sa/" .. p[6],
@@ -55,22 +68,26 @@ local function read_peers()
       end
     end
   end
-  return peers, me
+  return peers, me, rules
 end
 
 local UNKNOWN = {workload = "unknown", namespace = "unknown", app = "unknown", version = "unknown",
                  principal = "unknown", canonical = "unknown", revision = "latest", service = "unknown",
                  cluster = "unknown"}
 
+local function put(labels, name, value)
+  labels[#labels + 1] = {name, value}
+end
+
 local function side(prefix, peer, labels)
-  labels[#labels + 1] = prefix .. "_workload=\"" .. peer.workload .. "\""
-  labels[#labels + 1] = prefix .. "_workload_namespace=\"" .. peer.namespace .. "\""
-  labels[#labels + 1] = prefix .. "_principal=\"" .. peer.principal .. "\""
-  labels[#labels + 1] = prefix .. "_app=\"" .. peer.app .. "\""
-  labels[#labels + 1] = prefix .. "_version=\"" .. peer.version .. "\""
-  labels[#labels + 1] = prefix .. "_canonical_service=\"" .. peer.canonical .. "\""
-  labels[#labels + 1] = prefix .. "_canonical_revision=\"" .. peer.revision .. "\""
-  labels[#labels + 1] = prefix .. "_cluster=\"" .. peer.cluster .. "\""
+  put(labels, prefix .. "_workload", peer.workload)
+  put(labels, prefix .. "_workload_namespace", peer.namespace)
+  put(labels, prefix .. "_principal", peer.principal)
+  put(labels, prefix .. "_app", peer.app)
+  put(labels, prefix .. "_version", peer.version)
+  put(labels, prefix .. "_canonical_service", peer.canonical)
+  put(labels, prefix .. "_canonical_revision", peer.revision)
+  put(labels, prefix .. "_cluster", peer.cluster)
 end
 
 local function service_of(cluster)
@@ -90,7 +107,8 @@ local function host_of(address)
   return (address:gsub(":%d+$", ""))
 end
 
--- The Istio labels of one packed key, or nil when the key is not one of ours.
+-- The reporter ("s" or "d") and Istio labels ({name, value} in order) of one packed key, or nil when the key is
+-- not one of ours.
 local function labels_of(key, peers, me)
   local f = split(key, SEP)
   if #f ~= 6 or (f[1] ~= "s" and f[1] ~= "d") then
@@ -102,13 +120,13 @@ local function labels_of(key, peers, me)
   if f[1] == "s" then
     local peer = peers[host_of(address)] or UNKNOWN
     local fqdn, name, namespace = service_of(extra)
-    labels[1] = "reporter=\"source\""
+    put(labels, "reporter", "source")
     side("source", mine, labels)
     side("destination", peer, labels)
-    labels[#labels + 1] = "destination_service=\"" .. fqdn .. "\""
-    labels[#labels + 1] = "destination_service_name=\"" .. name .. "\""
-    labels[#labels + 1] = "destination_service_namespace=\"" .. namespace .. "\""
-    labels[#labels + 1] = "connection_security_policy=\"unknown\""
+    put(labels, "destination_service", fqdn)
+    put(labels, "destination_service_name", name)
+    put(labels, "destination_service_namespace", namespace)
+    put(labels, "connection_security_policy", "unknown")
   else
     local peer = peers[address] or UNKNOWN
     local principal = (extra ~= "" and extra ~= "-") and extra or nil
@@ -122,25 +140,62 @@ local function labels_of(key, peers, me)
               principal = "unknown", canonical = peer.canonical, revision = peer.revision, cluster = peer.cluster}
     end
     local fqdn = mine.service
-    labels[1] = "reporter=\"destination\""
+    put(labels, "reporter", "destination")
     side("source", peer, labels)
     side("destination", mine, labels)
-    labels[#labels + 1] = "destination_service=\"" .. fqdn .. "\""
-    labels[#labels + 1] = "destination_service_name=\"" .. (fqdn:match("^([^.]+)") or fqdn) .. "\""
-    labels[#labels + 1] = "destination_service_namespace=\"" .. mine.namespace .. "\""
-    labels[#labels + 1] = "connection_security_policy=\"" .. (principal and "mutual_tls" or "none") .. "\""
+    put(labels, "destination_service", fqdn)
+    put(labels, "destination_service_name", fqdn:match("^([^.]+)") or fqdn)
+    put(labels, "destination_service_namespace", mine.namespace)
+    put(labels, "connection_security_policy", principal and "mutual_tls" or "none")
   end
   local protocol = (grpc ~= "" and grpc ~= "-") and "grpc" or "http"
-  labels[#labels + 1] = "request_protocol=\"" .. protocol .. "\""
-  labels[#labels + 1] = "response_code=\"" .. code .. "\""
-  labels[#labels + 1] = "grpc_response_status=\"" .. ((protocol == "grpc") and grpc or "") .. "\""
-  labels[#labels + 1] = "response_flags=\"" .. flags .. "\""
-  return table.concat(labels, ",")
+  put(labels, "request_protocol", protocol)
+  put(labels, "response_code", code)
+  put(labels, "grpc_response_status", (protocol == "grpc") and grpc or "")
+  put(labels, "response_flags", flags)
+  return f[1], labels
+end
+
+-- The label text of one family's series on one reporter's side, after the rules; nil: the metric is off.
+local function render(reporter, labels, family, rules)
+  local out, drop, set = {}, {}, {}
+  local order = {}
+  for _, rule in ipairs(rules) do
+    if rule[2] == reporter and (rule[4] == family or rule[4] == "*") then
+      if rule[3] == "off" then
+        return nil
+      elseif rule[3] == "drop" and rule[5] then
+        drop[rule[5]] = true
+        set[rule[5]] = nil
+      elseif rule[3] == "set" and rule[5] and rule[6] then
+        drop[rule[5]] = nil
+        if set[rule[5]] == nil then
+          order[#order + 1] = rule[5]
+        end
+        set[rule[5]] = rule[6]
+      end
+    end
+  end
+  for _, pair in ipairs(labels) do
+    local name = pair[1]
+    if set[name] ~= nil then
+      out[#out + 1] = name .. "=\"" .. set[name] .. "\""
+      set[name] = nil
+    elseif not drop[name] then
+      out[#out + 1] = name .. "=\"" .. pair[2] .. "\""
+    end
+  end
+  for _, name in ipairs(order) do
+    if set[name] ~= nil then
+      out[#out + 1] = name .. "=\"" .. set[name] .. "\""
+    end
+  end
+  return table.concat(out, ",")
 end
 
 local function convert(text)
-  local peers, me = read_peers()
-  local out, series = {}, {}
+  local peers, me, rules = read_peers()
+  local out, series, keys, texts = {}, {}, {}, {}
   local function add(family, kind, name, labels, value)
     local fam = series[family]
     if not fam then
@@ -159,18 +214,34 @@ local function convert(text)
   for line in text:gmatch("[^\n]+") do
     local short, suffix, key, rest, value = line:match('^envoy_istio_(%a)_(%a+){k="([^"]*)"(.-)} (%S+)$')
     if short and FAMILIES[short] then
-      local labels = labels_of(key, peers, me)
+      local parsed = keys[key]
+      if parsed == nil then
+        local reporter, labels = labels_of(key, peers, me)
+        parsed = reporter and {reporter, labels} or false
+        keys[key] = parsed
+      end
       local number = tonumber(value)
-      if labels and number then
-        local family = FAMILIES[short]
-        local le = rest:match('le="([^"]*)"')
-        if suffix == "bucket" and le then
-          add(family, "histogram", family .. "_bucket", labels .. ",le=\"" .. le .. "\"", number)
-        elseif suffix == "sum" or suffix == "count" then
-          add(family, "histogram", family .. "_" .. suffix, labels, number)
-          if short == "d" and suffix == "count" then
-            add("istio_requests_total", "counter", "istio_requests_total", labels, number)
+      if parsed and number then
+        local function labels_for(family)
+          local id = key .. "\n" .. family
+          local found = texts[id]
+          if found == nil then
+            found = render(parsed[1], parsed[2], family, rules) or false
+            texts[id] = found
           end
+          return found
+        end
+        local family = FAMILIES[short]
+        local labels = labels_for(family)
+        local le = rest:match('le="([^"]*)"')
+        if labels and suffix == "bucket" and le then
+          add(family, "histogram", family .. "_bucket", labels .. ",le=\"" .. le .. "\"", number)
+        elseif labels and (suffix == "sum" or suffix == "count") then
+          add(family, "histogram", family .. "_" .. suffix, labels, number)
+        end
+        local total = (short == "d" and suffix == "count") and labels_for("istio_requests_total")
+        if total then
+          add("istio_requests_total", "counter", "istio_requests_total", total, number)
         end
       end
     elseif not line:match("^# TYPE envoy_istio_") then

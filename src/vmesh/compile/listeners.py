@@ -7,12 +7,13 @@ from typing import Any
 
 from vmesh.compile import mtls, rbac, routes, telemetry
 from vmesh.compile.envoy_types import (BLACKHOLE, CORS, HCM, HTTP_FAULT, INBOUND_PASSTHROUGH, LISTENER, ORIGINAL_DST,
-                                       PASSTHROUGH, ROUTER, TLS_INSPECTOR, access_logs, file_source, resource_file,
+                                       PASSTHROUGH, ROUTER, TLS_INSPECTOR, file_source, resource_file,
                                        socket_address, tcp_proxy, typed)
 from vmesh.errors import MeshError
 from vmesh.istio.model import Mesh
 from vmesh.names import inbound_name, outbound_name
-from vmesh.registry import Port, Service, Workload
+from vmesh.istio.telemetry import Side
+from vmesh.registry import Port, Registry, Service, Workload
 
 OUTBOUND_PORT = 15001
 INBOUND_PORT = 15006
@@ -23,7 +24,10 @@ ADMIN_CLUSTER = "vmesh_admin"
 
 
 def _hcm(stat_prefix: str, route_name: str | None, workload: Workload, *, inbound: bool,
-         route_config: dict[str, Any] | None = None, metrics: bool = True) -> dict[str, Any]:
+         route_config: dict[str, Any] | None = None, side: Side | None = None,
+         trace: tuple[Registry, str] | None = None) -> dict[str, Any]:
+    """``side``: what this side of the proxy records (None: nothing, the proxy's own ports); ``trace``: the
+    registry and the span name, where the side has a tracer."""
     config: dict[str, Any] = {
         "stat_prefix": stat_prefix,
         # fault and CORS take their settings per route, so adding a fault changes only the routes (no drain)
@@ -39,10 +43,24 @@ def _hcm(stat_prefix: str, route_name: str | None, workload: Workload, *, inboun
                          "config_source": file_source(workload.config_dir, resource_file("rds", route_name))}
     if inbound:
         config["server_header_transformation"] = "PASS_THROUGH"
-    logs = access_logs(workload.access_log) + ([telemetry.http_stats(inbound=inbound)] if metrics else [])
-    if logs:
-        config["access_log"] = logs
+        # the caller's x-request-id goes on to the app: one id in both sides' access logs and spans (Envoy takes
+        # no address as internal by default, so it would make a new one)
+        if side is not None:
+            config["preserve_external_request_id"] = True
+    if side is not None:
+        logs = [telemetry.access_log(log) for log in side.logs]
+        stats = telemetry.http_stats(inbound=inbound, side=side)
+        if logs or stats:
+            config["access_log"] = logs + ([stats] if stats else [])
+        tracing = telemetry.tracing(side, workload, *trace) if trace else None
+        if tracing:
+            config["tracing"] = tracing
     return typed("envoy.filters.network.http_connection_manager", HCM, **config)
+
+
+def tracing_service(registry: Registry, workload: Workload) -> str:
+    """The host name in this workload's own spans (Istio: its service's FQDN)."""
+    return registry.fqdn(workload.service, workload.namespace) if workload.service else workload.host
 
 
 def _listener(name: str, port: int, direction: str, chains: list[dict[str, Any]], default: str,
@@ -69,11 +87,13 @@ def _listener(name: str, port: int, direction: str, chains: list[dict[str, Any]]
     }
 
 
-def edge_hcm(stat_prefix: str, route_name: str, workload: Workload,
+def edge_hcm(mesh: Mesh, stat_prefix: str, route_name: str, workload: Workload, port: int,
              authorization: list[dict[str, Any]] = ()) -> dict[str, Any]:
     """A Gateway's HTTP connection manager: the edge of the mesh, so it sets X-Forwarded-For itself; the
-    AuthorizationPolicies selecting the gateway host apply here (before routing)."""
-    hcm = _hcm(stat_prefix, route_name, workload, inbound=False)
+    AuthorizationPolicies selecting the gateway host apply here (before routing). It records as a client does
+    (Istio's reporter "source")."""
+    hcm = _hcm(stat_prefix, route_name, workload, inbound=False, side=mesh.telemetry(workload, "client"),
+               trace=(mesh.registry, f"{tracing_service(mesh.registry, workload)}:{port}/*"))
     hcm["typed_config"].update(use_remote_address=True, strip_any_host_port=True, normalize_path=True)
     hcm["typed_config"]["http_filters"][0:0] = list(authorization)
     return hcm
@@ -85,7 +105,9 @@ def _service_chains(mesh: Mesh, service: Service, port: Port, workload: Workload
     name = outbound_name(port.number, None, service.fqdn)
     stat_prefix = f"outbound_{service.vip}_{port.number}" if service.vip else name
     if port.is_http:
-        filters = [_hcm(stat_prefix, routes.outbound_name_for(service, port), workload, inbound=False)]
+        filters = [_hcm(stat_prefix, routes.outbound_name_for(service, port), workload, inbound=False,
+                        side=mesh.telemetry(workload, "client"),
+                        trace=(mesh.registry, f"{service.fqdn}:{port.number}/*"))]
         return [{"name": name, "filters": filters, "filter_chain_match": match}]
     chains = []
     if port.protocol == "tls":
@@ -140,7 +162,9 @@ def outbound(mesh: Mesh, services: list[Service], workload: Workload, policy: st
             raise MeshError(f"port {number} is HTTP here and TCP in {by_port_tcp[number].entry.doc.ref}; without "
                             "addresses one port carries one protocol", file=doc.file, doc=doc.ref, field="spec.ports")
         chains.append({"name": f"0.0.0.0_{number}", "filter_chain_match": {"destination_port": number},
-                       "filters": [_hcm(f"outbound_0.0.0.0_{number}", str(number), workload, inbound=False)]})
+                       "filters": [_hcm(f"outbound_0.0.0.0_{number}", str(number), workload, inbound=False,
+                                        side=mesh.telemetry(workload, "client"),
+                                        trace=(mesh.registry, "%REQ(:AUTHORITY)%/*"))]})
     default = PASSTHROUGH if policy == "ALLOW_ANY" else BLACKHOLE
     return _listener("virtualOutbound", OUTBOUND_PORT, "OUTBOUND", chains, default, sorted(sni_ports))
 
@@ -167,13 +191,14 @@ def authorization_filters(mesh: Mesh, workload: Workload, port: Port) -> list[di
     return build(policies, port, mesh.registry.trust_domain)
 
 
-def _inbound_filters(workload: Workload, port: Port, stat_prefix: str, authorization: list[dict[str, Any]], *,
-                     secure: bool) -> list[dict[str, Any]]:
+def _inbound_filters(mesh: Mesh, workload: Workload, port: Port, stat_prefix: str,
+                     authorization: list[dict[str, Any]], *, secure: bool) -> list[dict[str, Any]]:
     name = inbound_name(port.number)
     authorization = copy.deepcopy(authorization)  # each chain owns its filters (EnvoyFilter patches edit them)
     if not port.is_http:
         return authorization + [tcp_proxy(stat_prefix, name)]
-    hcm = _hcm(stat_prefix, name, workload, inbound=True)
+    hcm = _hcm(stat_prefix, name, workload, inbound=True, side=mesh.telemetry(workload, "server"),
+               trace=(mesh.registry, f"{tracing_service(mesh.registry, workload)}:{port.number}/*"))
     filters = hcm["typed_config"]["http_filters"]
     filters[-1:-1] = authorization  # before the router
     # Istio's default path normalization: /a/../admin is /admin for the policies and the app alike
@@ -203,14 +228,14 @@ def inbound(mesh: Mesh, workload: Workload) -> dict[str, Any]:
                                                                                         port.is_http),
                            "filter_chain_match": {**match, "transport_protocol": "tls",
                                                   "application_protocols": mtls.ISTIO_ALPNS},
-                           "filters": _inbound_filters(workload, port, stat_prefix, authorization, secure=True)})
+                           "filters": _inbound_filters(mesh, workload, port, stat_prefix, authorization, secure=True)})
         if mode == "STRICT":
             refused = [tcp_proxy(f"{stat_prefix}_plaintext_refused", BLACKHOLE)]
             chains.append({"name": f"{name}~refused", "filter_chain_match": match, "filters": refused})
             chains.append({"name": f"{name}~refused-tls", "filter_chain_match": {**match, "transport_protocol": "tls"},
                            "filters": refused})
             continue
-        plaintext = _inbound_filters(workload, port, stat_prefix, authorization, secure=False)
+        plaintext = _inbound_filters(mesh, workload, port, stat_prefix, authorization, secure=False)
         chains.append({"name": name, "filter_chain_match": match, "filters": plaintext})
         if mode == "PERMISSIVE":  # a client's own TLS (not the mesh's) reaches the app as it is
             chains.append({"name": f"{name}~tls", "filter_chain_match": {**match, "transport_protocol": "tls"},
@@ -229,7 +254,7 @@ def _admin_proxy(name: str, port: int, path: str, target: str, workload: Workloa
                  filters: list[dict[str, Any]] = ()) -> dict[str, Any]:
     route_config = {"name": name, "virtual_hosts": [{"name": name, "domains": ["*"], "routes": [
         {"match": {"path": path}, "route": {"cluster": ADMIN_CLUSTER, "prefix_rewrite": target, "timeout": "5s"}}]}]}
-    hcm = _hcm(name, None, workload, inbound=True, route_config=route_config, metrics=False)
+    hcm = _hcm(name, None, workload, inbound=True, route_config=route_config)
     hcm["typed_config"]["http_filters"][0:0] = list(filters)
     return {"name": name, "address": socket_address("0.0.0.0", port), "filter_chains": [{"filters": [hcm]}]}
 
@@ -237,9 +262,8 @@ def _admin_proxy(name: str, port: int, path: str, target: str, workload: Workloa
 def static(workload: Workload) -> list[dict[str, Any]]:
     """Readiness on 15021 (/healthz/ready, Envoy's /ready) and Prometheus stats on 15090, with Istio's metrics
     written from Envoy's (telemetry.py); admin stays local."""
-    quiet = Workload(**{**workload.__dict__, "access_log": False})
     return [
-        _admin_proxy("vmesh_readiness", READINESS_PORT, "/healthz/ready", "/ready", quiet),
-        _admin_proxy("vmesh_prometheus", STATS_PORT, "/stats/prometheus", "/stats/prometheus", quiet,
+        _admin_proxy("vmesh_readiness", READINESS_PORT, "/healthz/ready", "/ready", workload),
+        _admin_proxy("vmesh_prometheus", STATS_PORT, "/stats/prometheus", "/stats/prometheus", workload,
                      [telemetry.lua_filter(workload.config_dir)]),
     ]

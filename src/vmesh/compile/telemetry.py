@@ -21,10 +21,20 @@ import re
 from importlib import resources
 from typing import Any
 
+from vmesh.istio.meshconfig import STDERR, STDOUT, FileLog, Tracer
 from vmesh.istio.model import Mesh
+from vmesh.istio.telemetry import METRICS, Side
+from vmesh.names import outbound_name
 from vmesh.registry import Registry, Workload
 
 STATS_LOGGER = "type.googleapis.com/envoy.extensions.access_loggers.stats.v3.Config"
+FILE_LOGGER = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+STREAM_LOGGERS = {STDOUT: ("envoy.access_loggers.stdout",
+                           "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"),
+                  STDERR: ("envoy.access_loggers.stderr",
+                           "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog")}
+ZIPKIN = "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig"
+OPENTELEMETRY = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
 LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
 PEERS_FILE = "peers.json"
 SEP = ";"
@@ -36,16 +46,106 @@ KEY_DESTINATION = SEP.join(["d", "%RESPONSE_CODE%", "%RESPONSE_FLAGS%", "%GRPC_S
                             "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", "%DOWNSTREAM_PEER_URI_SAN%"])
 # histogram -> the value it records (names kept short: every HTTP filter chain carries them)
 HISTOGRAMS = {"d": "%DURATION%", "q": "%DOWNSTREAM_WIRE_BYTES_RECEIVED%", "r": "%DOWNSTREAM_WIRE_BYTES_SENT%"}
+# histogram -> the Istio metrics written from it (istio_requests_total is the duration histogram's count)
+_NEEDED_BY = {"d": (METRICS["REQUEST_COUNT"], METRICS["REQUEST_DURATION"]), "q": (METRICS["REQUEST_SIZE"],),
+              "r": (METRICS["RESPONSE_SIZE"],)}
 CLUSTER_ID = "vmesh"  # Istio's source_cluster / destination_cluster: one mesh, one cluster
 
 
-def http_stats(*, inbound: bool) -> dict[str, Any]:
-    """The access logger of one HTTP connection manager: on the server's side (inbound) or the client's."""
+def http_stats(*, inbound: bool, side: Side = Side()) -> dict[str, Any] | None:
+    """The stats logger of one HTTP connection manager, on the server's side (inbound) or the client's: the
+    histograms that the metrics this side writes need (None: none)."""
+    if not side.metrics:
+        return None
     key = KEY_DESTINATION if inbound else KEY_SOURCE
+    wanted = [name for name, value in HISTOGRAMS.items() if not set(_NEEDED_BY[name]) <= side.disabled]
+    if not wanted:
+        return None
     return {"name": "envoy.access_loggers.stats", "typed_config": {
         "@type": STATS_LOGGER, "stat_prefix": "istio",
-        "histograms": [{"stat": {"name": name, "tags": [{"name": "k", "value_format": key}]}, "value_format": value}
-                       for name, value in HISTOGRAMS.items()]}}
+        "histograms": [{"stat": {"name": name, "tags": [{"name": "k", "value_format": key}]},
+                        "value_format": HISTOGRAMS[name]} for name in wanted]}}
+
+
+def access_log(log: FileLog) -> dict[str, Any]:
+    """One envoyFileAccessLog provider as an Envoy access logger: stdout and stderr go to the proxy's journal."""
+    if log.json is not None:
+        fmt: dict[str, Any] = {"json_format": dict(log.json)}
+    else:
+        fmt = {"text_format_source": {"inline_string": log.text}}
+    if log.omit_empty:
+        fmt["omit_empty_values"] = True
+    if log.path in STREAM_LOGGERS:
+        name, kind = STREAM_LOGGERS[log.path]
+        return {"name": name, "typed_config": {"@type": kind, "log_format": fmt}}
+    return {"name": "envoy.access_loggers.file", "typed_config": {"@type": FILE_LOGGER, "path": log.path,
+                                                                  "log_format": fmt}}
+
+
+def tracer_clusters(side: Side) -> list[tuple[str, int]]:
+    """(FQDN, port) of the collector this side sends spans to, if any."""
+    return [(side.tracer.service, side.tracer.port)] if side.tracer and side.report_spans else []
+
+
+def _provider(tracer: Tracer, workload: Workload) -> dict[str, Any]:
+    cluster = outbound_name(tracer.port, None, tracer.service)
+    timeout = f"{tracer.timeout_ns / 1e9:g}s" if tracer.timeout_ns else "5s"
+    if tracer.kind == "zipkin":
+        config: dict[str, Any] = {
+            "@type": ZIPKIN, "collector_endpoint_version": "HTTP_JSON", "shared_span_context": False,
+            "collector_service": {"http_uri": {"uri": f"http://{tracer.service}:{tracer.port}{tracer.path}",
+                                               "cluster": cluster, "timeout": timeout}}}
+        if tracer.trace_id_128bit:
+            config["trace_id_128bit"] = True
+        if tracer.context_option != "USE_B3":
+            config["trace_context_option"] = tracer.context_option
+        return {"name": "envoy.tracers.zipkin", "typed_config": config}
+    config = {"@type": OPENTELEMETRY, "service_name": service_name(workload)}
+    if tracer.grpc:
+        config["grpc_service"] = {"envoy_grpc": {"cluster_name": cluster, "authority": tracer.service},
+                                  "timeout": timeout}
+    else:
+        config["http_service"] = {"http_uri": {"uri": f"http://{tracer.service}:{tracer.port}{tracer.path}",
+                                               "cluster": cluster, "timeout": timeout}}
+    return {"name": "envoy.tracers.opentelemetry", "typed_config": config}
+
+
+def service_name(workload: Workload) -> str:
+    """The proxy's cluster and tracing service name, as Istio's: app.namespace (the app label, else the service,
+    else the host's name)."""
+    app = workload.labels.get("app") or workload.labels.get("app.kubernetes.io/name") or workload.service
+    return f"{app or workload.host}.{workload.namespace}"
+
+
+def tracing(side: Side, workload: Workload, registry: Registry, operation: str) -> dict[str, Any] | None:
+    """The connection manager's tracing: the provider, Istio's random sampling and tags; ``operation`` names the
+    spans as Istio does (host:port/*). None when this side has no tracer."""
+    if side.tracer is None:
+        return None
+    labels = workload.labels
+    tags = [("istio.canonical_service", "literal", labels.get("service.istio.io/canonical-name")
+             or labels.get("app") or workload.service or "unknown", ""),
+            ("istio.canonical_revision", "literal", labels.get("service.istio.io/canonical-revision")
+             or labels.get("version") or "latest", ""),
+            ("istio.mesh_id", "literal", registry.trust_domain, ""),
+            ("istio.namespace", "literal", workload.namespace, ""),
+            ("istio.cluster_id", "literal", CLUSTER_ID, "")]
+    custom = {t[0]: t for t in tags + list(side.custom_tags)}
+    config: dict[str, Any] = {"random_sampling": {"value": side.sampling}, "operation": operation,
+                              "custom_tags": [_custom_tag(*t) for t in custom.values()]}
+    if side.tracer.max_tag_length:
+        config["max_path_tag_length"] = side.tracer.max_tag_length
+    if side.report_spans:
+        config["provider"] = _provider(side.tracer, workload)
+    return config
+
+
+def _custom_tag(tag: str, kind: str, value: str, default: str) -> dict[str, Any]:
+    if kind == "literal":
+        return {"tag": tag, "literal": {"value": value}}
+    key = "request_header" if kind == "header" else "environment"
+    inner = {"name": value, **({"default_value": default} if default else {})}
+    return {"tag": tag, key: inner}
 
 
 @functools.cache
@@ -93,4 +193,18 @@ def peers(mesh: Mesh, workload: Workload, services: list[str], callers: list[Wor
             seen.setdefault(w.address, w)
     service = registry.fqdn(workload.service, workload.namespace) if workload.service else None
     me = _entry("self", workload, registry) + [_word(service), _word(registry.trust_domain), CLUSTER_ID]
-    return {"peers": [" ".join(me)] + [" ".join(_entry(a, w, registry)) for a, w in sorted(seen.items())]}
+    out = {"peers": [" ".join(me)] + [" ".join(_entry(a, w, registry)) for a, w in sorted(seen.items())]}
+    rules = [rule for reporter, side in (("s", "client"), ("d", "server"))
+             for rule in _rules(reporter, mesh.telemetry(workload, side))]
+    if rules:
+        out["metrics"] = rules
+    return out
+
+
+def _rules(reporter: str, side: Side) -> list[str]:
+    """The Telemetry kind's metrics overrides of one side, as istio_metrics.lua reads them (see there)."""
+    rules = [f"! {reporter} off {name}" for name in sorted(side.disabled)]
+    for tag in side.tags:
+        rules.append(f"! {reporter} drop {tag.metric} {tag.tag}" if tag.value is None else
+                     f"! {reporter} set {tag.metric} {tag.tag} {_word(tag.value, '')}")
+    return rules

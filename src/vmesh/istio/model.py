@@ -10,6 +10,7 @@ from vmesh.documents import Document, show
 from vmesh.errors import MeshError, MeshErrors
 from vmesh.istio import destinationrule, envoyfilter, gateway as gateway_mod, serviceentry
 from vmesh.istio import authorizationpolicy, peerauthentication, sidecar as sidecar_mod, virtualservice
+from vmesh.istio import meshconfig, telemetry as telemetry_mod
 from vmesh.istio.destinationrule import DestinationRule
 from vmesh.istio.fields import Node
 from vmesh.istio.gateway import Gateway
@@ -17,7 +18,7 @@ from vmesh.istio.virtualservice import VirtualService
 from vmesh.registry import Registry
 
 SUPPORTED_KINDS = {"VirtualService", "DestinationRule", "Sidecar", "EnvoyFilter", "Gateway", "ServiceEntry",
-                   "PeerAuthentication", "AuthorizationPolicy"}
+                   "PeerAuthentication", "AuthorizationPolicy", "Telemetry"}
 
 
 class _BySelector:
@@ -56,6 +57,9 @@ class Mesh:
     service_entries: list[serviceentry.ServiceEntry] = dataclasses.field(default_factory=list)
     peer_authentications: list[peerauthentication.PeerAuthentication] = dataclasses.field(default_factory=list)
     authorization_policies: list[authorizationpolicy.AuthorizationPolicy] = dataclasses.field(default_factory=list)
+    telemetries: list[telemetry_mod.Telemetry] = dataclasses.field(default_factory=list)
+    mesh_config: meshconfig.MeshConfig = dataclasses.field(
+        default_factory=lambda: meshconfig.MeshConfig(dict(meshconfig.BUILT_IN)))
     # Answers that depend only on a workload's namespace and labels (or a Sidecar), kept once asked: thousands of
     # hosts share a few hundred label sets. The model is not changed after it is built.
     _memo: dict[tuple, object] = dataclasses.field(default_factory=dict, repr=False, compare=False)
@@ -81,6 +85,13 @@ class Mesh:
         workload-wide mode, which also holds for ports it does not declare."""
         return self._by_selection("mtls", workload, port, lambda: peerauthentication.mode_for(
             self.peer_authentications, workload.namespace, workload.labels, port))
+
+    def telemetry(self, workload: registry_mod.Workload, side: str) -> telemetry_mod.Side:
+        """What the client (outbound, gateways) or server (inbound) side of a workload's proxy records: access
+        logs, tracing, metrics."""
+        return self._by_selection("telemetry", workload, (side, workload.access_log), lambda: telemetry_mod.resolve(
+            telemetry_mod.chain(self.telemetries, workload.namespace, workload.labels), self.mesh_config, side,
+            access_log=workload.access_log))
 
     def gateways_of(self, host: str) -> list[Gateway]:
         """The Gateways whose selector picks this host: it runs them as an edge proxy."""
@@ -162,6 +173,12 @@ def build(registry: Registry, docs: Iterable[Document]) -> Mesh:
     envoy_filters: list[envoyfilter.EnvoyFilter] = []
     peer_auths: list[peerauthentication.PeerAuthentication] = []
     authz: list[authorizationpolicy.AuthorizationPolicy] = []
+    telemetries: list[telemetry_mod.Telemetry] = []
+    try:
+        mesh_config = meshconfig.parse(registry.mesh_config_settings, registry)
+    except MeshError as exc:
+        errors.append(exc)
+        mesh_config = meshconfig.MeshConfig(dict(meshconfig.BUILT_IN))
     for doc in docs:
         if doc.kind not in SUPPORTED_KINDS:
             errors.append(doc.error("kind", f"{doc.kind} is not supported by vmesh yet (see docs/reference/istio.md, 'Not supported yet')"))
@@ -184,6 +201,8 @@ def build(registry: Registry, docs: Iterable[Document]) -> Mesh:
                 peer_auths.append(peerauthentication.parse(doc))
             elif doc.kind == "AuthorizationPolicy":
                 authz.append(authorizationpolicy.parse(doc))
+            elif doc.kind == "Telemetry":
+                telemetries.append(telemetry_mod.parse(doc))
             else:
                 services.append(virtualservice.parse(doc, registry))
         except MeshError as exc:
@@ -207,6 +226,12 @@ def build(registry: Registry, docs: Iterable[Document]) -> Mesh:
             errors.append(exc)
     try:
         peerauthentication.check(peer_auths, registry.workloads.values())
+    except MeshError as exc:
+        errors.append(exc)
+    try:
+        telemetry_mod.check(telemetries, mesh_config)
+        for workload in registry.workloads.values():
+            telemetry_mod.chain(telemetries, workload.namespace, workload.labels)
     except MeshError as exc:
         errors.append(exc)
     if errors:
@@ -233,7 +258,7 @@ def build(registry: Registry, docs: Iterable[Document]) -> Mesh:
             warnings.append(f"{gw.doc.file}: {gw.doc.ref}: no mesh host has the labels {{{selector}}} yet; "
                             "give the ingress VM these vmesh_labels")
     return Mesh(registry, by_host, rules, warnings, sidecars, registry.outbound_policy, envoy_filters, gateways,
-                on_gateways, entries, peer_auths, authz)
+                on_gateways, entries, peer_auths, authz, telemetries, mesh_config)
 
 
 def _check_gateways(vs: VirtualService, gateways: dict[str, Gateway], on_gateways: list[VirtualService]) -> None:
