@@ -231,3 +231,32 @@ def test_bad_telemetry_is_named(spec, message):
 def test_two_namespace_wide_telemetries_are_refused():
     with pytest.raises(MeshError, match="Telemetry/a in .* is already the namespace default-wide Telemetry"):
         build(telemetry("a", "default", "  tracing: []\n"), telemetry("b", "default", "  tracing: []\n"))
+
+
+def test_tcp_ports_count_connections_and_bytes_and_log_when_the_connection_ends():
+    hosts = {"client": {"vmesh_service_account": "sleep", "ansible_host": "10.0.0.1", "vmesh_access_log": True},
+             "db": {"vmesh_service": "db", "vmesh_ports": [{"port": 5432, "protocol": "tcp"}],
+                    "ansible_host": "10.0.0.2", "vmesh_access_log": True}}
+    no_bytes = telemetry("mesh", "istio-system", "  metrics: [{overrides: [{match: {metric: TCP_SENT_BYTES}, "
+                                                 "disabled: true}]}]\n")
+    mesh = build(no_bytes, hosts=hosts, with_rules=False)
+
+    def tcp_proxies(files, listener):
+        return [f["typed_config"] for item in resources(files, "lds.json") if item["name"] == listener
+                for chain in item["filter_chains"] for f in chain["filters"]
+                if f["name"] == "envoy.filters.network.tcp_proxy" and f["typed_config"]["cluster"] != "BlackHoleCluster"]
+
+    client, db = render_host(mesh, "client").files, render_host(mesh, "db").files
+    for proxy in tcp_proxies(client, "virtualOutbound") + tcp_proxies(db, "virtualInbound"):
+        logs = {(log["name"], tuple(log["filter"]["log_type_filter"]["types"])): log for log in proxy["access_log"]}
+        assert set(logs) == {("envoy.access_loggers.stdout", ("TcpConnectionEnd",)),
+                             ("envoy.access_loggers.stats", ("TcpUpstreamConnected",)),
+                             ("envoy.access_loggers.stats", ("TcpConnectionEnd",))}
+        opened = logs[("envoy.access_loggers.stats", ("TcpUpstreamConnected",))]["typed_config"]["counters"]
+        ended = logs[("envoy.access_loggers.stats", ("TcpConnectionEnd",))]["typed_config"]["counters"]
+        assert [c["stat"]["name"] for c in opened] == ["o"]
+        assert [c["stat"]["name"] for c in ended] == ["c", "x"]  # sent bytes are off
+        assert proxy["access_log_options"] == {"flush_access_log_on_connected": True}
+    for files in (client, db):
+        ok, message = envoy.validate(envoy.static_bundle(files), stub_missing=True)
+        assert ok, message

@@ -12,8 +12,11 @@ local PEERS = "@PEERS@"
 local SEP = ";"
 
 local FAMILIES = {d = "istio_request_duration_milliseconds", q = "istio_request_bytes", r = "istio_response_bytes"}
+local COUNTERS = {o = "istio_tcp_connections_opened_total", c = "istio_tcp_connections_closed_total",
+                  s = "istio_tcp_sent_bytes_total", x = "istio_tcp_received_bytes_total"}
 local ORDER = {"istio_requests_total", "istio_request_duration_milliseconds", "istio_request_bytes",
-               "istio_response_bytes"}
+               "istio_response_bytes", "istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total",
+               "istio_tcp_sent_bytes_total", "istio_tcp_received_bytes_total"}
 
 local function split(text, sep)
   local out = {}
@@ -109,7 +112,7 @@ end
 
 -- The reporter ("s" or "d") and Istio labels ({name, value} in order) of one packed key, or nil when the key is
 -- not one of ours.
-local function labels_of(key, peers, me)
+local function labels_of(key, peers, me, tcp)
   local f = split(key, SEP)
   if #f ~= 6 or (f[1] ~= "s" and f[1] ~= "d") then
     return nil
@@ -147,6 +150,11 @@ local function labels_of(key, peers, me)
     put(labels, "destination_service_name", fqdn:match("^([^.]+)") or fqdn)
     put(labels, "destination_service_namespace", mine.namespace)
     put(labels, "connection_security_policy", principal and "mutual_tls" or "none")
+  end
+  if tcp then  -- Istio's TCP metrics: no response code, no gRPC status
+    put(labels, "request_protocol", "tcp")
+    put(labels, "response_flags", flags)
+    return f[1], labels
   end
   local protocol = (grpc ~= "" and grpc ~= "-") and "grpc" or "http"
   put(labels, "request_protocol", protocol)
@@ -211,15 +219,30 @@ local function convert(text)
       fam.index[id] = #fam.lines
     end
   end
+  local function parse(key, tcp)
+    local id = tcp and key .. "\t" or key
+    local parsed = keys[id]
+    if parsed == nil then
+      local reporter, labels = labels_of(key, peers, me, tcp)
+      parsed = reporter and {reporter, labels} or false
+      keys[id] = parsed
+    end
+    return parsed
+  end
   for line in text:gmatch("[^\n]+") do
     local short, suffix, key, rest, value = line:match('^envoy_istio_(%a)_(%a+){k="([^"]*)"(.-)} (%S+)$')
-    if short and FAMILIES[short] then
-      local parsed = keys[key]
-      if parsed == nil then
-        local reporter, labels = labels_of(key, peers, me)
-        parsed = reporter and {reporter, labels} or false
-        keys[key] = parsed
+    local counter, ckey, cvalue = line:match('^envoy_istio_(%a){k="([^"]*)"} (%S+)$')
+    if counter and COUNTERS[counter] then
+      local parsed, number = parse(ckey, true), tonumber(cvalue)
+      if parsed and number then
+        local family = COUNTERS[counter]
+        local labels = render(parsed[1], parsed[2], family, rules)
+        if labels then
+          add(family, "counter", family, labels, number)
+        end
       end
+    elseif short and FAMILIES[short] then
+      local parsed = parse(key, false)
       local number = tonumber(value)
       if parsed and number then
         local function labels_for(family)

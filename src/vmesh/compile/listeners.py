@@ -110,17 +110,20 @@ def _service_chains(mesh: Mesh, service: Service, port: Port, workload: Workload
                         trace=(mesh.registry, f"{service.fqdn}:{port.number}/*"))]
         return [{"name": name, "filters": filters, "filter_chain_match": match}]
     chains = []
+    side = mesh.telemetry(workload, "client")
     if port.protocol == "tls":
         vs = mesh.virtual_services.get(service.fqdn)
         for names, target in routes.sni_routes(mesh, vs, port, workload):
             chains.append({"name": f"{name}~{names[0]}", "filter_chain_match": {**match, "server_names": names},
-                           "filters": [routes.tcp_filter(stat_prefix, target)]})
+                           "filters": [telemetry.tcp_telemetry(routes.tcp_filter(stat_prefix, target), inbound=False,
+                                                           side=side)]})
         if service.vip == "" and not service.entry.addresses:  # no address to tell it by: only its name
             match = {**match, "server_names": [service.fqdn]}
         if chains or "server_names" in match:
             sni_ports.add(port.number)
     chains.append({"name": name, "filter_chain_match": match,
-                   "filters": [routes.tcp_proxy_for(mesh, service, port, workload, stat_prefix)]})
+                   "filters": [telemetry.tcp_telemetry(routes.tcp_proxy_for(mesh, service, port, workload, stat_prefix),
+                                                   inbound=False, side=side)]})
     return chains
 
 
@@ -196,7 +199,8 @@ def _inbound_filters(mesh: Mesh, workload: Workload, port: Port, stat_prefix: st
     name = inbound_name(port.number)
     authorization = copy.deepcopy(authorization)  # each chain owns its filters (EnvoyFilter patches edit them)
     if not port.is_http:
-        return authorization + [tcp_proxy(stat_prefix, name)]
+        return authorization + [telemetry.tcp_telemetry(tcp_proxy(stat_prefix, name), inbound=True,
+                                                    side=mesh.telemetry(workload, "server"))]
     hcm = _hcm(stat_prefix, name, workload, inbound=True, side=mesh.telemetry(workload, "server"),
                trace=(mesh.registry, f"{tracing_service(mesh.registry, workload)}:{port.number}/*"))
     filters = hcm["typed_config"]["http_filters"]

@@ -46,6 +46,11 @@ KEY_DESTINATION = SEP.join(["d", "%RESPONSE_CODE%", "%RESPONSE_FLAGS%", "%GRPC_S
                             "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", "%DOWNSTREAM_PEER_URI_SAN%"])
 # histogram -> the value it records (names kept short: every HTTP filter chain carries them)
 HISTOGRAMS = {"d": "%DURATION%", "q": "%DOWNSTREAM_WIRE_BYTES_RECEIVED%", "r": "%DOWNSTREAM_WIRE_BYTES_SENT%"}
+# TCP: counters recorded when the upstream connection is made (o) and when the connection ends (the rest)
+TCP_OPENED = {"o": ("value_fixed", 1)}
+TCP_ENDED = {"c": ("value_fixed", 1), "s": ("value_format", "%BYTES_SENT%"), "x": ("value_format", "%BYTES_RECEIVED%")}
+_TCP_METRIC = {"o": METRICS["TCP_OPENED_CONNECTIONS"], "c": METRICS["TCP_CLOSED_CONNECTIONS"],
+               "s": METRICS["TCP_SENT_BYTES"], "x": METRICS["TCP_RECEIVED_BYTES"]}
 # histogram -> the Istio metrics written from it (istio_requests_total is the duration histogram's count)
 _NEEDED_BY = {"d": (METRICS["REQUEST_COUNT"], METRICS["REQUEST_DURATION"]), "q": (METRICS["REQUEST_SIZE"],),
               "r": (METRICS["RESPONSE_SIZE"],)}
@@ -65,6 +70,31 @@ def http_stats(*, inbound: bool, side: Side = Side()) -> dict[str, Any] | None:
         "@type": STATS_LOGGER, "stat_prefix": "istio",
         "histograms": [{"stat": {"name": name, "tags": [{"name": "k", "value_format": key}]},
                         "value_format": HISTOGRAMS[name]} for name in wanted]}}
+
+
+def tcp_telemetry(tcp_proxy: dict[str, Any], *, inbound: bool, side: Side = Side()) -> dict[str, Any]:
+    """``tcp_proxy`` (a TCP proxy filter) with this side's access logs (a line when the connection ends) and
+    Istio's TCP metrics, recorded by stats loggers: connections opened (once the upstream connection is made),
+    closed, and the bytes each way (when the connection ends)."""
+    ended = {"log_type_filter": {"types": ["TcpConnectionEnd"]}}
+    logs = [{**access_log(log), "filter": ended} for log in side.logs]
+    key = KEY_DESTINATION if inbound else KEY_SOURCE
+    groups = (("TcpUpstreamConnected", TCP_OPENED), ("TcpConnectionEnd", TCP_ENDED)) if side.metrics else ()
+    for log_type, counters in groups:
+        wanted = {name: value for name, value in counters.items() if _TCP_METRIC[name] not in side.disabled}
+        if wanted:
+            logs.append({"name": "envoy.access_loggers.stats", "filter": {"log_type_filter": {"types": [log_type]}},
+                         "typed_config": {"@type": STATS_LOGGER, "stat_prefix": "istio", "counters": [
+                             {"stat": {"name": name, "tags": [{"name": "k", "value_format": key}]}, field: value}
+                             for name, (field, value) in wanted.items()]}})
+    if not logs:
+        return tcp_proxy
+    config = tcp_proxy["typed_config"]
+    config["access_log"] = config.get("access_log", []) + logs
+    if any(log["filter"]["log_type_filter"]["types"] == ["TcpUpstreamConnected"] for log in logs):
+        # without it the TCP proxy logs only when the connection ends
+        config["access_log_options"] = {"flush_access_log_on_connected": True}
+    return tcp_proxy
 
 
 def access_log(log: FileLog) -> dict[str, Any]:
