@@ -325,6 +325,11 @@ class NetMesh:
     def address(self, host: str) -> str:
         return self._host(host).address
 
+    @property
+    def registry(self) -> Any:
+        """The registry the mesh was last compiled with (vmesh.registry.Registry)."""
+        return self._registry
+
     def namespace(self, host: str) -> str:
         return self._host(host).namespace
 
