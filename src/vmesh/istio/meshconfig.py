@@ -17,6 +17,7 @@ import re
 from typing import Any
 
 from vmesh.documents import Document, show
+from vmesh.errors import MeshError
 from vmesh.istio.fields import Node, duration_ns
 from vmesh.registry import Registry
 
@@ -122,8 +123,7 @@ def _doc() -> Document:
 class _VariableNode(Node):
     """Errors name the variable (``inventory: vmesh_mesh_config.extensionProviders[0].zipkin.port: ...``)."""
 
-    def error(self, message: str):
-        from vmesh.errors import MeshError
+    def error(self, message: str) -> MeshError:
         return MeshError(message, file="inventory", field=f"{VARIABLE}.{self.path}" if self.path else VARIABLE)
 
     def get(self, key: str) -> Node:
@@ -137,7 +137,8 @@ class _VariableNode(Node):
         return ((k, _VariableNode(n.doc, n.path, n.value)) for k, n in super().entries())
 
 
-def _percent(node: Node, default: float | None) -> float | None:
+def percent(node: Node, default: float | None = None) -> float | None:
+    """A percentage 0-100 (an integer or a number with decimals); ``default`` when absent."""
     if node.value is None:
         return default
     if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
@@ -285,4 +286,4 @@ def parse(value: Any, registry: Registry) -> MeshConfig:
     tracing = top.get("defaultConfig").mapping(("tracing",)).get("tracing").mapping(("sampling",))
     return MeshConfig(providers, chosen["tracing"], chosen["metrics"], chosen["accessLogging"],
                       top.get("enableTracing").boolean(default=True),
-                      _percent(tracing.get("sampling"), DEFAULT_SAMPLING))
+                      percent(tracing.get("sampling"), DEFAULT_SAMPLING))

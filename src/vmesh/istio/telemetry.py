@@ -22,7 +22,7 @@ from typing import Iterable
 from vmesh.documents import Document, show
 from vmesh.errors import MeshError
 from vmesh.istio.fields import Node, root
-from vmesh.istio.meshconfig import FileLog, MeshConfig, Prometheus, Tracer
+from vmesh.istio.meshconfig import FileLog, MeshConfig, Prometheus, Tracer, percent
 from vmesh.istio.sidecar import ROOT_NAMESPACE
 
 MODES = ("CLIENT_AND_SERVER", "CLIENT", "SERVER")
@@ -126,14 +126,6 @@ def _providers(node: Node) -> tuple[tuple[Node, str], ...]:
     return tuple(out)
 
 
-def _percent(node: Node) -> float | None:
-    if node.value is None:
-        return None
-    if isinstance(node.value, bool) or not isinstance(node.value, (int, float)) or not 0 <= node.value <= 100:
-        raise node.error(f"expected a percentage 0-100, got {show(node.value)}")
-    return float(node.value)
-
-
 def _custom_tags(node: Node) -> tuple[tuple[str, str, str, str], ...] | None:
     if not node.present:
         return None
@@ -206,7 +198,7 @@ def parse(doc: Document) -> Telemetry:
             raise fields.get("providers").error("Istio supports one tracing provider per proxy; name one")
         reporting = fields.get("disableSpanReporting")
         tracing.append(_Tracing(_mode(fields.get("match")), providers[0] if providers else None,
-                                _percent(fields.get("randomSamplingPercentage")),
+                                percent(fields.get("randomSamplingPercentage")),
                                 reporting.boolean() if reporting.present else None,
                                 _custom_tags(fields.get("customTags"))))
     metrics = []
