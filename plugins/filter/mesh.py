@@ -8,10 +8,10 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 
 try:
-    from vmesh import inputs, registry, rollout
+    from vmesh import inputs, monitoring, registry, rollout
     from vmesh.errors import MeshError
 except ImportError as exc:  # pragma: no cover - install problem, reported when the filter is used
-    inputs = registry = rollout = None
+    inputs = monitoring = registry = rollout = None
     IMPORT_ERROR = exc
 else:
     IMPORT_ERROR = None
@@ -60,7 +60,23 @@ def rollout_report(state):
     return rollout.summary(state)
 
 
+def prometheus_files(hostvars, hosts, config_dir="/etc/prometheus", scrape_interval="15s",
+                     evaluation_interval="15s"):
+    _installed("vmesh.mesh.prometheus_files")
+    try:
+        variables = inputs.mesh_variables(hostvars, hosts)
+        mesh_registry = registry.build(variables)
+    except MeshError as exc:
+        raise AnsibleFilterError(f"vmesh.mesh.prometheus_files: {exc}") from exc
+    addresses = {host: str(v.get("vmesh_address") or v.get("ansible_host") or host) for host, v in variables.items()}
+    targets, rules = f"{config_dir}/vmesh-targets.json", f"{config_dir}/vmesh-rules.yml"
+    return {"vmesh-targets.json": monitoring.dumps(monitoring.targets(mesh_registry, addresses)),
+            "vmesh-rules.yml": monitoring.dumps(monitoring.RULES),
+            "prometheus.yml": monitoring.dumps(monitoring.config(targets, rules, scrape_interval=str(scrape_interval),
+                                                                 evaluation_interval=str(evaluation_interval)))}
+
+
 class FilterModule:
     def filters(self):
-        return {"rollout_plan": rollout_plan,
-                "rollout_step": rollout_step, "rollout_report": rollout_report}
+        return {"rollout_plan": rollout_plan, "rollout_step": rollout_step, "rollout_report": rollout_report,
+                "prometheus_files": prometheus_files}

@@ -2,7 +2,7 @@
 recording rules Istio's docs give, as the monitoring role writes them and the tests run them.
 
 - ``targets``: Prometheus file_sd JSON, one group per mesh host: ``ADDRESS:15090`` with the labels ``instance``
-  (the inventory host), ``vmesh_namespace`` and ``vmesh_service``. Rewritten on every site.yml, read by
+  and ``mesh_host`` (the inventory host), ``mesh_namespace`` and ``mesh_service``. Rewritten on every site.yml, read by
   Prometheus without a restart.
 - ``config``: prometheus.yml scraping ``/stats/prometheus`` of those targets and Prometheus itself.
 - ``RULES``: Istio's recording rules for aggregation (``workload:istio_*``: the proxies' series without the
@@ -20,7 +20,7 @@ STATS_PORT = 15090
 STATS_PATH = "/stats/prometheus"
 JOB = "vmesh-proxies"
 # Istio's recording rules (istio.io, "Observability best practices"), with the target labels vmesh adds
-_PER_INSTANCE = "instance, vmesh_host"
+_PER_INSTANCE = "instance, mesh_host"
 RULES = {"groups": [{"name": "istio.workload.rules", "interval": "10s", "rules": [
     {"record": f"workload:{name}", "expr": f"sum without({_PER_INSTANCE}) ({name})"}
     for name in ("istio_requests_total", "istio_request_duration_milliseconds_count",
@@ -40,8 +40,8 @@ def targets(registry: Registry, addresses: dict[str, str] | None = None) -> list
         if not address:
             continue
         groups.append({"targets": [f"{address}:{STATS_PORT}"],
-                       "labels": {"instance": host, "vmesh_host": host, "vmesh_namespace": workload.namespace,
-                                  "vmesh_service": workload.service or ""}})
+                       "labels": {"instance": host, "mesh_host": host, "mesh_namespace": workload.namespace,
+                                  "mesh_service": workload.service or ""}})
     return groups
 
 

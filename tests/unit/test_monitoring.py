@@ -27,8 +27,8 @@ def test_every_mesh_host_is_a_target_at_its_inventory_address():
     assert by_host["client"]["targets"] == ["client.example.test:15090"]
     reviews = by_host["reviews-v2"]
     assert reviews["targets"] == [f"{mesh_registry.workloads['reviews-v2'].address}:15090"]
-    assert reviews["labels"] == {"instance": "reviews-v2", "vmesh_host": "reviews-v2", "vmesh_namespace": "default",
-                                 "vmesh_service": "reviews"}
+    assert reviews["labels"] == {"instance": "reviews-v2", "mesh_host": "reviews-v2", "mesh_namespace": "default",
+                                 "mesh_service": "reviews"}
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="needs Debian's prometheus (make setup)")
