@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from vmesh import artifact, envoy, inputs, load, rollout
 from vmesh.istio.model import Mesh
@@ -101,6 +102,45 @@ def cmd_rollout_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_graph(args: argparse.Namespace) -> int:
+    from vmesh import graph
+
+    if args.serve is None and args.out is None:
+        raise MeshError("give --out FILE (.html, .svg or .png) or --serve PORT")
+    if args.out is not None:
+        mesh_graph = graph.fetch(args.prometheus, args.window, args.namespace)
+        graph.write(mesh_graph, Path(args.out), args.prometheus)
+        print(f"wrote {args.out}: {len(mesh_graph.nodes)} workloads, {len(mesh_graph.edges)} edges over the last "
+              f"{args.window}")
+    if args.serve is not None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Page(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                try:
+                    body = graph.page(graph.fetch(args.prometheus, args.window, args.namespace), args.prometheus,
+                                      refresh=args.refresh).encode()
+                    self.send_response(200 if self.path in ("/", "/index.html") else 404)
+                except MeshError as exc:
+                    body = f"<p>{exc}</p>".encode()
+                    self.send_response(502)
+                self.send_header("content-type", "text/html; charset=utf-8")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer((args.bind, args.serve), Page)
+        print(f"serving the graph on http://{args.bind}:{server.server_port}/ (every {args.refresh} s); Ctrl-C stops")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="vmesh", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
@@ -134,6 +174,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("before", metavar="DIR1")
     p.add_argument("after", metavar="DIR2")
     p.set_defaults(func=cmd_diff)
+    p = sub.add_parser("graph", help="draw the mesh from Prometheus, as Kiali does: workloads by service and "
+                                     "version, request rate, errors, p99, mTLS, each version's share")
+    p.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus, e.g. http://10.213.0.20:9090")
+    p.add_argument("--window", default="5m", help="the time window, a Prometheus duration (default 5m)")
+    p.add_argument("--namespace", help="only what reached workloads of this namespace")
+    p.add_argument("--out", metavar="FILE", help="write the graph: FILE.html (a page), .svg, or .png (needs Chromium)")
+    p.add_argument("--serve", type=int, metavar="PORT", help="serve the page live on PORT (0: any free port)")
+    p.add_argument("--bind", default="127.0.0.1", help="the address --serve listens on (default 127.0.0.1)")
+    p.add_argument("--refresh", type=int, default=10, metavar="SECONDS", help="the served page reloads this often")
+    p.set_defaults(func=cmd_graph)
     sub.add_parser("lab", help="local test VMs (podman): vmesh lab --help", add_help=False)
     rollouts = sub.add_parser("rollout", help="canary rollouts: the report and the plot of a saved state")
     verbs = rollouts.add_subparsers(dest="verb", required=True)
