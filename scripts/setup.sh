@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(podman runc debootstrap openssh-client iptables iproute2 uidmap slirp4netns netavark aardvark-dns
-              python3-venv util-linux hey wrk nginx-light make git curl openssl prometheus)
+              python3-venv util-linux hey wrk nginx-light make git curl openssl prometheus chromium)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
