@@ -181,6 +181,41 @@ def _bare(host: str, files: dict[str, Any]) -> None:
 VARIANTS["bare"] = ("every item above at once", "", _bare)
 
 
+# --- what the metrics cost: each keeps the stats logger but changes one thing (not part of "bare") -------------
+
+def _stats_loggers(files: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for hcm in _hcms(files):
+        for log in hcm.get("access_log", []):
+            if log["name"] == "envoy.access_loggers.stats":
+                yield log["typed_config"]
+
+
+def metrics_one_histogram(host: str, files: dict[str, Any]) -> None:
+    for config in _stats_loggers(files):
+        config["histograms"] = config["histograms"][:1]
+
+
+def metrics_fixed_tag(host: str, files: dict[str, Any]) -> None:
+    for config in _stats_loggers(files):
+        for histogram in config["histograms"]:
+            histogram["stat"]["tags"] = [{"name": "k", "value_format": "fixed"}]
+
+
+def metrics_no_tags(host: str, files: dict[str, Any]) -> None:
+    for config in _stats_loggers(files):
+        for histogram in config["histograms"]:
+            histogram["stat"].pop("tags", None)
+
+
+VARIANTS.update({
+    "metrics-one-histogram": ("the metrics with the duration histogram only (as with REQUEST_SIZE and "
+                              "RESPONSE_SIZE disabled)", "telemetry.http_stats", metrics_one_histogram),
+    "metrics-fixed-tag": ("the three histograms with a constant tag instead of the per-request key",
+                          "telemetry.KEY_SOURCE / KEY_DESTINATION", metrics_fixed_tag),
+    "metrics-no-tags": ("the three histograms without tags", "telemetry.http_stats", metrics_no_tags),
+})
+
+
 # --- running -------------------------------------------------------------------------------------------------------
 
 def mesh_name(config: str) -> str:
