@@ -1,5 +1,6 @@
 """The compiler's layers point down: each module imports on its own, in a fresh interpreter, and imports nothing
-from a layer above it (cli -> artifact -> compile -> load -> rollout -> istio -> registry/documents -> names/errors)."""
+from a layer above it (cli -> artifact, monitoring, graph -> compile -> load -> rollout -> istio ->
+registry/documents -> names/errors)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ LAYERS = [
     (3, ("vmesh.rollout",)),
     (4, ("vmesh.load",)),
     (5, ("vmesh.compile",)),
-    (6, ("vmesh.plot", "vmesh.lab", "vmesh.artifact")),
+    (6, ("vmesh.plot", "vmesh.lab", "vmesh.artifact", "vmesh.monitoring", "vmesh.graph")),
     (7, ("vmesh.cli",)),
 ]
 
