@@ -37,14 +37,15 @@ demo-down: setup
 
 ## All tests: lint, compiler and CLI (pytest), modules and data path in network namespaces, molecule on test VMs.
 test: image lint
-	pytest -q -p no:cacheprovider tests
+	pytest -q -p no:cacheprovider -n 2 -m "not netns and not vm" tests
+	pytest -q -p no:cacheprovider -m "netns or vm" tests
 	cd $(CURDIR) && molecule test --all
 
 lint: setup
 	ansible-lint
 
 test-unit: setup
-	pytest -q -m "not netns and not vm" tests
+	pytest -q -n 2 -m "not netns and not vm" tests
 
 ## Benchmarks that need no VMs: they print figures and ratios measured in one run, never a pass or a fail.
 bench: setup
