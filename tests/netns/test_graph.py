@@ -7,26 +7,23 @@ A module of its own: one Bookinfo mesh in namespaces (see test_traffic_bookinfo_
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
-import yaml
 
-from harness import DATA, ROOT
+from harness import DATA, ROOT, prometheus
 from harness.mesh import bookinfo_hosts
 from harness.netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
-from vmesh import graph, monitoring
+from harness.prometheus import prometheus_dir, requires_prometheus  # noqa: F401
+from vmesh import graph
 
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-pytestmark = [pytest.mark.netns, requires_netns,
-              pytest.mark.skipif(not os.path.exists(PROMETHEUS), reason="needs Debian's prometheus (make setup)")]
+pytestmark = [pytest.mark.netns, requires_netns, requires_prometheus]
 ARTIFACTS = ROOT / ".cache" / "test-artifacts"
 RULES = ("mesh/destination-rule-all.yaml", (DATA / "bookinfo" / "destination-rule-all.yaml").read_text())
 SPLIT = ("mesh/reviews.yaml", """apiVersion: networking.istio.io/v1
@@ -43,31 +40,13 @@ PAGES = 60
 
 
 @pytest.fixture(scope="module")
-def prometheus_dir():
-    folder = Path(tempfile.mkdtemp(prefix="vmesh-netns-graph-"))
-    os.chmod(folder, 0o755)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
 def mesh(netmesh_module, prometheus_dir):
     hosts = bookinfo_hosts()
     hosts["prometheus"] = {"netmesh_outside": True}
     mesh = netmesh_module(hosts, [RULES, SPLIT])
     for host in bookinfo_hosts():
         mesh.start_bookinfo(host)
-    targets, rules, config = (prometheus_dir / name for name in ("targets.json", "rules.yml", "prometheus.yml"))
-    targets.write_text(monitoring.dumps(monitoring.targets(mesh.registry)))
-    rules.write_text(yaml.safe_dump(monitoring.RULES))
-    config.write_text(monitoring.dumps(monitoring.config(str(targets), str(rules), scrape_interval="1s",
-                                                         evaluation_interval="1s")))
-    data = prometheus_dir / "data"
-    data.mkdir()
-    os.chown(data, 1000, 1000)
-    mesh.start_app("prometheus", [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={data}",
-                                  "--web.listen-address=0.0.0.0:9090"], name="prometheus", wait_port=9090,
-                   timeout=30)
+    prometheus.start(mesh, "prometheus", prometheus_dir)
     return mesh
 
 
@@ -79,7 +58,7 @@ def graph_from(mesh) -> graph.Graph:
     """The graph as `vmesh graph` builds it, its queries sent through the namespace that runs Prometheus."""
     def query(promql: str) -> list[dict]:
         answer = mesh.request("prometheus", f"{prometheus_url(mesh)}/api/v1/query?"
-                              + __import__("urllib.parse").parse.urlencode({"query": promql}))
+                              + urllib.parse.urlencode({"query": promql}))
         assert answer.status == 200, answer
         return answer.json()["data"]["result"]
 

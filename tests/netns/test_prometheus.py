@@ -8,22 +8,16 @@ VirtualService), and ``prometheus``, a machine outside the mesh that runs Promet
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 import urllib.parse
-from pathlib import Path
 
 import pytest
-import yaml
 
+from harness import prometheus
 from harness.netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
-from vmesh import monitoring
+from harness.prometheus import prometheus_dir, requires_prometheus  # noqa: F401
 
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-pytestmark = [pytest.mark.netns, requires_netns,
-              pytest.mark.skipif(not os.path.exists(PROMETHEUS), reason="needs Debian's prometheus (make setup)")]
+pytestmark = [pytest.mark.netns, requires_netns, requires_prometheus]
 
 HOSTS = {
     "client": {"vmesh_service_account": "sleep", "vmesh_labels": {"app": "sleep", "version": "v1"}},
@@ -52,15 +46,6 @@ spec:
     - {destination: {host: echo, subset: v1}, weight: 90}
     - {destination: {host: echo, subset: v2}, weight: 10}
 """)
-APP_UID = 1000
-
-
-@pytest.fixture(scope="module")
-def prometheus_dir():
-    folder = Path(tempfile.mkdtemp(prefix="vmesh-netns-prometheus-"))
-    os.chmod(folder, 0o755)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -68,18 +53,7 @@ def mesh(netmesh_module, prometheus_dir):
     mesh = netmesh_module(HOSTS, [SPLIT])
     mesh.start_echo("echo-v1")
     mesh.start_echo("echo-v2")
-    targets, rules = prometheus_dir / "targets.json", prometheus_dir / "rules.yml"
-    targets.write_text(monitoring.dumps(monitoring.targets(mesh.registry)))
-    rules.write_text(yaml.safe_dump(monitoring.RULES))
-    config = prometheus_dir / "prometheus.yml"
-    config.write_text(monitoring.dumps(monitoring.config(str(targets), str(rules), scrape_interval="1s",
-                                                         evaluation_interval="1s")))
-    data = prometheus_dir / "data"
-    data.mkdir()
-    os.chown(data, APP_UID, APP_UID)
-    mesh.start_app("prometheus", [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={data}",
-                                  "--web.listen-address=0.0.0.0:9090"], name="prometheus", wait_port=9090,
-                   timeout=30)
+    prometheus.start(mesh, "prometheus", prometheus_dir)
     return mesh
 
 
