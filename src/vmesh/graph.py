@@ -390,7 +390,9 @@ def write(graph: Graph, out: Path, source: str) -> None:
         out.write_text(page(graph, source), encoding="utf-8")
     elif suffix == ".svg":
         out.write_text(svg(graph), encoding="utf-8")
-    elif suffix == ".png":
-        screenshot(page(graph, source), out)
+    elif suffix == ".png":  # the whole picture and the table, however wide the mesh
+        _, _, width, height = layout(graph)
+        screenshot(page(graph, source), out, width=max(1000, int(width) + 40),
+                   height=int(height) + 220 + 30 * len(graph.edges))
     else:
         raise MeshError(f"--out: expected a .html, .svg or .png file, got {out.name!r}")
