@@ -37,8 +37,7 @@ demo-down: setup
 
 ## All tests: lint, compiler and CLI (pytest), modules and data path in network namespaces, molecule on test VMs.
 test: image lint
-	pytest -q -p no:cacheprovider -n 2 -m "not netns and not vm" tests
-	pytest -q -p no:cacheprovider -m "netns or vm" tests
+	pytest -q -p no:cacheprovider tests
 	cd $(CURDIR) && molecule test --all
 
 lint: setup
