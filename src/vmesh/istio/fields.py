@@ -19,7 +19,8 @@ _TYPE_NAMES = {dict: "a mapping", list: "a list", str: "a string", int: "an inte
 
 
 class Node:
-    """The value at one path of a document."""
+    """The value at one path of a document. Its children are of its own class (a subclass that says its errors
+    otherwise keeps doing so down the tree)."""
 
     def __init__(self, doc: Document, path: str, value: Any):
         self.doc = doc
@@ -41,7 +42,7 @@ class Node:
 
     def get(self, key: str) -> Node:
         value = self.value.get(key) if isinstance(self.value, dict) else None
-        return Node(self.doc, self.child_path(key), value)
+        return type(self)(self.doc, self.child_path(key), value)
 
     def _expect(self, kind: type) -> Any:
         if kind is int and isinstance(self.value, bool):
@@ -76,7 +77,7 @@ class Node:
         self._expect(list)
         if non_empty and not self.value:
             raise self.error("must not be empty")
-        return [Node(self.doc, self.child_path(i), v) for i, v in enumerate(self.value)]
+        return [type(self)(self.doc, self.child_path(i), v) for i, v in enumerate(self.value)]
 
     def string(self, *, required: bool = False, default: str | None = None) -> str | None:
         if self.value is None:
@@ -129,7 +130,7 @@ class Node:
             return iter(())
         self._expect(dict)
         # YAML gives 8080 as an int key: the child keeps the value, the path says the key as written
-        return ((str(k), Node(self.doc, self.child_path(str(k)), v)) for k, v in self.value.items())
+        return ((str(k), type(self)(self.doc, self.child_path(str(k)), v)) for k, v in self.value.items())
 
 
 def root(doc: Document) -> Node:

@@ -126,16 +126,6 @@ class _VariableNode(Node):
     def error(self, message: str) -> MeshError:
         return MeshError(message, file="inventory", field=f"{VARIABLE}.{self.path}" if self.path else VARIABLE)
 
-    def get(self, key: str) -> Node:
-        value = self.value.get(key) if isinstance(self.value, dict) else None
-        return _VariableNode(self.doc, self.child_path(key), value)
-
-    def items(self, *, required: bool = False, non_empty: bool = False) -> list[Node]:
-        return [_VariableNode(n.doc, n.path, n.value) for n in super().items(required=required, non_empty=non_empty)]
-
-    def entries(self):
-        return ((k, _VariableNode(n.doc, n.path, n.value)) for k, n in super().entries())
-
 
 def percent(node: Node, default: float | None = None) -> float | None:
     """A percentage 0-100 (an integer or a number with decimals); ``default`` when absent."""
