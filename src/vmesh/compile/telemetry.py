@@ -21,6 +21,7 @@ import re
 from importlib import resources
 from typing import Any
 
+from vmesh.istio.fields import envoy_duration
 from vmesh.istio.meshconfig import STDERR, STDOUT, FileLog, Tracer
 from vmesh.istio.model import Mesh
 from vmesh.istio.telemetry import METRICS, Side
@@ -119,7 +120,7 @@ def tracer_clusters(side: Side) -> list[tuple[str, int]]:
 
 def _provider(tracer: Tracer, workload: Workload) -> dict[str, Any]:
     cluster = outbound_name(tracer.port, None, tracer.service)
-    timeout = f"{tracer.timeout_ns / 1e9:g}s" if tracer.timeout_ns else "5s"
+    timeout = envoy_duration(tracer.timeout_ns) if tracer.timeout_ns else "5s"
     if tracer.kind == "zipkin":
         config: dict[str, Any] = {
             "@type": ZIPKIN, "collector_endpoint_version": "HTTP_JSON", "shared_span_context": False,
