@@ -104,13 +104,12 @@ def _service_chains(mesh: Mesh, service: Service, port: Port, workload: Workload
     """The filter chains of one service port: HTTP routes, TCP routes, or TLS routes by SNI."""
     name = outbound_name(port.number, None, service.fqdn)
     stat_prefix = f"outbound_{service.vip}_{port.number}" if service.vip else name
+    side = mesh.telemetry(workload, "client")
     if port.is_http:
-        filters = [_hcm(stat_prefix, routes.outbound_name_for(service, port), workload, inbound=False,
-                        side=mesh.telemetry(workload, "client"),
+        filters = [_hcm(stat_prefix, routes.outbound_name_for(service, port), workload, inbound=False, side=side,
                         trace=(mesh.registry, f"{service.fqdn}:{port.number}/*"))]
         return [{"name": name, "filters": filters, "filter_chain_match": match}]
     chains = []
-    side = mesh.telemetry(workload, "client")
     if port.protocol == "tls":
         vs = mesh.virtual_services.get(service.fqdn)
         for names, target in routes.sni_routes(mesh, vs, port, workload):
