@@ -24,7 +24,7 @@ import tempfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from vmesh.errors import MeshError
 
@@ -183,18 +183,21 @@ def query(prometheus: str, promql: str, timeout: float = 10) -> list[dict]:
     return body["data"]["result"]
 
 
-def fetch(prometheus: str, window: str = "5m", namespace: str | None = None) -> Graph:
-    """The graph of the last ``window`` (a Prometheus duration such as 1m, 5m, 1h), of one namespace or all."""
+def fetch(prometheus: str, window: str = "5m", namespace: str | None = None,
+          ask: Callable[[str], list[dict]] | None = None) -> Graph:
+    """The graph of the last ``window`` (a Prometheus duration such as 1m, 5m, 1h), of one namespace or all.
+    ``ask``: how a query reaches Prometheus (default: an HTTP request to ``prometheus``)."""
     if not window or not window[-1] in "smhdwy" or not window[:-1].isdigit():
         raise MeshError(f"--window: expected a duration such as 1m, 5m or 1h, got {window!r}")
+    ask = ask or (lambda promql: query(prometheus, promql))
     match = ""
     if namespace:
         ns = json.dumps(namespace)
         match = f",destination_workload_namespace={ns}"
     labels = ", ".join(_EDGE_LABELS)
     fields = {"labels": labels, "match": match, "window": window}
-    return build(query(prometheus, REQUESTS.format(**fields)), query(prometheus, UNANSWERED.format(**fields)),
-                 query(prometheus, P99.format(**fields)), query(prometheus, TCP.format(**fields)), window)
+    return build(ask(REQUESTS.format(**fields)), ask(UNANSWERED.format(**fields)), ask(P99.format(**fields)),
+                 ask(TCP.format(**fields)), window)
 
 
 # --- drawing -------------------------------------------------------------------------------------------------------

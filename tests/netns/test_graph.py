@@ -62,9 +62,7 @@ def graph_from(mesh) -> graph.Graph:
         assert answer.status == 200, answer
         return answer.json()["data"]["result"]
 
-    fields = {"labels": ", ".join(graph._EDGE_LABELS), "match": "", "window": "2m"}
-    return graph.build(query(graph.REQUESTS.format(**fields)), query(graph.UNANSWERED.format(**fields)),
-                       query(graph.P99.format(**fields)), query(graph.TCP.format(**fields)), "2m")
+    return graph.fetch(prometheus_url(mesh), "2m", ask=query)
 
 
 def _served(mesh) -> dict[str, int]:
