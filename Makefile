@@ -36,8 +36,11 @@ demo-down: setup
 	vmesh lab down --inventory $(INVENTORY)
 
 ## All tests: lint, compiler and CLI (pytest), modules and data path in network namespaces, molecule on test VMs.
+## The tests that need neither root nor VMs run on two workers; those in namespaces and on VMs one at a time, as they
+## share the machine's network names.
 test: image lint
-	pytest -q -p no:cacheprovider tests
+	pytest -q -p no:cacheprovider -n 2 -m "not netns and not vm" tests
+	pytest -q -p no:cacheprovider -m "netns or vm" tests
 	cd $(CURDIR) && molecule test --all
 
 lint: setup
