@@ -6,7 +6,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR ?= 0
 
-.PHONY: setup image demo demo-traffic demo-canary demo-down test test-unit lint bench clean
+.PHONY: setup image tools prepare demo demo-traffic demo-canary demo-down test test-unit lint bench clean
 
 setup:
 	@scripts/setup.sh
@@ -14,6 +14,14 @@ setup:
 image: setup
 	vmesh lab image
 	vmesh lab image --minimal
+
+## Jaeger, built from its Go module (minutes the first time; kept in ~/.cache/vmesh/tools, as `vmesh tools` does).
+tools: setup
+	vmesh tools build
+
+# The test VM images and the tools at once: one is mostly downloads, the other mostly compiling.
+prepare: setup
+	@$(MAKE) --no-print-directory -j2 image tools
 
 ## The demo: six Bookinfo VMs, an ingress VM and the online CA VM, the mesh (STRICT mTLS) on them, and traffic a person can see. The VMs stay up.
 demo: image
@@ -38,7 +46,7 @@ demo-down: setup
 ## All tests: lint, compiler and CLI (pytest), modules and data path in network namespaces, molecule on test VMs.
 ## The tests that need neither root nor VMs run on two workers; those in namespaces and on VMs one at a time, as they
 ## share the machine's network names.
-test: image lint
+test: prepare lint
 	pytest -q -p no:cacheprovider -n 2 -m "not netns and not vm" tests
 	pytest -q -p no:cacheprovider -m "netns or vm" tests
 	cd $(CURDIR) && molecule test --all

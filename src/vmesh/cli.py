@@ -141,6 +141,26 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tools_build(args: argparse.Namespace) -> int:
+    from vmesh import tools
+
+    for name in args.name or sorted(tools.TOOLS):
+        wanted = tools.tool(name)
+        if not tools.path(name).exists():
+            print(f"building {name} {wanted.version} from {wanted.module} with go (minutes the first time)",
+                  flush=True)
+        found, now = tools.build(name)
+        print(f"{name} {wanted.version}: {found}{' (built)' if now else ''}")
+    return 0
+
+
+def cmd_tools_path(args: argparse.Namespace) -> int:
+    from vmesh import tools
+
+    print(tools.built(args.name))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="vmesh", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
@@ -194,6 +214,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("state", help="a rollout's state, <inventory>/rollouts/<service>.json")
     p.add_argument("--out", required=True, help="the PNG file to write")
     p.set_defaults(func=cmd_rollout_plot)
+    tools = sub.add_parser("tools", help="programs vmesh deploys that come as Go modules (Jaeger): build, locate")
+    verbs = tools.add_subparsers(dest="verb", required=True)
+    p = verbs.add_parser("build", help="build each named tool (default: all) at its pinned version, unless built; "
+                                       "the cache is $VMESH_TOOLS_DIR, else ~/.cache/vmesh/tools")
+    p.add_argument("name", nargs="*")
+    p.set_defaults(func=cmd_tools_build)
+    p = verbs.add_parser("path", help="print where a built tool is (exit 1 when it is not built)")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_tools_path)
     return top
 
 

@@ -23,7 +23,7 @@ MODULES = sorted(
 
 # Lower number, lower layer. A module may import only from its own layer or below.
 LAYERS = [
-    (0, ("vmesh.names", "vmesh.errors", "vmesh.envoy")),
+    (0, ("vmesh.names", "vmesh.errors", "vmesh.envoy", "vmesh.tools")),
     (1, ("vmesh.documents", "vmesh.registry", "vmesh.inputs")),
     (2, ("vmesh.istio",)),
     # A rollout's routing is a transform of the documents, applied before the model is built (vmesh.load).
