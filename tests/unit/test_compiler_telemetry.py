@@ -33,9 +33,12 @@ def test_every_mesh_connection_manager_records_istio_metrics_and_the_stats_liste
         {telemetry.KEY_DESTINATION}
     assert [h["value_format"] for h in inbound[0]["histograms"]] == [
         "%DURATION%", "%DOWNSTREAM_WIRE_BYTES_RECEIVED%", "%DOWNSTREAM_WIRE_BYTES_SENT%"]
-    # a tag's values are bounded by the mesh: nothing a client writes in a header becomes a stat's name
+    # a tag's values are bounded by the mesh: nothing a client writes in a header becomes a stat's name, and the
+    # caller is the address its connection came from, not the one X-Forwarded-For names (an ingress's caller)
     for key in (telemetry.KEY_SOURCE, telemetry.KEY_DESTINATION):
         assert "%REQ(" not in key and "%RESP(" not in key
+    assert "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%" in telemetry.KEY_DESTINATION
+    assert "%DOWNSTREAM_REMOTE_ADDRESS" not in telemetry.KEY_DESTINATION
     bootstrap = json.loads(files["envoy.json"])
     stats = next(item for item in bootstrap["static_resources"]["listeners"] if item["name"] == "vmesh_prometheus")
     hcm = stats["filter_chains"][0]["filters"][0]["typed_config"]
@@ -67,3 +70,15 @@ spec:
     assert by_host["details-v1"] == registry.workloads["details-v1"].address
     assert {"reviews-v1", "reviews-v2", "reviews-v3", "productpage-v1"} <= set(by_host)
     assert all(address == registry.workloads[host].address for host, address in by_host.items())
+
+
+def test_a_workload_without_app_or_service_is_named_after_its_host():
+    """Istio's canonical service falls back to the workload's name: an ingress VM labelled only
+    istio: ingressgateway is 'istio-ingressgateway' in its callees' metrics and in its spans, not 'unknown'."""
+    hosts = bookinfo_hosts()
+    hosts["istio-ingressgateway"] = {"vmesh_labels": {"istio": "ingressgateway"}, "ansible_host": "10.213.0.30"}
+    mesh = build(hosts=hosts)
+    entries = json.loads(render_host(mesh, "productpage-v1").files["peers.json"])["peers"]
+    (ingress,) = [e.split(" ") for e in entries if e.startswith("10.213.0.30 ")]
+    assert ingress == ["10.213.0.30", "istio-ingressgateway", "default", "unknown", "unknown", "default",
+                       "istio-ingressgateway", "-"]

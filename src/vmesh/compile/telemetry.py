@@ -41,10 +41,12 @@ PEERS_FILE = "peers.json"
 SEP = ";"
 # What varies per request, packed in one tag: the reporter, then code, flags, gRPC status, the peer's address,
 # and the cluster (client side) or the client's certificate identity (server side). istio_metrics.lua unpacks it.
+# The server side takes the address the connection came from, never one X-Forwarded-For gives (an ingress passes
+# on its caller's address there), so a call through the ingress names the ingress as its source.
 KEY_SOURCE = SEP.join(["s", "%RESPONSE_CODE%", "%RESPONSE_FLAGS%", "%GRPC_STATUS_NUMBER%", "%UPSTREAM_HOST%",
                        "%UPSTREAM_CLUSTER_RAW%"])
 KEY_DESTINATION = SEP.join(["d", "%RESPONSE_CODE%", "%RESPONSE_FLAGS%", "%GRPC_STATUS_NUMBER%",
-                            "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", "%DOWNSTREAM_PEER_URI_SAN%"])
+                            "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%", "%DOWNSTREAM_PEER_URI_SAN%"])
 # histogram -> the value it records (names kept short: every HTTP filter chain carries them)
 HISTOGRAMS = {"d": "%DURATION%", "q": "%DOWNSTREAM_WIRE_BYTES_RECEIVED%", "r": "%DOWNSTREAM_WIRE_BYTES_SENT%"}
 # TCP: counters recorded when the upstream connection is made (o) and when the connection ends (the rest)
@@ -148,14 +150,21 @@ def service_name(workload: Workload) -> str:
     return f"{app or workload.host}.{workload.namespace}"
 
 
+def canonical_service(workload: Workload) -> str:
+    """Istio's canonical service: its label, else the app (label, else the host's service), else the workload's
+    own name (the host), as Istio falls back to a pod's workload name."""
+    labels = workload.labels
+    return (labels.get("service.istio.io/canonical-name") or labels.get("app.kubernetes.io/name")
+            or labels.get("app") or workload.service or workload.host)
+
+
 def tracing(side: Side, workload: Workload, registry: Registry, operation: str) -> dict[str, Any] | None:
     """The connection manager's tracing: the provider, Istio's random sampling and tags; ``operation`` names the
     spans as Istio does (host:port/*). None when this side has no tracer."""
     if side.tracer is None:
         return None
     labels = workload.labels
-    tags = [("istio.canonical_service", "literal", labels.get("service.istio.io/canonical-name")
-             or labels.get("app") or workload.service or "unknown", ""),
+    tags = [("istio.canonical_service", "literal", canonical_service(workload), ""),
             ("istio.canonical_revision", "literal", labels.get("service.istio.io/canonical-revision")
              or labels.get("version") or "latest", ""),
             ("istio.mesh_id", "literal", registry.trust_domain, ""),
@@ -204,7 +213,7 @@ def _entry(address: str, workload: Workload, registry: Registry) -> list[str]:
     labels = workload.labels
     app = _word(labels.get("app") or labels.get("app.kubernetes.io/name"))
     version = _word(labels.get("version") or labels.get("app.kubernetes.io/version"))
-    canonical = _word(labels.get("service.istio.io/canonical-name") or workload.service or app)
+    canonical = _word(canonical_service(workload))
     revision = _word(labels.get("service.istio.io/canonical-revision") or version, "latest")
     return [address, _word(workload.host), _word(workload.namespace), app, version, _word(workload.service_account),
             "-" if canonical == app else canonical, "-" if revision == version else revision]
