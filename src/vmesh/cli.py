@@ -141,6 +141,27 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_traces(args: argparse.Namespace) -> int:
+    from vmesh import traces
+
+    if (args.service is None) == (args.id is None):
+        raise MeshError("give --service NAME (its recent traces) or --id TRACE (one trace)")
+    if args.id is not None:
+        trace = traces.one(args.jaeger, args.id)
+    else:
+        found = traces.recent(args.jaeger, args.service, args.limit, args.lookback)
+        print(traces.summary(found), end="")
+        if not found or args.out is None:
+            return 0
+        trace = found[0]  # the page shows the newest
+    if args.out is not None:
+        Path(args.out).write_text(traces.page(trace, args.jaeger), encoding="utf-8")
+        print(f"wrote {args.out}: trace {trace.id}, {len(trace.spans)} spans")
+    else:
+        print(traces.text(trace), end="")
+    return 0
+
+
 def cmd_tools_build(args: argparse.Namespace) -> int:
     from vmesh import tools
 
@@ -204,6 +225,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", default="127.0.0.1", help="the address --serve listens on (default 127.0.0.1)")
     p.add_argument("--refresh", type=int, default=10, metavar="SECONDS", help="the served page reloads this often")
     p.set_defaults(func=cmd_graph)
+    p = sub.add_parser("traces", help="traces from Jaeger: a service's recent ones, or one as a tree of spans "
+                                      "(text, or an HTML waterfall)")
+    p.add_argument("--jaeger", required=True, metavar="URL", help="Jaeger's query API, e.g. http://10.213.0.13:16686")
+    p.add_argument("--service", metavar="NAME", help="list this service's recent traces (Istio's app.namespace, "
+                                                     "e.g. productpage.default)")
+    p.add_argument("--id", metavar="TRACE", help="show this trace: its spans, each under its parent")
+    p.add_argument("--limit", type=int, default=20, help="with --service: at most this many (default 20)")
+    p.add_argument("--lookback", default="1h", help="with --service: how far back, e.g. 30m, 1h, 2d (default 1h)")
+    p.add_argument("--out", metavar="FILE", help="write the trace (with --service: the newest) as an HTML page")
+    p.set_defaults(func=cmd_traces)
     sub.add_parser("lab", help="local test VMs (podman): vmesh lab --help", add_help=False)
     rollouts = sub.add_parser("rollout", help="canary rollouts: the report and the plot of a saved state")
     verbs = rollouts.add_subparsers(dest="verb", required=True)

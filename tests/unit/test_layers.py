@@ -1,5 +1,5 @@
 """The compiler's layers point down: each module imports on its own, in a fresh interpreter, and imports nothing
-from a layer above it (cli -> artifact, monitoring, graph -> compile -> load -> rollout -> istio ->
+from a layer above it (cli -> artifact, monitoring, graph, traces -> compile -> load -> rollout -> istio ->
 registry/documents -> names/errors)."""
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ LAYERS = [
     (3, ("vmesh.rollout",)),
     (4, ("vmesh.load",)),
     (5, ("vmesh.compile",)),
-    (6, ("vmesh.plot", "vmesh.lab", "vmesh.artifact", "vmesh.monitoring", "vmesh.graph")),
+    (6, ("vmesh.plot", "vmesh.lab", "vmesh.artifact", "vmesh.monitoring", "vmesh.graph",
+          "vmesh.traces")),
     (7, ("vmesh.cli",)),
 ]
 
