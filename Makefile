@@ -23,8 +23,8 @@ tools: setup
 prepare: setup
 	@$(MAKE) --no-print-directory -j2 image tools
 
-## The demo: six Bookinfo VMs, an ingress VM and the online CA VM, the mesh (STRICT mTLS) on them, and traffic a person can see. The VMs stay up.
-demo: image
+## The demo: six Bookinfo VMs, an ingress VM, the online CA VM and a monitoring VM (Prometheus, Jaeger), the mesh (STRICT mTLS) on them, and traffic a person can see. The VMs stay up.
+demo: prepare
 	scripts/demo-certs.sh
 	vmesh lab up --inventory $(INVENTORY)
 	ansible-playbook -i $(INVENTORY) examples/bookinfo/bookinfo.yml

@@ -76,7 +76,15 @@ def prometheus_files(hostvars, hosts, config_dir="/etc/prometheus", scrape_inter
                                                                  evaluation_interval=str(evaluation_interval)))}
 
 
+def jaeger_config(max_traces=100000, listen="0.0.0.0", ui_assets=""):
+    _installed("vmesh.mesh.jaeger_config")
+    if isinstance(max_traces, bool) or not isinstance(max_traces, int) or max_traces < 1:
+        raise AnsibleFilterError(f"vmesh.mesh.jaeger_config: max_traces must be a positive integer, not {max_traces!r}")
+    return monitoring.dumps(monitoring.jaeger_config(listen=str(listen), max_traces=max_traces,
+                                                     ui_assets=str(ui_assets or "")))
+
+
 class FilterModule:
     def filters(self):
         return {"rollout_plan": rollout_plan, "rollout_step": rollout_step, "rollout_report": rollout_report,
-                "prometheus_files": prometheus_files}
+                "prometheus_files": prometheus_files, "jaeger_config": jaeger_config}

@@ -7,6 +7,7 @@ recording rules Istio's docs give, as the monitoring role writes them and the te
 - ``config``: prometheus.yml scraping ``/stats/prometheus`` of those targets and Prometheus itself.
 - ``RULES``: Istio's recording rules for aggregation (``workload:istio_*``: the proxies' series without the
   ``instance`` they came from), so long-range and federated queries read fewer series.
+- ``jaeger_config``: Jaeger's config, for the trace store on the same host.
 """
 
 from __future__ import annotations
@@ -55,6 +56,45 @@ def config(targets_file: str, rules_file: str, *, scrape_interval: str = "15s",
             {"job_name": JOB, "metrics_path": STATS_PATH, "file_sd_configs": [{"files": [targets_file]}]},
             {"job_name": "prometheus", "static_configs": [{"targets": ["localhost:9090"]}]},
         ],
+    }
+
+
+# Jaeger's ports: Zipkin (what the proxies' Zipkin tracer sends to), OTLP over gRPC and HTTP, the query API and
+# UI, its gRPC API, the health check
+JAEGER_PORTS = {"zipkin": 9411, "otlp-grpc": 4317, "otlp-http": 4318, "query": 16686, "query-grpc": 16685,
+                "health": 13133}
+
+
+def jaeger_config(*, listen: str = "0.0.0.0", max_traces: int = 100_000, ui_assets: str = "") -> dict[str, Any]:
+    """Jaeger v2's config (as data): Zipkin and OTLP in, the newest ``max_traces`` traces kept in memory, the
+    query API (and UI) on 16686. ``ui_assets``: a directory of jaeger-ui's built files, which the Go module
+    does not carry (without it, 16686 serves the API and a placeholder page)."""
+    def at(port: str) -> str:
+        return f"{listen}:{JAEGER_PORTS[port]}"
+
+    query: dict[str, Any] = {"storage": {"traces": "memory"}, "enable_tracing": False,
+                             "http": {"endpoint": at("query")}, "grpc": {"endpoint": at("query-grpc")}}
+    if ui_assets:
+        query["ui"] = {"assets_path": ui_assets}
+    return {
+        "service": {
+            "extensions": ["jaeger_storage", "jaeger_query", "healthcheckv2"],
+            "pipelines": {"traces": {"receivers": ["otlp", "zipkin"], "processors": ["batch"],
+                                     "exporters": ["jaeger_storage_exporter"]}},
+            "telemetry": {"resource": {"service.name": "jaeger"}, "metrics": {"level": "none"},
+                          "logs": {"level": "warn"}},
+        },
+        "extensions": {
+            "jaeger_storage": {"backends": {"memory": {"memory": {"max_traces": max_traces}}}},
+            "jaeger_query": query,
+            "healthcheckv2": {"use_v2": True, "http": {"endpoint": at("health")}},
+        },
+        "receivers": {
+            "otlp": {"protocols": {"grpc": {"endpoint": at("otlp-grpc")}, "http": {"endpoint": at("otlp-http")}}},
+            "zipkin": {"endpoint": at("zipkin")},
+        },
+        "processors": {"batch": {}},
+        "exporters": {"jaeger_storage_exporter": {"trace_storage": "memory"}},
     }
 
 

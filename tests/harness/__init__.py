@@ -12,6 +12,7 @@ other. The modules:
 - ``harness.config_push``: the vmesh.mesh.envoy_config module run on this machine, and configs for it;
 - ``harness.preflight``: the preflight playbook run on this machine;
 - ``harness.certs``: a test CA and certificates for the apps and gateways of the traffic tests;
+- ``harness.prometheus`` and ``harness.jaeger``: Prometheus and Jaeger in a host of a NetMesh;
 - ``harness.pki``: the PKI modules, the CA server and the renewal agent run on this machine (tests/pki);
 - ``harness/apps/``: the programs the tests run (backends, clients), standard library only, run by path with
   the system ``python3`` as on a VM.

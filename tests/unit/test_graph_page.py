@@ -1,5 +1,5 @@
 """``vmesh graph`` from Prometheus's answers: which workloads and edges, each version's share, errors, mTLS, and
-what the page shows. (Real Prometheus, real Bookinfo traffic and a real browser: tests/netns/test_graph.py.)"""
+what the page shows. (Real Prometheus, real Bookinfo traffic and a real browser: tests/netns/test_bookinfo_observability.py.)"""
 
 from __future__ import annotations
 

@@ -1,0 +1,283 @@
+"""Bookinfo seen as its operators see it, with real traffic through real proxies: Prometheus (Debian's) scrapes
+them and ``vmesh graph`` draws the edges that carried traffic, reviews split 90/10, in a headless Chromium (its
+screenshot is kept in .cache/test-artifacts/graph.png); Jaeger (built from its Go module) gets every span at
+100 % sampling, and one request through the ingress is one trace across productpage, reviews and ratings.
+
+Hosts: Bookinfo's six, an ingress gateway, and ``monitoring``, a machine outside the mesh running Prometheus and
+Jaeger (declared to the mesh by a ServiceEntry, as the monitoring VM of the demo is). A module of its own: one
+Bookinfo mesh in namespaces (see test_traffic_bookinfo_mtls.py on inotify instances).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+
+import pytest
+
+from harness import DATA, ROOT, jaeger, prometheus
+from harness.jaeger import requires_jaeger
+from harness.mesh import bookinfo_hosts
+from harness.netmesh import FIRST_HOST_ADDRESS, NETWORK
+from harness.netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
+from harness.prometheus import prometheus_dir, requires_prometheus  # noqa: F401
+from vmesh import graph
+
+pytestmark = [pytest.mark.netns, requires_netns, requires_prometheus]
+ARTIFACTS = ROOT / ".cache" / "test-artifacts"
+MONITORING = str(NETWORK.network_address + FIRST_HOST_ADDRESS + len(bookinfo_hosts()) + 1)  # after the ingress
+RULES = ("mesh/destination-rule-all.yaml", (DATA / "bookinfo" / "destination-rule-all.yaml").read_text())
+
+
+def reviews(*weights: tuple[str, int]) -> tuple[str, str]:
+    routes = "".join(f"    - {{destination: {{host: reviews, subset: {subset}}}, weight: {weight}}}\n"
+                     for subset, weight in weights)
+    return ("mesh/reviews.yaml", "apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+                                 "metadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n" + routes)
+
+
+SPLIT = reviews(("v1", 90), ("v2", 10))
+# The ingress routes Bookinfo's page; the proxies send their spans to Jaeger on the monitoring machine, every one
+OBSERVED = ("mesh/observability.yaml", f"""apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: bookinfo-gateway}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 8080, name: http, protocol: HTTP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: bookinfo}}
+spec:
+  hosts: ["*"]
+  gateways: [bookinfo-gateway]
+  http:
+  - match: [{{uri: {{exact: /productpage}}}}]
+    route: [{{destination: {{host: productpage, port: {{number: 9080}}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: jaeger, namespace: istio-system}}
+spec:
+  hosts: [jaeger.monitoring.internal]
+  location: MESH_EXTERNAL
+  ports: [{{number: 9411, name: http-zipkin, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: {MONITORING}}}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: mesh-default, namespace: istio-system}}
+spec:
+  tracing:
+  - randomSamplingPercentage: 100
+""")
+MESH_CONFIG = {"defaultProviders": {"tracing": ["jaeger"]},
+               "extensionProviders": [{"name": "jaeger",
+                                       "zipkin": {"service": "jaeger.monitoring.internal", "port": 9411}}]}
+PAGES = 60
+
+
+@pytest.fixture(scope="module")
+def mesh(netmesh_module, prometheus_dir):
+    hosts = {host: {**variables, "vmesh_mesh_config": MESH_CONFIG} for host, variables in bookinfo_hosts().items()}
+    hosts["ingress"] = {"vmesh_labels": {"istio": "ingressgateway"}, "vmesh_mesh_config": MESH_CONFIG}
+    hosts["monitoring"] = {"netmesh_outside": True}
+    mesh = netmesh_module(hosts, [RULES, SPLIT, OBSERVED])
+    assert mesh.address("monitoring") == MONITORING
+    for host in bookinfo_hosts():
+        mesh.start_bookinfo(host)
+    prometheus.start(mesh, "monitoring", prometheus_dir)
+    if jaeger.available():
+        jaeger.start(mesh, "monitoring", prometheus_dir)
+    return mesh
+
+
+def prometheus_url(mesh) -> str:
+    return f"http://{mesh.address('monitoring')}:9090"
+
+
+def graph_from(mesh) -> graph.Graph:
+    """The graph as `vmesh graph` builds it, its queries sent through the namespace that runs Prometheus."""
+    def query(promql: str) -> list[dict]:
+        answer = mesh.request("monitoring", f"{prometheus_url(mesh)}/api/v1/query?"
+                              + urllib.parse.urlencode({"query": promql}))
+        assert answer.status == 200, answer
+        return answer.json()["data"]["result"]
+
+    return graph.fetch(prometheus_url(mesh), "2m", ask=query)
+
+
+def _served(mesh) -> dict[str, int]:
+    name = "cluster.inbound|9080||.upstream_rq_completed"
+    return {host: mesh.stats(host, name).get(name, 0) for host in ("reviews-v1", "reviews-v2")}
+
+
+def test_the_graph_shows_bookinfo_with_the_90_10_split_and_mtls(mesh):
+    url = f"http://{mesh.address('productpage-v1')}:9080/productpage"
+    wanted = {("unknown", "productpage-v1"), ("productpage-v1", "details-v1"),
+              ("productpage-v1", "reviews-v1"), ("productpage-v1", "reviews-v2"), ("reviews-v2", "ratings-v1")}
+
+    def settled() -> dict:
+        """The graph once every edge has a rate (Prometheus has two samples of each new series)."""
+        deadline = time.monotonic() + 45
+        while True:
+            found = {(e.source[1], e.destination[1]): e for e in graph_from(mesh).edges.values()}
+            if wanted <= set(found) and all(found[key].rps > 0 for key in wanted) or time.monotonic() > deadline:
+                return found
+            time.sleep(2)
+
+    # first every edge exists in Prometheus (a counter's first value is not counted by rate()), then the calls
+    # the split is judged on
+    for _ in range(20):
+        mesh.sample("monitoring", url, 5)
+        if _served(mesh)["reviews-v2"]:
+            break
+    settled()
+    before = _served(mesh)
+    served = mesh.sample("monitoring", url, PAGES)
+    assert {status for status, _ in served} == {200}, served
+    after = _served(mesh)
+    by_version = {host: after[host] - before[host] for host in after}
+    assert sum(by_version.values()) == PAGES and by_version["reviews-v2"] > 0, by_version
+    time.sleep(3)  # scraped every second; the proxies publish histograms every 5 s
+    edges = settled()
+    mesh_graph = graph_from(mesh)
+    assert set(edges) == wanted, sorted(edges)  # only the edges that carried traffic: no v3, no v1 -> ratings
+    share_v2 = by_version["reviews-v2"] / sum(by_version.values())
+    assert edges[("productpage-v1", "reviews-v2")].share == pytest.approx(share_v2, abs=0.05)
+    assert edges[("productpage-v1", "reviews-v1")].share == pytest.approx(1 - share_v2, abs=0.05)
+    assert all(e.secure for key, e in edges.items() if key[0] != "unknown")  # mesh hops: mTLS
+    assert not edges[("unknown", "productpage-v1")].secure  # the caller outside the mesh: plaintext
+    assert all(e.error_rate == 0 for e in edges.values())
+
+    # `vmesh graph` itself, run where Prometheus can be reached, writes the page
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = ARTIFACTS / "graph.html"
+    page.unlink(missing_ok=True)
+    vmesh = Path(sys.executable).with_name("vmesh")
+    made = subprocess.run(["ip", "netns", "exec", mesh.namespace("monitoring"), str(vmesh), "graph", "--prometheus",
+                           prometheus_url(mesh), "--window", "2m", "--out", str(page)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert made.returncode == 0, made.stderr
+    assert f"{len(mesh_graph.nodes)} workloads, {len(wanted)} edges" in made.stdout, made.stdout
+
+    # the page in a real browser: it renders, with every edge and the split
+    browser = graph.chromium()
+    if browser is None:
+        pytest.skip("needs Chromium (make setup installs Debian's chromium)")
+    with tempfile.TemporaryDirectory(prefix="vmesh-chromium-") as profile:
+        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+                              "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=90, check=False)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert dom.stdout.count('class="edge"') == len(wanted)
+    assert 'data-destination="reviews-v2"' in dom.stdout and "reviews-v3" not in dom.stdout
+    shown = re.search(r'data-source="productpage-v1" data-destination="reviews-v2" data-rps="[0-9.]+" '
+                      r'data-share="([0-9.]+)"', dom.stdout)
+    assert shown and float(shown.group(1)) == pytest.approx(share_v2, abs=0.05), dom.stdout
+    shot = ARTIFACTS / "graph.png"
+    shot.unlink(missing_ok=True)
+    graph.screenshot(page.read_text(), shot)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+@requires_jaeger
+def test_a_request_through_the_ingress_is_one_trace_across_bookinfo(mesh):
+    """As Istio's distributed tracing task shows it: the ingress's span is the root, each service's span is the
+    child of its caller's call, and Jaeger's API gives the whole tree by the trace's id."""
+    mesh.push([RULES, reviews(("v2", 100)), OBSERVED])  # reviews v2 calls ratings
+    mesh.sample("monitoring", f"http://{mesh.address('ingress')}:8080/productpage", 2)  # pooled connections renewed
+    marker = uuid.uuid4().hex
+    page = mesh.request("monitoring", f"http://{mesh.address('ingress')}:8080/productpage?u={marker}")
+    assert page.status == 200, page
+
+    def mine() -> dict | None:
+        for trace in jaeger.traces(mesh, "monitoring", "productpage.default"):
+            if any(tag["key"] == "http.url" and tag["value"].endswith(f"?u={marker}")
+                   for span in trace["spans"] for tag in span["tags"]):
+                return trace
+        return None
+
+    deadline = time.monotonic() + 30  # the tracers send every 5 s
+    while (trace := mine()) is None or len(trace["spans"]) < 8:  # 4 hops, 2 spans each
+        assert time.monotonic() < deadline, f"no whole trace for ?u={marker} in Jaeger: {trace}"
+        time.sleep(1)
+    # the whole trace, asked by its id
+    answer = mesh.request("monitoring", f"{jaeger_url(mesh)}/api/traces/{trace['traceID']}")
+    assert answer.status == 200, answer
+    (whole,) = answer.json()["data"]
+    spans = {span["spanID"]: span for span in whole["spans"]}
+    service = {span_id: whole["processes"][span["processID"]]["serviceName"] for span_id, span in spans.items()}
+    kind = {span_id: next(t["value"] for t in span["tags"] if t["key"] == "span.kind")
+            for span_id, span in spans.items()}
+    parent = {span_id: next((r["spanID"] for r in span["references"] if r["refType"] == "CHILD_OF"), None)
+              for span_id, span in spans.items()}
+    (root,) = [span_id for span_id in spans if parent[span_id] is None]
+    assert service[root] == "ingress.default" and kind[root] == "client"
+
+    def children(span_id: str) -> list[tuple[str, str]]:
+        return sorted((service[child], kind[child]) for child in spans if parent[child] == span_id)
+
+    def only(found: list[str], span_id: str) -> str:
+        assert len(found) == 1, children(span_id)
+        return found[0]
+
+    def calls(span_id: str, caller: str, called: str) -> str:
+        """The called service's server span under the caller's client span for it, under ``span_id``."""
+        client = only([c for c in spans if parent[c] == span_id and service[c] == f"{caller}.default"
+                       and kind[c] == "client" and spans[c]["operationName"].startswith(f"{called}.")], span_id)
+        return only([c for c in spans if parent[c] == client and service[c] == f"{called}.default"
+                     and kind[c] == "server"], client)
+
+    # ingress -> productpage -> (details, reviews -> ratings): each server span under its caller's client span
+    productpage = only([c for c in spans if parent[c] == root], root)
+    assert (service[productpage], kind[productpage]) == ("productpage.default", "server")
+    details = calls(productpage, "productpage", "details")
+    ratings = calls(calls(productpage, "productpage", "reviews"), "reviews", "ratings")
+    assert not children(details) and not children(ratings)
+    # Istio's span names: the called service's host, port and route
+    assert spans[ratings]["operationName"] == "ratings.default.svc.cluster.local:9080/*"
+    assert {t["key"]: t["value"] for t in spans[ratings]["tags"]}["http.status_code"] == "200"
+    assert set(service.values()) == {"ingress.default", "productpage.default", "details.default", "reviews.default",
+                                     "ratings.default"}
+
+    # `vmesh traces`, where Jaeger can be reached, shows the same tree: ratings' answer five calls deep
+    vmesh = Path(sys.executable).with_name("vmesh")
+    shown = subprocess.run(["ip", "netns", "exec", mesh.namespace("monitoring"), str(vmesh), "traces", "--jaeger",
+                            jaeger_url(mesh), "--id", whole["traceID"]], capture_output=True, text=True, timeout=60,
+                           check=False)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith(f"trace {whole['traceID']}: 8 spans") and lines[1].startswith("+")
+    assert "ingress.default client" in lines[1]
+    assert [line for line in lines if " ratings.default server " in line][0].startswith(" " * 10 + "+")
+
+
+def jaeger_url(mesh) -> str:
+    return f"http://{mesh.address('monitoring')}:{jaeger.QUERY_PORT}"
+
+
+def test_the_ingress_is_the_source_its_callees_report(mesh):
+    """productpage, called through the ingress, names the ingress as its caller (by the address and identity
+    the inventory gives it), and so does the ingress itself."""
+    mesh.sample("monitoring", f"http://{mesh.address('ingress')}:8080/productpage", 3)
+    query = ('sum by (reporter, source_workload, source_canonical_service, connection_security_policy) '
+             '(istio_requests_total{destination_workload="productpage-v1", source_workload!="unknown"})')
+    deadline = time.monotonic() + 20
+    while True:
+        answer = mesh.request("monitoring", f"{prometheus_url(mesh)}/api/v1/query?"
+                              + urllib.parse.urlencode({"query": query}))
+        found = {(r["metric"]["reporter"], r["metric"]["source_workload"], r["metric"]["source_canonical_service"],
+                  r["metric"].get("connection_security_policy", "")) for r in answer.json()["data"]["result"]}
+        if len(found) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert found == {("source", "ingress", "ingress", "unknown"), ("destination", "ingress", "ingress", "mutual_tls")}
