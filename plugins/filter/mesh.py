@@ -53,6 +53,24 @@ def rollout_step(state, before, after, started, ended):
         raise AnsibleFilterError(f"vmesh.mesh.rollout_step: {exc}") from exc
 
 
+def rollout_queries(state, seconds):
+    _installed("vmesh.mesh.rollout_queries")
+    if not isinstance(state, dict) or isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise AnsibleFilterError("vmesh.mesh.rollout_queries: expects a rollout state and the stage's length in seconds")
+    return rollout.prometheus_queries(state, float(seconds))
+
+
+def rollout_step_prometheus(state, answers, started, ended):
+    _installed("vmesh.mesh.rollout_step_prometheus")
+    if not isinstance(state, dict) or not isinstance(answers, dict):
+        raise AnsibleFilterError("vmesh.mesh.rollout_step_prometheus: expects a rollout state and {query name: "
+                                 "Prometheus's JSON answer}")
+    try:
+        return rollout.step_from_prometheus(state, answers, float(started), float(ended))
+    except MeshError as exc:
+        raise AnsibleFilterError(f"vmesh.mesh.rollout_step_prometheus: {exc}") from exc
+
+
 def rollout_report(state):
     _installed("vmesh.mesh.rollout_report")
     if not isinstance(state, dict):
@@ -87,4 +105,5 @@ def jaeger_config(max_traces=100000, listen="0.0.0.0", ui_assets=""):
 class FilterModule:
     def filters(self):
         return {"rollout_plan": rollout_plan, "rollout_step": rollout_step, "rollout_report": rollout_report,
+                "rollout_queries": rollout_queries, "rollout_step_prometheus": rollout_step_prometheus,
                 "prometheus_files": prometheus_files, "jaeger_config": jaeger_config}

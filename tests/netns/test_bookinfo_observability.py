@@ -27,7 +27,7 @@ from harness.mesh import bookinfo_hosts
 from harness.netmesh import FIRST_HOST_ADDRESS, NETWORK
 from harness.netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
 from harness.prometheus import prometheus_dir, requires_prometheus  # noqa: F401
-from vmesh import graph
+from vmesh import graph, rollout
 
 pytestmark = [pytest.mark.netns, requires_netns, requires_prometheus]
 ARTIFACTS = ROOT / ".cache" / "test-artifacts"
@@ -94,7 +94,8 @@ def mesh(netmesh_module, prometheus_dir):
     mesh = netmesh_module(hosts, [RULES, SPLIT, OBSERVED])
     assert mesh.address("monitoring") == MONITORING
     for host in bookinfo_hosts():
-        mesh.start_bookinfo(host)
+        # reviews v3 answers every call with a 500: the canary a rollout must roll back (nothing else calls it)
+        mesh.start_bookinfo(host, {"BOOKINFO_ERROR_RATE": "1"} if host == "reviews-v3" else None)
     prometheus.start(mesh, "monitoring", prometheus_dir)
     if jaeger.available():
         jaeger.start(mesh, "monitoring", prometheus_dir)
@@ -118,7 +119,7 @@ def graph_from(mesh) -> graph.Graph:
 
 def _served(mesh) -> dict[str, int]:
     name = "cluster.inbound|9080||.upstream_rq_completed"
-    return {host: mesh.stats(host, name).get(name, 0) for host in ("reviews-v1", "reviews-v2")}
+    return {host: mesh.stats(host, name).get(name, 0) for host in ("reviews-v1", "reviews-v2", "reviews-v3")}
 
 
 def test_the_graph_shows_bookinfo_with_the_90_10_split_and_mtls(mesh):
@@ -147,7 +148,8 @@ def test_the_graph_shows_bookinfo_with_the_90_10_split_and_mtls(mesh):
     assert {status for status, _ in served} == {200}, served
     after = _served(mesh)
     by_version = {host: after[host] - before[host] for host in after}
-    assert sum(by_version.values()) == PAGES and by_version["reviews-v2"] > 0, by_version
+    assert sum(by_version.values()) == PAGES and by_version["reviews-v2"] > 0 and not by_version["reviews-v3"], \
+        by_version
     time.sleep(3)  # scraped every second; the proxies publish histograms every 5 s
     edges = settled()
     mesh_graph = graph_from(mesh)
@@ -281,3 +283,50 @@ def test_the_ingress_is_the_source_its_callees_report(mesh):
             break
         time.sleep(1)
     assert found == {("source", "ingress", "ingress", "unknown"), ("destination", "ingress", "ingress", "mutual_tls")}
+
+
+def test_a_rollout_judged_from_prometheus_moves_a_healthy_canary_on_and_rolls_back_a_failing_one(mesh):
+    """The canary role's Prometheus analysis, on Istio's metrics as Prometheus scraped them from the proxies:
+    reviews v2 answers well and goes on to the next stage; v3 answers 500 and is rolled back."""
+    page = f"http://{mesh.address('productpage-v1')}:9080/productpage"
+
+    def ask(promql: str) -> dict:
+        answer = mesh.request("monitoring", f"{prometheus_url(mesh)}/api/v1/query?"
+                              + urllib.parse.urlencode({"query": promql}))
+        assert answer.status == 200, answer
+        return answer.json()
+
+    def stage(canary: str) -> tuple[dict, int]:
+        """One 50 % stage of a rollout of ``canary``, judged from Prometheus; (the new state, calls it served)."""
+        declared = rollout.parse({"reviews": {"stable": "v1", "canary": canary, "steps": [50, 100], "analysis": {
+            "source": "prometheus", "min_requests": 10, "metrics": [{
+                "name": "stable-served", "min": 1, "query": 'sum(increase(istio_requests_total{reporter="destination",'
+                                                            'destination_workload=~"$stable_target"}[$interval]))'}]}}},
+                                 mesh.registry)
+        (entry,) = rollout.plan(declared, {}, now=time.time())
+        mesh.push([RULES, reviews(("v1", 50), (canary, 50)), OBSERVED])
+        mesh.sample("monitoring", page, 2)  # connections pooled before the push renewed
+        time.sleep(2)
+        started, before = time.time(), _served(mesh)
+        assert {status for status, _ in mesh.sample("monitoring", page, 40)} == {200}
+        served = _served(mesh)[f"reviews-{canary}"] - before[f"reviews-{canary}"]
+        time.sleep(4)  # scraped every second; histograms published every 5 s... and a last scrape
+        seconds = time.time() - started
+        answers = {name: ask(promql) for name, promql in rollout.prometheus_queries(entry["state"], seconds).items()}
+        return rollout.step_from_prometheus(entry["state"], answers, started, time.time()), served
+
+    def near(counted: int, served: int) -> bool:
+        """Prometheus's increase() extrapolates to the ends of its range: a few more than the sidecars served."""
+        return served >= 10 and abs(counted - served) <= max(3, served // 5)
+
+    healthy, served = stage("v2")
+    judged = healthy["history"][-1]
+    assert (healthy["status"], healthy["stage"], judged["verdict"]) == ("running", 1, "passed"), judged
+    assert near(judged["canary"]["requests"], served), (judged, served)
+    assert judged["canary"]["success_rate"] == 100.0 and judged["stable"]["requests"] > 0
+
+    failing, served = stage("v3")
+    judged = failing["history"][-1]
+    assert failing["status"] == "rolled back", judged
+    assert "success rate 0.0 %" in failing["reason"] and judged["canary"]["errors"] == judged["canary"]["requests"]
+    assert near(judged["canary"]["requests"], served), (judged, served)

@@ -39,7 +39,7 @@ def test_defaults_are_flaggers():
      "vmesh_rollouts.reviews.steps[0]: expected 1 to 100, got 0"),
     ({"reviews": {"stable": "v1", "canary": "v3", "analysis": {"p99": 300}}},
      "vmesh_rollouts.reviews.analysis.p99: unknown setting (known: success_rate, p99_ms, min_requests, "
-     "max_failed_checks)"),
+     "max_failed_checks, source, prometheus, interval, metrics)"),
     ({"reviews": {"stable": "v1", "canary": "v3", "mirror": 150}}, "vmesh_rollouts.reviews.mirror: expected 1 to 100"),
     ({"reviews": {"stable": "v1", "canary": "v3", "match": {"headers": {}}}},
      "vmesh_rollouts.reviews.match: expected a list of Istio HTTP match blocks"),

@@ -70,29 +70,35 @@ def measure(stats: Iterable[Mapping[str, Any]], cluster: str) -> Measure:
 
 @dataclasses.dataclass(frozen=True)
 class Check:
-    name: str  # "requests", "success rate", "p99 latency"
+    name: str  # "requests", "success rate", "p99 latency", or a custom metric's name
     value: float | None
     threshold: float
     passed: bool
+    relation: str = ""  # ">=" or "<=": a custom metric's; the built-in checks know theirs
 
     def describe(self) -> str:
         if self.value is None:
             shown = "none"
         else:
             shown = f"{self.value:.1f}" if isinstance(self.value, float) else str(self.value)
-        relation = {"requests": ">=", "success rate": ">=", "p99 latency": "<="}[self.name]
-        unit = {"requests": "", "success rate": " %", "p99 latency": " ms"}[self.name]
+        relation = self.relation or {"requests": ">=", "success rate": ">=", "p99 latency": "<="}[self.name]
+        unit = {"success rate": " %", "p99 latency": " ms"}.get(self.name, "") if not self.relation else ""
         return f"{self.name} {shown}{unit} (needs {relation} {self.threshold:g}{unit})"
+
+
+def judge_numbers(requests: int, success_rate: float | None, p99: float | None, analysis: Analysis) -> list[Check]:
+    """The built-in checks of one stage on the canary's numbers (None: no value, which fails its check)."""
+    return [
+        Check("requests", requests, analysis.min_requests, requests >= analysis.min_requests),
+        Check("success rate", success_rate, analysis.success_rate,
+              success_rate is not None and success_rate >= analysis.success_rate),
+        Check("p99 latency", p99, analysis.p99_ms, p99 is not None and p99 <= analysis.p99_ms),
+    ]
 
 
 def judge(canary: Measure, analysis: Analysis) -> list[Check]:
     """The checks of one stage, on what the canary got in it."""
-    rate, p99 = canary.success_rate, canary.quantile(0.99)
-    return [
-        Check("requests", canary.requests, analysis.min_requests, canary.requests >= analysis.min_requests),
-        Check("success rate", rate, analysis.success_rate, rate is not None and rate >= analysis.success_rate),
-        Check("p99 latency", p99, analysis.p99_ms, p99 is not None and p99 <= analysis.p99_ms),
-    ]
+    return judge_numbers(canary.requests, canary.success_rate, canary.quantile(0.99), analysis)
 
 
 def stats_filter(state: Mapping[str, Any]) -> str:

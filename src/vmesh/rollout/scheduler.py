@@ -6,8 +6,10 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from vmesh.rollout.metrics import judge, numbers, window
-from vmesh.rollout.settings import ABORTED, PROMOTED, ROLLED_BACK, RUNNING, Analysis, Rollout, setting_error
+from vmesh.rollout import prometheus
+from vmesh.rollout.metrics import Check, judge, numbers, window
+from vmesh.rollout.settings import ABORTED, PROMOTED, ROLLED_BACK, RUNNING, Rollout, setting_error
+from vmesh.rollout.state import analysis as analysis_of
 from vmesh.rollout.state import stage_in_force, start
 
 
@@ -56,21 +58,37 @@ def plan(rollouts: Mapping[str, Rollout], states: Mapping[str, Mapping[str, Any]
     return out
 
 
+def _running(state: Mapping[str, Any]) -> None:
+    if state.get("status") != RUNNING:
+        raise setting_error(f"rollouts/{state.get('service')}", f"the rollout is {state.get('status')}, not running")
+
+
 def step(state: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any], started: float,
          ended: float) -> dict[str, Any]:
     """Judge the stage in force on what the sidecars measured in it, and move on: the next stage, the same stage
     again (a failed check while fewer than max_failed_checks failed), rollback, or promotion after the last."""
-    if state.get("status") != RUNNING:
-        raise setting_error(f"rollouts/{state.get('service')}", f"the rollout is {state.get('status')}, not running")
-    stage = stage_in_force(state)
-    analysis = Analysis(**state["analysis"])
+    _running(state)
     canary = window(before, after, state, state["canary"])
     stable = window(before, after, state, state["baseline"])
-    checks = judge(canary, analysis)
+    return _advance(state, numbers(canary), numbers(stable), judge(canary, analysis_of(state)), started, ended)
+
+
+def step_from_prometheus(state: Mapping[str, Any], answers: Mapping[str, Any], started: float,
+                         ended: float) -> dict[str, Any]:
+    """As :func:`step`, on Prometheus's answers to the stage's queries (vmesh.rollout.prometheus.queries)."""
+    _running(state)
+    canary, stable, checks = prometheus.judge(state, answers)
+    return _advance(state, canary, stable, checks, started, ended)
+
+
+def _advance(state: Mapping[str, Any], canary: Mapping[str, Any], stable: Mapping[str, Any], checks: list[Check],
+             started: float, ended: float) -> dict[str, Any]:
+    stage = stage_in_force(state)
+    analysis = analysis_of(state)
     failed = [c for c in checks if not c.passed]
     new = {**state, "history": list(state["history"]), "updated": ended, "since": None}
     entry = {"stage": stage.name, "weight": stage.weight, "mirror": stage.mirror, "started": started, "ended": ended,
-             "canary": numbers(canary), "stable": numbers(stable),
+             "canary": dict(canary), "stable": dict(stable),
              "checks": [{"name": c.name, "value": c.value if c.value != math.inf else "inf", "threshold": c.threshold,
                          "passed": c.passed} for c in checks]}
     if not failed:

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import string
 from typing import Any, Mapping
 
 from vmesh.errors import MeshError
 from vmesh.registry import Registry
 
-# Flagger's defaults: request success rate at least 99 %, p99 latency at most 500 ms.
-DEFAULT_ANALYSIS = {"success_rate": 99.0, "p99_ms": 500.0, "min_requests": 20, "max_failed_checks": 1}
+# Flagger's defaults: request success rate at least 99 %, p99 latency at most 500 ms; the numbers come from the
+# client sidecars unless the rollout says Prometheus.
+DEFAULT_ANALYSIS = {"success_rate": 99.0, "p99_ms": 500.0, "min_requests": 20, "max_failed_checks": 1,
+                    "source": "sidecars", "prometheus": "", "interval": "", "metrics": []}
+SOURCES = ("sidecars", "prometheus")
+# What a custom metric's PromQL may name, as $name: replaced per stage (see vmesh.rollout.prometheus)
+PLACEHOLDERS = ("namespace", "service", "target", "stable_target", "interval")
+_DURATION = re.compile(r"^[1-9][0-9]*[smh]$")
+_METRIC_NAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,62}[a-z0-9])?$")
 DEFAULT_STEPS = (5, 25, 50, 100)
 DEFAULT_STEP_SECONDS = 60
 SETTINGS = ("stable", "canary", "steps", "step_seconds", "mirror", "match", "analysis", "label")
@@ -23,6 +32,10 @@ class Analysis:
     p99_ms: float  # 99th percentile of the request time, at most
     min_requests: int  # fewer requests than this to the canary in a stage: the stage cannot be judged (a failed check)
     max_failed_checks: int  # this many failed checks roll back
+    source: str = "sidecars"  # where the numbers come from: the client sidecars' stats, or Prometheus
+    prometheus: str = ""  # Prometheus's URL (empty: the canary role's canary_prometheus_url, the monitoring host's)
+    interval: str = ""  # the PromQL range of the queries (empty: the stage's length)
+    metrics: tuple[dict[str, Any], ...] = ()  # custom PromQL checks: {name, query, min and/or max}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +51,8 @@ class Rollout:
     match: tuple[dict[str, Any], ...]
     analysis: Analysis
     ports: tuple[int, ...] = ()  # the service's ports: its clusters are measured on each
+    hosts: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (version, its hosts) of stable and canary: Prometheus's
+    # destination_workload
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,11 +85,59 @@ def _analysis(value: Any, field: str) -> Analysis:
     if unknown:
         raise setting_error(f"{field}.{unknown[0]}", f"unknown setting (known: {', '.join(DEFAULT_ANALYSIS)})")
     merged = {**DEFAULT_ANALYSIS, **value}
+    source = merged["source"]
+    if source not in SOURCES:
+        raise setting_error(f"{field}.source", f"expected {' or '.join(SOURCES)}, got {source!r}")
+    url = merged["prometheus"]
+    if not isinstance(url, str) or (url and not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", url)):
+        raise setting_error(f"{field}.prometheus", f"expected Prometheus's URL, such as http://10.0.0.5:9090, got {url!r}")
+    interval = merged["interval"]
+    if not isinstance(interval, str) or (interval and not _DURATION.match(interval)):
+        raise setting_error(f"{field}.interval", f"expected a Prometheus duration such as 1m or 90s, got {interval!r}")
+    if source != "prometheus":
+        for name in ("prometheus", "interval", "metrics"):
+            if merged[name]:
+                raise setting_error(f"{field}.{name}", "is read from Prometheus: give source: prometheus too")
     return Analysis(
         float(_number(merged["success_rate"], f"{field}.success_rate", minimum=0, maximum=100)),
         float(_number(merged["p99_ms"], f"{field}.p99_ms", minimum=0)),
         _number(merged["min_requests"], f"{field}.min_requests", minimum=1, integer=True),
-        _number(merged["max_failed_checks"], f"{field}.max_failed_checks", minimum=1, integer=True))
+        _number(merged["max_failed_checks"], f"{field}.max_failed_checks", minimum=1, integer=True),
+        source, url.rstrip("/"), interval, _metrics(merged["metrics"], f"{field}.metrics"))
+
+
+def _metrics(value: Any, field: str) -> tuple[dict[str, Any], ...]:
+    """Custom checks, as Flagger's MetricTemplates: a PromQL query and the range its value must be in."""
+    if not isinstance(value, list):
+        raise setting_error(field, "expected a list of {name, query, min and/or max}")
+    out, seen = [], set()
+    for i, metric in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(metric, dict):
+            raise setting_error(where, "expected a mapping with name, query, and min and/or max")
+        unknown = sorted(set(metric) - {"name", "query", "min", "max"})
+        if unknown:
+            raise setting_error(f"{where}.{unknown[0]}", "unknown setting (known: name, query, min, max)")
+        name = metric.get("name")
+        if not isinstance(name, str) or not _METRIC_NAME.match(name):
+            raise setting_error(f"{where}.name", f"expected a name of lower-case letters, digits, - and _, got {name!r}")
+        if name in seen:
+            raise setting_error(f"{where}.name", f"{name!r} is given twice")
+        seen.add(name)
+        query = metric.get("query")
+        if not isinstance(query, str) or not query.strip():
+            raise setting_error(f"{where}.query", "expected a PromQL query that gives one number")
+        try:
+            string.Template(query).substitute({p: "x" for p in PLACEHOLDERS})
+        except (KeyError, ValueError) as exc:
+            raise setting_error(f"{where}.query", f"unknown placeholder {exc} (known: "
+                                                  f"{', '.join('$' + p for p in PLACEHOLDERS)})") from None
+        bounds = {k: float(_number(metric[k], f"{where}.{k}", minimum=float("-inf")))
+                  for k in ("min", "max") if k in metric}
+        if not bounds:
+            raise setting_error(where, "give min, max or both: the range the query's value must stay in")
+        out.append({"name": name, "query": query, **bounds})
+    return tuple(out)
 
 
 def _steps(value: Any, field: str) -> tuple[int, ...]:
@@ -157,7 +220,9 @@ def parse(settings: Any, registry: Registry, states: Mapping[str, Mapping[str, A
         rollouts[name] = Rollout(name, service.fqdn, label, chosen["stable"], chosen["canary"],
                                  _steps(value.get("steps"), f"{field}.steps"), seconds, mirror, tuple(match),
                                  _analysis(value.get("analysis"), f"{field}.analysis"),
-                                 tuple(p.number for p in service.ports))
+                                 tuple(p.number for p in service.ports),
+                                 tuple((v, tuple(sorted(w.host for w in service.workloads if w.labels.get(label) == v)))
+                                       for v in sorted({chosen["stable"], chosen["canary"]})))
     return rollouts
 
 

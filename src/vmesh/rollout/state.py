@@ -23,7 +23,7 @@ def start(r: Rollout, previous: Mapping[str, Any] | None, now: float) -> dict[st
     return {
         "service": r.service, "fqdn": r.fqdn, "ports": list(r.ports), "label": r.label,
         "stable": r.stable, "canary": r.canary, "baseline": r.stable, "step_seconds": r.step_seconds,
-        "analysis": dataclasses.asdict(r.analysis),
+        "analysis": dataclasses.asdict(r.analysis), "hosts": {version: list(hosts) for version, hosts in r.hosts},
         "stages": [{"name": s.name, "weight": s.weight, "mirror": s.mirror, "match": [dict(m) for m in s.match]}
                    for s in stages(r)],
         "status": RUNNING, "stage": 0, "since": None, "failed_checks": 0, "history": [], "reason": "",
@@ -33,7 +33,14 @@ def start(r: Rollout, previous: Mapping[str, Any] | None, now: float) -> dict[st
 
 def _rollout_of(state: Mapping[str, Any]) -> Rollout:
     return Rollout(state["service"], state["fqdn"], state["label"], state["stable"], state["canary"], (100,),
-                   int(state["step_seconds"]), None, (), Analysis(**state["analysis"]), tuple(state["ports"]))
+                   int(state["step_seconds"]), None, (), analysis(state), tuple(state["ports"]))
+
+
+def analysis(state: Mapping[str, Any]) -> Analysis:
+    """The analysis a state was started with (a state saved before an analysis setting existed has its default)."""
+    saved = dict(state["analysis"])
+    saved["metrics"] = tuple(saved.get("metrics") or ())
+    return Analysis(**saved)
 
 
 def stage_in_force(state: Mapping[str, Any]) -> Stage:
