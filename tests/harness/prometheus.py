@@ -1,5 +1,6 @@
 """Prometheus (Debian's package) for the network-namespace tests: run in a host of a NetMesh (one outside the mesh)
-with the targets, rules and config vmesh.monitoring writes for the monitoring role, scraping every second."""
+with the targets, rules and config vmesh.monitoring writes for the monitoring role, scraping every second, and the
+role's console pages."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from typing import Iterator
 import pytest
 import yaml
 
+from harness import ROOT
 from vmesh import monitoring
 
 BINARY = shutil.which("prometheus") or "/usr/bin/prometheus"
 APP_UID = 1000  # NetMesh.start_app runs apps as this user
+CONSOLES = ROOT / "roles" / "monitoring" / "files"  # the mesh, service and workload pages the role installs
 requires_prometheus = pytest.mark.skipif(not os.path.exists(BINARY), reason="needs Debian's prometheus (make setup)")
 
 
@@ -39,5 +42,7 @@ def start(mesh, host: str, folder: Path) -> str:
     data.mkdir()
     os.chown(data, APP_UID, APP_UID)
     mesh.start_app(host, [BINARY, f"--config.file={config}", f"--storage.tsdb.path={data}",
-                          "--web.listen-address=0.0.0.0:9090"], name="prometheus", wait_port=9090, timeout=30)
+                          "--web.listen-address=0.0.0.0:9090", f"--web.console.templates={CONSOLES}/consoles",
+                          f"--web.console.libraries={CONSOLES}/console_libraries"],
+                   name="prometheus", wait_port=9090, timeout=30)
     return f"http://{mesh.address(host)}:9090"

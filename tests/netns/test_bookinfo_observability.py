@@ -193,6 +193,50 @@ def test_the_graph_shows_bookinfo_with_the_90_10_split_and_mtls(mesh):
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
 
 
+def test_prometheus_pages_show_the_mesh_the_service_and_its_workloads(mesh):
+    """The monitoring role's console pages, as Prometheus renders them from the graph test's traffic (before
+    any other test's): reviews in the mesh's table, its v1 and v2 workloads with v2's small share, productpage as
+    its caller over mutual TLS; and the page in a real browser (its screenshot kept in .cache/test-artifacts)."""
+    def page(path: str) -> str:
+        answer = mesh.request("monitoring", f"{prometheus_url(mesh)}/consoles/{path}")
+        assert answer.status == 200, answer
+        return answer.body.decode()
+
+    reviews = "reviews.default.svc.cluster.local"
+    overview = page("vmesh-mesh.html")
+    assert re.search(rf'data-service="{re.escape(reviews)}">\s*<td><a href="vmesh-service.html\?service={reviews}"',
+                     overview), overview
+    assert float(re.search(rf'data-service="{re.escape(reviews)}">.*?class="n rps">([0-9.]+)<', overview,
+                           re.S).group(1)) > 0
+    service = page(f"vmesh-service.html?service={reviews}")
+    shares = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'data-workload="(reviews-v[0-9])".*?class="n share">([0-9.]+) %', service, re.S)}
+    assert set(shares) == {"reviews-v1", "reviews-v2"}, service  # v3 got nothing
+    assert shares["reviews-v1"] > 70 and 0 < shares["reviews-v2"] < 30
+    assert sum(shares.values()) == pytest.approx(100, abs=0.1)
+    caller = re.search(r'data-caller="productpage-v1">.*?class="n">[0-9.]+</td>\s*<td class="n">([0-9.]+) %',
+                       service, re.S)
+    assert caller and float(caller.group(1)) == 100.0, service  # every call over mutual TLS
+    workload = page("vmesh-workload.html?workload=productpage-v1")
+    assert f'data-service="{reviews}"' in workload and 'data-service="details.default.svc.cluster.local"' in workload
+    # a parameter that is not a name changes nothing in the queries
+    assert "No requests in the last 5 minutes" in page('vmesh-service.html?service=x%22%7D%20or%20vector(1)%20%23')
+
+    browser = graph.chromium()
+    if browser is None:
+        pytest.skip("needs Chromium (make setup installs Debian's chromium)")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "prometheus-service-page.png"
+    shot.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="vmesh-chromium-") as profile:
+        drawn = subprocess.run(["ip", "netns", "exec", mesh.namespace("monitoring"), browser, "--headless",
+                                "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+                                "--virtual-time-budget=5000", "--window-size=1200,1400", f"--screenshot={shot}",
+                                f"{prometheus_url(mesh)}/consoles/vmesh-service.html?service={reviews}"],
+                               capture_output=True, text=True, timeout=90, check=False)
+    assert drawn.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", drawn.stderr[-2000:]
+
+
 @requires_jaeger
 def test_a_request_through_the_ingress_is_one_trace_across_bookinfo(mesh):
     """As Istio's distributed tracing task shows it: the ingress's span is the root, each service's span is the
