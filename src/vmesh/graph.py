@@ -14,6 +14,7 @@ page rendered by a headless Chromium).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import html
 import json
@@ -300,6 +301,8 @@ def svg(graph: Graph) -> str:
                    f'height="{h}" rx="8" fill="#f2f5f9" stroke="#8aa4c8"/>'
                    f'<text x="{x + 8}" y="{y + 15}" font-weight="bold">{esc(service)} '
                    f'<tspan fill="#777" font-weight="normal">{esc(namespace)}</tspan></text></g>')
+    # several edges into one workload meet at its end: their labels go near where they start instead
+    incoming = collections.Counter(e.destination for e in graph.edges.values())
     for edge_item in sorted(graph.edges.values(), key=lambda e: (e.source, e.destination)):
         (x1, y1), (x2, y2) = positions[edge_item.source], positions[edge_item.destination]
         start = (x1 + NODE_W, y1 + NODE_H / 2)
@@ -312,7 +315,8 @@ def svg(graph: Graph) -> str:
         else:
             mid = (start[0] + end[0]) / 2
             path = f"M {start[0]} {start[1]} C {mid} {start[1]}, {mid} {end[1]}, {end[0]} {end[1]}"
-            label_at = _bezier(start, (mid, start[1]), (mid, end[1]), end, 0.7)  # near the end: edges apart
+            along = 0.3 if incoming[edge_item.destination] > 1 else 0.7  # where this edge is apart from others
+            label_at = _bezier(start, (mid, start[1]), (mid, end[1]), end, along)
         width_px = 1.5 + min(4.0, math.log10(1 + edge_item.rps + edge_item.tcp_bps / 1000) * 2)
         line1, line2 = edge_label(edge_item)
         out.append(f'<g class="edge" data-source="{esc(edge_item.source[1])}" '

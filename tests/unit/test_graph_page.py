@@ -3,6 +3,8 @@ what the page shows. (Real Prometheus, real Bookinfo traffic and a real browser:
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from vmesh import cli, graph
@@ -77,3 +79,16 @@ def test_cli_refuses_a_bad_window_and_a_missing_output(capsys):
     assert "give --out FILE" in capsys.readouterr().err
     with pytest.raises(MeshError, match="expected a .html, .svg or .png"):
         graph.write(graph.build([], [], [], [], "1m"), __import__("pathlib").Path("g.txt"), "x")
+
+
+def test_labels_of_edges_into_one_workload_stay_apart():
+    """Two callers of ratings: their labels sit near where each edge starts, not on top of each other where the
+    edges meet."""
+    into_ratings = [sample(rps, source_workload=f"reviews-{v}", source_canonical_service="reviews",
+                           destination_workload="ratings-v1", destination_service_name="ratings",
+                           destination_version="v1") for v, rps in (("v2", 0.5), ("v3", 0.7))]
+    extra = [sample(0.2, destination_workload="reviews-v3", destination_version="v3")]
+    picture = graph.svg(graph.build(REQUESTS + into_ratings + extra, [], P99, [], "1m"))
+    at = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'data-source="(reviews-v[23])" data-destination="ratings-v1".*?<text x="[0-9]+" y="([0-9]+)"', picture)}
+    assert set(at) == {"reviews-v2", "reviews-v3"} and abs(at["reviews-v2"] - at["reviews-v3"]) >= 26  # two lines
