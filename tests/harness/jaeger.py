@@ -13,7 +13,12 @@ import pytest
 from harness.prometheus import APP_UID
 from vmesh import monitoring, tools
 
-requires_jaeger = pytest.mark.skipif(not os.access(tools.path("jaeger"), os.X_OK),
+
+def available() -> bool:
+    return os.access(tools.path("jaeger"), os.X_OK)
+
+
+requires_jaeger = pytest.mark.skipif(not available(),
                                      reason=f"needs Jaeger at {tools.path('jaeger')} (vmesh tools build jaeger)")
 QUERY_PORT = monitoring.JAEGER_PORTS["query"]
 
@@ -34,7 +39,3 @@ def traces(mesh, host: str, service: str, **params: str) -> list[dict]:
     answer = mesh.request(host, f"http://{mesh.address(host)}:{QUERY_PORT}/api/traces?{query}")
     assert answer.status == 200, answer
     return answer.json()["data"] or []
-
-
-def available() -> bool:
-    return os.access(tools.path("jaeger"), os.X_OK)

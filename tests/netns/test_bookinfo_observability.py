@@ -106,15 +106,17 @@ def prometheus_url(mesh) -> str:
     return f"http://{mesh.address('monitoring')}:9090"
 
 
+def ask_prometheus(mesh, promql: str) -> dict:
+    """Prometheus's whole answer to an instant query, asked from the namespace that runs it."""
+    answer = mesh.request("monitoring", f"{prometheus_url(mesh)}/api/v1/query?"
+                          + urllib.parse.urlencode({"query": promql}))
+    assert answer.status == 200, answer
+    return answer.json()
+
+
 def graph_from(mesh) -> graph.Graph:
     """The graph as `vmesh graph` builds it, its queries sent through the namespace that runs Prometheus."""
-    def query(promql: str) -> list[dict]:
-        answer = mesh.request("monitoring", f"{prometheus_url(mesh)}/api/v1/query?"
-                              + urllib.parse.urlencode({"query": promql}))
-        assert answer.status == 200, answer
-        return answer.json()["data"]["result"]
-
-    return graph.fetch(prometheus_url(mesh), "5m", ask=query)
+    return graph.fetch(prometheus_url(mesh), "5m", ask=lambda promql: ask_prometheus(mesh, promql)["data"]["result"])
 
 
 def _served(mesh) -> dict[str, int]:
@@ -321,10 +323,9 @@ def test_the_ingress_is_the_source_its_callees_report(mesh):
              '(istio_requests_total{destination_workload="productpage-v1", source_workload!="unknown"})')
     deadline = time.monotonic() + 20
     while True:
-        answer = mesh.request("monitoring", f"{prometheus_url(mesh)}/api/v1/query?"
-                              + urllib.parse.urlencode({"query": query}))
         found = {(r["metric"]["reporter"], r["metric"]["source_workload"], r["metric"]["source_canonical_service"],
-                  r["metric"].get("connection_security_policy", "")) for r in answer.json()["data"]["result"]}
+                  r["metric"].get("connection_security_policy", ""))
+                 for r in ask_prometheus(mesh, query)["data"]["result"]}
         if len(found) == 2 or time.monotonic() > deadline:
             break
         time.sleep(1)
@@ -335,12 +336,6 @@ def test_a_rollout_judged_from_prometheus_moves_a_healthy_canary_on_and_rolls_ba
     """The canary role's Prometheus analysis, on Istio's metrics as Prometheus scraped them from the proxies:
     reviews v2 answers well and goes on to the next stage; v3 answers 500 and is rolled back."""
     page = f"http://{mesh.address('productpage-v1')}:9080/productpage"
-
-    def ask(promql: str) -> dict:
-        answer = mesh.request("monitoring", f"{prometheus_url(mesh)}/api/v1/query?"
-                              + urllib.parse.urlencode({"query": promql}))
-        assert answer.status == 200, answer
-        return answer.json()
 
     def stage(canary: str) -> tuple[dict, int]:
         """One 50 % stage of a rollout of ``canary``, judged from Prometheus; (the new state, calls it served)."""
@@ -358,7 +353,8 @@ def test_a_rollout_judged_from_prometheus_moves_a_healthy_canary_on_and_rolls_ba
         served = _served(mesh)[f"reviews-{canary}"] - before[f"reviews-{canary}"]
         time.sleep(4)  # scraped every second; histograms published every 5 s... and a last scrape
         seconds = time.time() - started
-        answers = {name: ask(promql) for name, promql in rollout.prometheus_queries(entry["state"], seconds).items()}
+        queries = rollout.prometheus_queries(entry["state"], seconds)
+        answers = {name: ask_prometheus(mesh, promql) for name, promql in queries.items()}
         return rollout.step_from_prometheus(entry["state"], answers, started, time.time()), served
 
     def near(counted: int, served: int) -> bool:
