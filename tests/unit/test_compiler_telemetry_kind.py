@@ -124,8 +124,11 @@ spec:
     assert json.loads(files["envoy.json"])["node"]["cluster"] == "reviews.default"  # the spans' service name
     tags = {t["tag"]: t["literal"]["value"] for t in config["custom_tags"]}
     assert tags["istio.canonical_service"] == "reviews" and tags["istio.namespace"] == "default"
-    outbound = hcms(files, "virtualOutbound")[0]["tracing"]
-    assert outbound["operation"] == "ratings.default.svc.cluster.local:9080/*"
+    # outbound, the route names the span (the connection manager's operation would override it)
+    assert "operation" not in hcms(files, "virtualOutbound")[0]["tracing"]
+    (table,) = resources(files, "rds_outbound_9080__ratings.default.svc.cluster.local.json")
+    assert table["virtual_hosts"][0]["routes"][0]["decorator"] == {
+        "operation": "ratings.default.svc.cluster.local:9080/*"}
     # the most specific Telemetry's sampling wins, the provider is inherited
     ratings = hcms(render_host(mesh, "ratings-v1").files, "virtualInbound")[0]["tracing"]
     assert ratings["random_sampling"] == {"value": 50.0} and "provider" in ratings
@@ -260,3 +263,32 @@ def test_tcp_ports_count_connections_and_bytes_and_log_when_the_connection_ends(
     for files in (client, db):
         ok, message = envoy.validate(envoy.static_bundle(files), stub_missing=True)
         assert ok, message
+
+
+def test_virtualservice_routes_name_their_spans_as_istio_does_when_something_traces():
+    """Istio's route operation: the one destination's host:port and the path matched (a prefix with *), else the
+    VirtualService's name and the port; only where a tracer may run, so untraced meshes carry no more bytes."""
+    split = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /reviews/0}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 90}
+    - {destination: {host: reviews, subset: v3}, weight: 10}
+"""
+    tracing = telemetry("mesh", "istio-system", "  tracing: [{providers: [{name: zipkin}]}]\n")
+
+    def operations(*docs: str) -> list[str | None]:
+        files = render_host(build(*docs, hosts=hosts_with({"extensionProviders": PROVIDERS})), "productpage-v1").files
+        (name,) = [name for name in files if name.startswith("rds_outbound_9080__reviews")]
+        (table,) = resources(files, name)
+        return [r.get("decorator", {}).get("operation") for vh in table["virtual_hosts"] for r in vh["routes"]]
+
+    assert operations(split, tracing) == ["reviews.default.svc.cluster.local:9080/reviews/0*", "reviews:9080/*"]
+    assert operations(split) == [None, None]
+    # without a VirtualService, the default route: host:port/*
+    assert operations(tracing) == ["reviews.default.svc.cluster.local:9080/*"]

@@ -149,8 +149,8 @@ def _chains(mesh: Mesh, gateway: Gateway, index: int, server: Server, workload: 
             known |= set(vhost["domains"])
             config["virtual_hosts"].append(vhost)
         authorization = listeners.authorization_filters(mesh, workload, port)
-        chain = {"name": route_name, "filters": [listeners.edge_hcm(mesh, stat_prefix, route_name, workload, server.port,
-                                                                 authorization)]}
+        chain = {"name": route_name,
+                 "filters": [listeners.edge_hcm(mesh, stat_prefix, route_name, workload, authorization)]}
         if server.terminates_tls:
             chain["filter_chain_match"] = _server_names(server)
             chain["transport_socket"] = _downstream_tls(server, workload, edge)

@@ -25,9 +25,9 @@ ADMIN_CLUSTER = "vmesh_admin"
 
 def _hcm(stat_prefix: str, route_name: str | None, workload: Workload, *, inbound: bool,
          route_config: dict[str, Any] | None = None, side: Side | None = None,
-         trace: tuple[Registry, str] | None = None) -> dict[str, Any]:
+         trace: tuple[Registry, str | None] | None = None) -> dict[str, Any]:
     """``side``: what this side of the proxy records (None: nothing, the proxy's own ports); ``trace``: the
-    registry and the span name, where the side has a tracer."""
+    registry and the span name (None: the routes' decorators name the spans), where the side has a tracer."""
     config: dict[str, Any] = {
         "stat_prefix": stat_prefix,
         # fault and CORS take their settings per route, so adding a fault changes only the routes (no drain)
@@ -87,13 +87,13 @@ def _listener(name: str, port: int, direction: str, chains: list[dict[str, Any]]
     }
 
 
-def edge_hcm(mesh: Mesh, stat_prefix: str, route_name: str, workload: Workload, port: int,
+def edge_hcm(mesh: Mesh, stat_prefix: str, route_name: str, workload: Workload,
              authorization: list[dict[str, Any]] = ()) -> dict[str, Any]:
     """A Gateway's HTTP connection manager: the edge of the mesh, so it sets X-Forwarded-For itself; the
     AuthorizationPolicies selecting the gateway host apply here (before routing). It records as a client does
     (Istio's reporter "source")."""
     hcm = _hcm(stat_prefix, route_name, workload, inbound=False, side=mesh.telemetry(workload, "client"),
-               trace=(mesh.registry, f"{tracing_service(mesh.registry, workload)}:{port}/*"))
+               trace=(mesh.registry, None))
     hcm["typed_config"].update(use_remote_address=True, strip_any_host_port=True, normalize_path=True)
     hcm["typed_config"]["http_filters"][0:0] = list(authorization)
     return hcm
@@ -107,7 +107,7 @@ def _service_chains(mesh: Mesh, service: Service, port: Port, workload: Workload
     side = mesh.telemetry(workload, "client")
     if port.is_http:
         filters = [_hcm(stat_prefix, routes.outbound_name_for(service, port), workload, inbound=False, side=side,
-                        trace=(mesh.registry, f"{service.fqdn}:{port.number}/*"))]
+                        trace=(mesh.registry, None))]
         return [{"name": name, "filters": filters, "filter_chain_match": match}]
     chains = []
     if port.protocol == "tls":
@@ -166,7 +166,7 @@ def outbound(mesh: Mesh, services: list[Service], workload: Workload, policy: st
         chains.append({"name": f"0.0.0.0_{number}", "filter_chain_match": {"destination_port": number},
                        "filters": [_hcm(f"outbound_0.0.0.0_{number}", str(number), workload, inbound=False,
                                         side=mesh.telemetry(workload, "client"),
-                                        trace=(mesh.registry, "%REQ(:AUTHORITY)%/*"))]})
+                                        trace=(mesh.registry, None))]})
     default = PASSTHROUGH if policy == "ALLOW_ANY" else BLACKHOLE
     return _listener("virtualOutbound", OUTBOUND_PORT, "OUTBOUND", chains, default, sorted(sni_ports))
 

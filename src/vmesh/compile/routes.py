@@ -254,7 +254,10 @@ def default_route(mesh: Mesh, service: Service, port: Port) -> dict[str, Any]:
     hashing = hash_policy(mesh, service.fqdn, None, port.number)
     if hashing:
         action["hash_policy"] = hashing
-    return {"name": "default", "match": {"prefix": "/"}, "route": action}
+    route = {"name": "default", "match": {"prefix": "/"}, "route": action}
+    if mesh.traced:
+        route["decorator"] = {"operation": f"{service.fqdn}:{port.number}/*"}
+    return route
 
 
 def http_routes(mesh: Mesh, vs: VirtualService, port: Port, client: Workload,
@@ -268,8 +271,25 @@ def http_routes(mesh: Mesh, vs: VirtualService, port: Port, client: Workload,
         entry = _entry(mesh, route, port)
         name = route.name or f"{vs.doc.name}.{index}"
         for match in matches:
-            out.append({"name": name, "match": _route_match(match), **entry})
+            envoy_match = _route_match(match)
+            decorated = {"decorator": {"operation": _operation(vs, port, envoy_match, entry)}} if mesh.traced else {}
+            out.append({"name": name, "match": envoy_match, **entry, **decorated})
     return out
+
+
+def _operation(vs: VirtualService, port: Port, match: dict[str, Any], entry: dict[str, Any]) -> str:
+    """The span name of a VirtualService route, as Istio gives it: the one destination's host:port, else the
+    VirtualService's name and the port, then the path matched (a prefix with *, a regex as written)."""
+    if "path" in match:
+        path = match["path"]
+    elif "safe_regex" in match:
+        path = match["safe_regex"]["regex"]
+    else:
+        path = match.get("prefix", "/") + "*"
+    parts = (entry.get("route") or {}).get("cluster", "").split("|")
+    if len(parts) == 4 and parts[0] == "outbound":
+        return f"{parts[3]}:{parts[1]}{path}"
+    return f"{vs.doc.name}:{port.number}{path}"
 
 
 def outbound(mesh: Mesh, service: Service, port: Port, client: Workload) -> dict[str, Any]:

@@ -158,9 +158,10 @@ def canonical_service(workload: Workload) -> str:
             or labels.get("app") or workload.service or workload.host)
 
 
-def tracing(side: Side, workload: Workload, registry: Registry, operation: str) -> dict[str, Any] | None:
+def tracing(side: Side, workload: Workload, registry: Registry, operation: str | None) -> dict[str, Any] | None:
     """The connection manager's tracing: the provider, Istio's random sampling and tags; ``operation`` names the
-    spans as Istio does (host:port/*). None when this side has no tracer."""
+    spans of an inbound side as Istio does (host:port/*). Outbound and gateway routes name theirs with a decorator
+    each (the connection manager's operation would override it). None when this side has no tracer."""
     if side.tracer is None:
         return None
     labels = workload.labels
@@ -171,8 +172,10 @@ def tracing(side: Side, workload: Workload, registry: Registry, operation: str) 
             ("istio.namespace", "literal", workload.namespace, ""),
             ("istio.cluster_id", "literal", CLUSTER_ID, "")]
     custom = {t[0]: t for t in tags + list(side.custom_tags)}
-    config: dict[str, Any] = {"random_sampling": {"value": side.sampling}, "operation": operation,
+    config: dict[str, Any] = {"random_sampling": {"value": side.sampling},
                               "custom_tags": [_custom_tag(*t) for t in custom.values()]}
+    if operation:
+        config["operation"] = operation
     if side.tracer.max_tag_length:
         config["max_path_tag_length"] = side.tracer.max_tag_length
     if side.report_spans:

@@ -86,6 +86,15 @@ class Mesh:
         return self._by_selection("mtls", workload, port, lambda: peerauthentication.mode_for(
             self.peer_authentications, workload.namespace, workload.labels, port))
 
+    @property
+    def traced(self) -> bool:
+        """Whether some proxy may trace (a default tracing provider, or a Telemetry that names tracing): then
+        VirtualService routes carry Istio's span names."""
+        if ("traced",) not in self._memo:
+            self._memo[("traced",)] = bool(self.mesh_config.default_tracing and self.mesh_config.tracing_enabled) \
+                or any(t.tracing for t in self.telemetries)
+        return bool(self._memo[("traced",)])
+
     def telemetry(self, workload: registry_mod.Workload, side: str) -> telemetry_mod.Side:
         """What the client (outbound, gateways) or server (inbound) side of a workload's proxy records: access
         logs, tracing, metrics."""
