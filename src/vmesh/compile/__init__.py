@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import Any
+from typing import Any, Callable
 
 from vmesh import envoy
 from vmesh.compile import bootstrap, clusters, gateways, listeners, mtls, patches, routes, telemetry
@@ -94,6 +94,22 @@ class Renderer:
                          (c.endpoints[0], _resources([dumps(c.endpoints[1])])) if c.endpoints else None)
                 for c in clusters.outbound(self.mesh, service, client)]
         return self._clusters[key]
+
+    def _mesh_cluster(self, workload: Workload, endpoint_files: dict[str, str]) -> Callable[[str, int], Any]:
+        """For a cluster an EnvoyFilter adds: the mesh's own cluster for a service name and port as this host
+        names them, with its endpoints file among this host's files; None when no mesh service has them."""
+        names = {name: service for service in self.mesh.registry.services.values()
+                 for name in service.names_for(workload.namespace)}
+
+        def find(name: str, port: int) -> dict[str, Any] | None:
+            service = names.get(name)
+            for c in self._service_clusters(service, workload) if service else []:
+                if c.port == port and c.subset is None:
+                    if c.endpoints:
+                        endpoint_files[c.endpoints[0]] = c.endpoints[1]
+                    return dict(json.loads(c.json))
+            return None
+        return find
 
     def _shared_references(self, text: str) -> set[tuple[int, str, str]]:
         """The outbound clusters a shared route text sends to, (port, subset or "", FQDN), kept with it."""
@@ -184,6 +200,11 @@ class Renderer:
                     if c.endpoints:
                         endpoint_files[c.endpoints[0]] = c.endpoints[1]
         cds += [dumps(c) for c in clusters.inbound(workload)]
+        filters = patches.selected(mesh, workload)
+        if any(p.apply_to == "CLUSTER" for f in filters for p in f.patches):
+            cds = [dumps(c) for c in patches.clusters(filters, [json.loads(c) for c in cds],
+                                                      gateway=bool(edge.listeners),
+                                                      mesh_cluster=self._mesh_cluster(workload, endpoint_files))]
         files = {BOOTSTRAP_FILE: dumps(bootstrap.bootstrap(workload, registry)),
                  bootstrap.LDS_FILE: lds_text, bootstrap.CDS_FILE: _resources(cds)}
         route_files: dict[str, str] = {}

@@ -1,14 +1,20 @@
-"""Apply EnvoyFilter patches to one host's generated listeners and route tables."""
+"""Apply EnvoyFilter patches to one host's generated listeners, route tables and clusters."""
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Callable
 
-from vmesh.compile.envoy_types import HCM
+from vmesh.compile.envoy_types import CLUSTER, HCM
+from vmesh.errors import MeshError
+from vmesh.istio.envoyfilter import EnvoyFilter, Patch, applies_to, merge
 from vmesh.istio.model import Mesh
-from vmesh.istio.envoyfilter import Patch, applies_to, merge
 from vmesh.registry import Workload
+
+# where an added cluster names a mesh service, what it takes from the mesh's own cluster for that service port
+DISCOVERY = ("type", "eds_cluster_config", "load_assignment", "dns_lookup_family", "respect_dns_ttl")
+TRANSPORT = ("transport_socket", "transport_socket_matches")
+HTTP2 = ("typed_extension_protocol_options", "http2_protocol_options")
 
 DIRECTIONS = {"virtualOutbound": "SIDECAR_OUTBOUND", "virtualInbound": "SIDECAR_INBOUND"}
 ROUTER = "envoy.filters.http.router"
@@ -88,13 +94,89 @@ def _routes(patch: Patch, rds: dict[str, dict[str, Any]]) -> None:
         config["virtual_hosts"] = [v for v in config["virtual_hosts"] if v.get("routes")]
 
 
-def apply(mesh: Mesh, workload: Workload, lds: list[dict[str, Any]], rds: dict[str, dict[str, Any]]) -> None:
+def selected(mesh: Mesh, workload: Workload) -> list[EnvoyFilter]:
     """The EnvoyFilters that select this host, root namespace first, each in document order."""
     filters = [f for f in mesh.envoy_filters if applies_to(f, workload.namespace, workload.labels)]
     filters.sort(key=lambda f: f.doc.namespace != "istio-system")
-    for flt in filters:
+    return filters
+
+
+def apply(mesh: Mesh, workload: Workload, lds: list[dict[str, Any]], rds: dict[str, dict[str, Any]]) -> None:
+    """The listener and route patches of the EnvoyFilters that select this host, in order."""
+    for flt in selected(mesh, workload):
         for patch in flt.patches:
             if patch.apply_to == "HTTP_FILTER":
                 _listeners(patch, lds)
-            else:
+            elif patch.apply_to in ("HTTP_ROUTE", "VIRTUAL_HOST"):
                 _routes(patch, rds)
+
+
+def _cluster_contexts(name: str, gateway: bool) -> tuple[str, ...]:
+    if name.startswith("inbound|"):
+        return ("SIDECAR_INBOUND",)
+    # a host that runs a Gateway sends to the same outbound clusters from its gateway and its sidecar
+    return ("GATEWAY", "SIDECAR_OUTBOUND") if gateway else ("SIDECAR_OUTBOUND",)
+
+
+def clusters(filters: list[EnvoyFilter], cds: list[dict[str, Any]], *, gateway: bool,
+             mesh_cluster: Callable[[str, int], dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """The CLUSTER patches of ``filters`` on this host's clusters, in order: MERGE and REMOVE change the clusters
+    they match; ADD appends one. An added cluster whose endpoint is a mesh service's name and port
+    (``ratelimit.default.svc.cluster.local:8081``, as Istio's samples write it) reaches that service as the mesh
+    does: its endpoints from the registry and mTLS where the mesh has it (``mesh_cluster(name, port)``: the mesh's
+    own cluster for that service port, None when the name is no mesh service's)."""
+    out = list(cds)
+    for flt in filters:
+        for patch in flt.patches:
+            if patch.apply_to != "CLUSTER":
+                continue
+            if patch.operation == "ADD":
+                if patch.context in ("ANY", "SIDECAR_OUTBOUND") or (patch.context == "GATEWAY" and gateway):
+                    added = _added_cluster(flt, patch, mesh_cluster)
+                    if any(c["name"] == added["name"] for c in out):
+                        raise flt.doc.error(f"{patch.where}.patch.value.name",
+                                            f"this host already has a cluster named {added['name']!r}")
+                    out.append(added)
+                continue
+            kept = []
+            for cluster in out:
+                hit = (patch.context == "ANY" or patch.context in _cluster_contexts(cluster["name"], gateway)) \
+                    and (patch.cluster is None or patch.cluster.matches(cluster["name"]))
+                if hit and patch.operation == "REMOVE":
+                    continue
+                if hit:
+                    cluster = copy.deepcopy(cluster)
+                    merge(cluster, patch.value)
+                kept.append(cluster)
+            out = kept
+    return out
+
+
+def _added_cluster(flt: EnvoyFilter, patch: Patch,
+                   mesh_cluster: Callable[[str, int], dict[str, Any] | None]) -> dict[str, Any]:
+    cluster = {"@type": CLUSTER, **copy.deepcopy(patch.value)}
+    lb_endpoints = [lb for group in cluster.get("load_assignment", {}).get("endpoints", [])
+                    for lb in group.get("lb_endpoints", [])]
+    addresses = [lb.get("endpoint", {}).get("address", {}).get("socket_address", {}) for lb in lb_endpoints]
+    found = [(a.get("address"), a.get("port_value"), mesh_cluster(a.get("address", ""), a.get("port_value") or 0))
+             for a in addresses]
+    in_mesh = [(host, port, own) for host, port, own in found if own is not None]
+    if not in_mesh:
+        return cluster
+    if len(found) > 1:
+        raise flt.doc.error(f"{patch.where}.patch.value.load_assignment",
+                            f"{in_mesh[0][0]}:{in_mesh[0][1]} is a mesh service: vmesh takes its endpoints from "
+                            "the inventory, so it must be the cluster's only endpoint")
+    own = in_mesh[0][2]
+    for field in DISCOVERY:  # where the endpoints come from: the mesh's, kept current as hosts come and go
+        cluster.pop(field, None)
+        if field in own:
+            cluster[field] = copy.deepcopy(own[field])
+    if "eds_cluster_config" in cluster:  # the mesh's endpoints file names the mesh's cluster
+        cluster["eds_cluster_config"].setdefault("service_name", own["name"])
+    if not any(field in cluster for field in TRANSPORT):  # the mesh's mTLS, unless the patch chose its own
+        cluster.update({field: copy.deepcopy(own[field]) for field in TRANSPORT if field in own})
+    if "typed_extension_protocol_options" in own and not any(field in cluster for field in HTTP2):
+        cluster["typed_extension_protocol_options"] = copy.deepcopy(own["typed_extension_protocol_options"])
+    return cluster
+

@@ -1,8 +1,9 @@
 """EnvoyFilter: Istio's escape hatch, supported for the patches rate limiting needs.
 
 Supported: ``applyTo`` HTTP_FILTER (INSERT_BEFORE, INSERT_AFTER, INSERT_FIRST, ADD, REMOVE relative to a named
-sub-filter) and HTTP_ROUTE / VIRTUAL_HOST (MERGE, REMOVE) in the SIDECAR_INBOUND, SIDECAR_OUTBOUND, GATEWAY or ANY
-context, matched by listener port, virtual host name and route name/action. Anything else is refused by name.
+sub-filter), HTTP_ROUTE / VIRTUAL_HOST (MERGE, REMOVE) and CLUSTER (ADD, MERGE, REMOVE) in the SIDECAR_INBOUND,
+SIDECAR_OUTBOUND, GATEWAY or ANY context, matched by listener port, virtual host name, route name/action and
+cluster name/service/subset/port. Anything else is refused by name.
 Patch values are Envoy configuration; they are merged the way Istio merges protobufs (maps recursively, lists
 appended, scalars replaced) and checked by ``envoy --mode validate`` like everything vmesh renders.
 """
@@ -18,10 +19,29 @@ from vmesh.documents import Document
 from vmesh.istio.fields import Node, root
 
 APPLY_TO = {"HTTP_FILTER": ("INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST", "ADD", "REMOVE"),
-            "HTTP_ROUTE": ("MERGE", "REMOVE"), "VIRTUAL_HOST": ("MERGE", "REMOVE")}
+            "HTTP_ROUTE": ("MERGE", "REMOVE"), "VIRTUAL_HOST": ("MERGE", "REMOVE"), "CLUSTER": ("ADD", "MERGE", "REMOVE")}
 CONTEXTS = ("SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY", "ANY")
 ROUTE_ACTIONS = ("ANY", "ROUTE", "REDIRECT", "DIRECT_RESPONSE")
 HCM_NAMES = ("envoy.filters.network.http_connection_manager", "envoy.http_connection_manager")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterMatch:
+    """``match.cluster``: every field set must hold (Istio's clusterMatch); unset fields match anything."""
+    name: str | None = None
+    service: str | None = None
+    subset: str | None = None
+    port: int | None = None
+
+    def matches(self, cluster_name: str) -> bool:
+        if self.name is not None:
+            return cluster_name == self.name
+        parts = cluster_name.split("|")
+        if len(parts) != 4:  # not direction|port|subset|host: only a name can select it
+            return self == ClusterMatch()
+        _, port, subset, host = parts
+        return ((self.service is None or host == self.service) and (self.subset is None or subset == self.subset)
+                and (self.port is None or port == str(self.port)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +55,8 @@ class Patch:
     route_action: str
     operation: str
     value: Any
+    cluster: ClusterMatch | None = None  # CLUSTER: which clusters MERGE and REMOVE change
+    where: str = ""  # the patch's place in its document, for errors: spec.configPatches[i]
 
 
 @dataclasses.dataclass
@@ -62,7 +84,13 @@ def _patch(node: Node) -> Patch:
     if apply_to not in APPLY_TO:
         raise node.get("applyTo").error(f"applyTo {apply_to} is not supported by vmesh yet "
                                         f"(supported: {', '.join(APPLY_TO)})")
-    match = node.get("match").mapping(("context", "listener", "routeConfiguration", "proxy"), ("cluster",))
+    match = node.get("match").mapping(("context", "listener", "routeConfiguration", "proxy", "cluster"))
+    for field in ("listener", "routeConfiguration", "cluster"):
+        wanted = {"listener": ("HTTP_FILTER",), "routeConfiguration": ("HTTP_ROUTE", "VIRTUAL_HOST"),
+                  "cluster": ("CLUSTER",)}[field]
+        if match.get(field).present and apply_to not in wanted:
+            raise match.get(field).error(f"match.{field} does not select where applyTo {apply_to} applies "
+                                         f"(it goes with {' or '.join(wanted)})")
     context = match.get("context").string(default="ANY")
     if context not in CONTEXTS:
         raise match.get("context").error(f"context {context} is not supported by vmesh yet "
@@ -86,12 +114,18 @@ def _patch(node: Node) -> Patch:
         rc = match.get("routeConfiguration").mapping(("portNumber", "portName", "gateway", "name", "vhost"))
         port = rc.get("portNumber").integer(minimum=1, maximum=65535) or port
         vh = rc.get("vhost").mapping(("name", "route", "domainName"))
-        vhost = vh.get("name").string()
+        vhost = vh.get("name").string() or None  # "" (the proto's default, as Istio's samples write it): any
         route = vh.get("route").mapping(("name", "action"))
         route_name = route.get("name").string()
         action = route.get("action").string(default="ANY")
         if action not in ROUTE_ACTIONS:
             raise route.get("action").error(f"expected one of {', '.join(ROUTE_ACTIONS)}")
+    cluster = None
+    if match.get("cluster").present:
+        cm = match.get("cluster").mapping(("portNumber", "service", "subset", "name"))
+        cluster = ClusterMatch(cm.get("name").string() or None, cm.get("service").string() or None,
+                               cm.get("subset").string() or None,
+                               cm.get("portNumber").integer(minimum=0, maximum=65535) or None)
     patch = node.get("patch").mapping(("operation", "value", "filterClass"), required=True)
     operation = patch.get("operation").string(required=True)
     if operation not in APPLY_TO[apply_to]:
@@ -100,12 +134,14 @@ def _patch(node: Node) -> Patch:
     value = patch.get("value").value
     if operation != "REMOVE" and not isinstance(value, dict):
         raise patch.get("value").error("expected a mapping of Envoy configuration")
-    if apply_to == "HTTP_FILTER" and operation != "REMOVE" and not (value or {}).get("name"):
-        raise patch.get("value").get("name").error("an HTTP filter needs a name")
+    if apply_to in ("HTTP_FILTER", "CLUSTER") and operation in ("INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST", "ADD") \
+            and not (value or {}).get("name"):
+        what = "an HTTP filter" if apply_to == "HTTP_FILTER" else "an added cluster"
+        raise patch.get("value").get("name").error(f"{what} needs a name")
     if operation in ("INSERT_BEFORE", "INSERT_AFTER") and sub_filter is None:
         operation = "INSERT_FIRST" if operation == "INSERT_BEFORE" else "ADD"
     return Patch(apply_to, context, port, sub_filter, vhost, route_name, action, operation,
-                 _snake(copy.deepcopy(value)) if value is not None else None)
+                 _snake(copy.deepcopy(value)) if value is not None else None, cluster, node.path)
 
 
 def parse(doc: Document) -> EnvoyFilter:
