@@ -245,7 +245,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("state", help="a rollout's state, <inventory>/rollouts/<service>.json")
     p.add_argument("--out", required=True, help="the PNG file to write")
     p.set_defaults(func=cmd_rollout_plot)
-    tools = sub.add_parser("tools", help="programs vmesh deploys that come as Go modules (Jaeger): build, locate")
+    tools = sub.add_parser("tools", help="programs vmesh deploys that come as Go modules (Jaeger, ratelimit): build, "
+                                                 "locate")
     verbs = tools.add_subparsers(dest="verb", required=True)
     p = verbs.add_parser("build", help="build each named tool (default: all) at its pinned version, unless built; "
                                        "the cache is $VMESH_TOOLS_DIR, else ~/.cache/vmesh/tools")

@@ -1,5 +1,5 @@
-"""Programs vmesh deploys that ship neither as a Python nor as a Debian package (Jaeger): built from their Go
-module at a pinned version with the machine's ``go``, once, into a cache; never vendored.
+"""Programs vmesh deploys that ship neither as a Python nor as a Debian package (Jaeger, Envoy's rate-limit
+service): built from their Go module at a pinned version with the machine's ``go``, once, into a cache; never vendored.
 
 The cache is ``$VMESH_TOOLS_DIR``, else ``~/.cache/vmesh/tools``; a program is ``<cache>/<name>-<version>/<name>``,
 so a new pin builds beside the old one and a finished binary is never rebuilt. A build happens in a scratch
@@ -22,20 +22,25 @@ from vmesh.errors import MeshError
 @dataclasses.dataclass(frozen=True)
 class Tool:
     name: str
+    module: str
     package: str  # the Go package of the command
     version: str  # the module's version, as the Go module proxy serves it
     what: str
 
-    @property
-    def module(self) -> str:
-        return self.package.split("/cmd/")[0]
 
-
+JAEGER = "github.com/jaegertracing/jaeger"
+RATELIMIT = "github.com/envoyproxy/ratelimit"
+# envoyproxy/ratelimit tags no releases: its main branch is what it ships (as container images named by commit)
+RATELIMIT_VERSION = "v1.4.1-0.20260122083618-3fb702589d36"
 TOOLS = {
     # Jaeger v2 (an OpenTelemetry collector with Jaeger's storage and query): the module's v1.x tags are the
     # v2 releases' Go versions. v1.75.0 is Jaeger 2.12.
-    "jaeger": Tool("jaeger", "github.com/jaegertracing/jaeger/cmd/jaeger", "v1.75.0",
+    "jaeger": Tool("jaeger", JAEGER, f"{JAEGER}/cmd/jaeger", "v1.75.0",
                    "Jaeger, the trace store and query API (Zipkin and OTLP receivers)"),
+    "ratelimit": Tool("ratelimit", RATELIMIT, f"{RATELIMIT}/src/service_cmd", RATELIMIT_VERSION,
+                      "Envoy's reference rate-limit service (gRPC, counters in Redis)"),
+    "ratelimit-check": Tool("ratelimit-check", RATELIMIT, f"{RATELIMIT}/src/config_check_cmd", RATELIMIT_VERSION,
+                            "the rate-limit service's own check of its configuration files"),
 }
 GO_ELSEWHERE = ("/usr/local/go/bin/go", "/usr/lib/go/bin/go")  # where Go's tarball and Debian put it, off PATH
 BUILD_TIMEOUT = 3600  # seconds: a first build downloads and compiles several hundred modules

@@ -80,6 +80,10 @@ def test_the_command_says_where_a_tool_is(cache, tmp_path):
     env["PATH"] = f"{tmp_path}:{env['PATH']}"  # the stand-in go first
     built = subprocess.run([*vmesh, "build"], capture_output=True, text=True, env=env, check=False)
     assert built.returncode == 0, built.stderr
-    assert built.stdout.endswith(f"jaeger v1.75.0: {cache}/jaeger-v1.75.0/jaeger (built)\n")
+    # all of them, each at its pin
+    assert f"jaeger v1.75.0: {cache}/jaeger-v1.75.0/jaeger (built)\n" in built.stdout
+    pin = tools.RATELIMIT_VERSION
+    assert f"ratelimit {pin}: {cache}/ratelimit-{pin}/ratelimit (built)\n" in built.stdout
+    assert built.stdout.endswith(f"ratelimit-check {pin}: {cache}/ratelimit-check-{pin}/ratelimit-check (built)\n")
     found = subprocess.run([*vmesh, "path", "jaeger"], capture_output=True, text=True, env=env, check=False)
     assert found.stdout == f"{cache}/jaeger-v1.75.0/jaeger\n"
