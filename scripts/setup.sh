@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(podman runc debootstrap openssh-client iptables iproute2 uidmap slirp4netns netavark aardvark-dns
-              python3-venv util-linux hey wrk nginx-light make git curl openssl prometheus chromium)
+              python3-venv util-linux hey wrk nginx-light make git curl openssl prometheus redis-server chromium)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -20,9 +20,9 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # nginx-light is a benchmark backend only; it must not hold port 80 on this machine. Prometheus runs only in
-  # the tests' namespaces (and on the monitoring VM), never as this machine's service.
-  systemctl disable --now nginx prometheus >/dev/null 2>&1 || true
+  # nginx-light is a benchmark backend only; it must not hold port 80 on this machine. Prometheus and Redis run
+  # only in the tests' namespaces (and on the monitoring and rate-limit VMs), never as this machine's services.
+  systemctl disable --now nginx prometheus redis-server >/dev/null 2>&1 || true
 fi
 
 # Every test VM's systemd and Envoy, and every Envoy of the network-namespace tests, take inotify instances of

@@ -31,7 +31,7 @@ LAYERS = [
     (4, ("vmesh.load",)),
     (5, ("vmesh.compile",)),
     (6, ("vmesh.plot", "vmesh.lab", "vmesh.artifact", "vmesh.monitoring", "vmesh.graph",
-          "vmesh.traces")),
+          "vmesh.traces", "vmesh.ratelimit")),
     (7, ("vmesh.cli",)),
 ]
 
