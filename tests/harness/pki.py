@@ -184,7 +184,8 @@ def user_intermediate(folder: Path, root: Path, root_key: Path, name="mesh") -> 
     return folder / f"{name}.pem", folder / f"{name}.key"
 
 
-INSTALLS = ROOT / ".cache" / "node-install"
+# one folder per pytest-xdist worker: each installs at import, and two at once in one folder collide
+INSTALLS = ROOT / ".cache" / "node-install" / os.environ.get("PYTEST_XDIST_WORKER", "main")
 CODE = ("ansible_collections", "vmesh", "mesh", "plugins", "module_utils")
 
 
