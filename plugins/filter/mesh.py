@@ -8,10 +8,10 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 
 try:
-    from vmesh import inputs, monitoring, registry, rollout
+    from vmesh import inputs, monitoring, ratelimit, registry, rollout
     from vmesh.errors import MeshError
 except ImportError as exc:  # pragma: no cover - install problem, reported when the filter is used
-    inputs = monitoring = registry = rollout = None
+    inputs = monitoring = ratelimit = registry = rollout = None
     IMPORT_ERROR = exc
 else:
     IMPORT_ERROR = None
@@ -102,8 +102,36 @@ def jaeger_config(max_traces=100000, listen="0.0.0.0", ui_assets=""):
                                                      ui_assets=str(ui_assets or "")))
 
 
+def ratelimit_files(domains, checker="", variable="ratelimit_domains"):
+    _installed("vmesh.mesh.ratelimit_files")
+    try:
+        files = ratelimit.files(domains, str(variable))
+        if checker:
+            ratelimit.check(files, str(checker))
+    except MeshError as exc:
+        raise AnsibleFilterError(f"vmesh.mesh.ratelimit_files: {exc}") from exc
+    return files
+
+
+def ratelimit_environment(config_dir, grpc_port=8081, http_port=8080, debug_port=6070, redis_url="127.0.0.1:6379",
+                          log_level="warn"):
+    _installed("vmesh.mesh.ratelimit_environment")
+    ports = {"grpc_port": grpc_port, "http_port": http_port, "debug_port": debug_port}
+    for name, port in ports.items():
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise AnsibleFilterError(f"vmesh.mesh.ratelimit_environment: {name} must be a port number, not {port!r}")
+    if len(set(ports.values())) != len(ports):
+        raise AnsibleFilterError(f"vmesh.mesh.ratelimit_environment: the ports must differ: {ports}")
+    try:
+        return ratelimit.environment_file(ratelimit.environment(str(config_dir), redis_url=str(redis_url),
+                                                                log_level=str(log_level), **ports))
+    except MeshError as exc:
+        raise AnsibleFilterError(f"vmesh.mesh.ratelimit_environment: {exc}") from exc
+
+
 class FilterModule:
     def filters(self):
         return {"rollout_plan": rollout_plan, "rollout_step": rollout_step, "rollout_report": rollout_report,
                 "rollout_queries": rollout_queries, "rollout_step_prometheus": rollout_step_prometheus,
-                "prometheus_files": prometheus_files, "jaeger_config": jaeger_config}
+                "prometheus_files": prometheus_files, "jaeger_config": jaeger_config,
+                "ratelimit_files": ratelimit_files, "ratelimit_environment": ratelimit_environment}
