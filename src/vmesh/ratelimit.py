@@ -83,7 +83,7 @@ def _rate_limit(where: _Where, path: str, value: Any) -> dict[str, Any]:
         count = given.get("requests_per_unit")
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 2 ** 32:
             raise where.error(f"{path}.requests_per_unit", f"expected a whole number from 0, got {count!r}")
-        out.update(unit=unit.lower(), requests_per_unit=count)
+        out.update(unit=unit.lower(), requests_per_unit=int(count))  # a plain int: Ansible's come tagged
     if "name" in given:
         out["name"] = _string(where, f"{path}.name", given["name"], required=True)
     if "replaces" in given:
@@ -120,7 +120,7 @@ def _descriptors(where: _Where, path: str, value: Any, depth: int) -> list[dict[
             if flag in given:
                 if not isinstance(given[flag], bool):
                     raise where.error(f"{at}.{flag}", "expected true or false")
-                descriptor[flag] = given[flag]
+                descriptor[flag] = bool(given[flag])
         children = _descriptors(where, f"{at}.descriptors", given.get("descriptors"), depth + 1)
         if children:
             descriptor["descriptors"] = children

@@ -31,6 +31,16 @@ def test_one_file_per_domain_in_the_services_own_format():
     assert seed["descriptors"][1]["rate_limit"]["unit"] == "minute" and seed["descriptors"][1]["shadow_mode"] is True
     assert seed["descriptors"][2]["descriptors"][0]["rate_limit"] == {"unlimited": True, "name": "free"}
     assert ratelimit.files(SEED) == files  # the same text each run: a second push changes nothing
+
+    class Tagged(int):  # Ansible hands over its values as subclasses (data tagging)
+        pass
+
+    class Text(str):
+        pass
+
+    tagged = [{"domain": Text("d"), "descriptors": [{"key": Text("PATH"), "shadow_mode": True,
+                                                     "rate_limit": {"unit": Text("minute"), "requests_per_unit": Tagged(5)}}]}]
+    assert yaml.safe_load(ratelimit.files(tagged)["d.yaml"])["descriptors"][0]["rate_limit"]["requests_per_unit"] == 5
     assert ratelimit.files(None) == {} and ratelimit.files([]) == {}
 
 
