@@ -6,7 +6,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR ?= 0
 
-.PHONY: setup image tools prepare demo demo-traffic demo-canary demo-down test test-unit lint bench clean
+.PHONY: setup image tools tool-jaeger tool-ratelimit prepare demo demo-vms demo-traffic demo-canary demo-ratelimit demo-down test test-unit lint bench clean
 
 setup:
 	@scripts/setup.sh
@@ -15,21 +15,35 @@ image: setup
 	vmesh lab image
 	vmesh lab image --minimal
 
-## Jaeger, built from its Go module (minutes the first time; kept in ~/.cache/vmesh/tools, as `vmesh tools` does).
+## Jaeger and Envoy's rate-limit service, built from their Go modules (minutes the first time; kept in
+## ~/.cache/vmesh/tools, as `vmesh tools` does).
 tools: setup
 	vmesh tools build
 
-# The test VM images and the tools at once: one is mostly downloads, the other mostly compiling.
+tool-jaeger: setup
+	vmesh tools build jaeger
+
+tool-ratelimit: setup
+	vmesh tools build ratelimit ratelimit-check
+
+# The test VM images and the tools at once: the images are mostly downloads, the tools mostly compiling. Jaeger,
+# the longest, starts with the images; the rate-limit service when they are done.
 prepare: setup
-	@$(MAKE) --no-print-directory -j2 image tools
+	@$(MAKE) --no-print-directory -j2 image tool-jaeger tool-ratelimit
 
 ## The demo: six Bookinfo VMs, an ingress VM, the online CA VM and a monitoring VM (Prometheus, Jaeger), the mesh (STRICT mTLS) on them, and traffic a person can see. The VMs stay up.
-demo: prepare
+## On a fresh machine the tools build while the VMs come up and get Bookinfo; the mesh goes on when both are done.
+demo: setup
+	@$(MAKE) --no-print-directory -j2 demo-vms tool-jaeger tool-ratelimit
+	ansible-playbook -i $(INVENTORY) vmesh.mesh.site
+	@$(MAKE) --no-print-directory demo-traffic
+
+# The demo's VMs with Bookinfo on them, no mesh yet (part of make demo).
+demo-vms: setup
+	vmesh lab image
 	scripts/demo-certs.sh
 	vmesh lab up --inventory $(INVENTORY)
 	ansible-playbook -i $(INVENTORY) examples/bookinfo/bookinfo.yml
-	ansible-playbook -i $(INVENTORY) vmesh.mesh.site
-	@$(MAKE) --no-print-directory demo-traffic
 
 demo-traffic:
 	@ansible-playbook -i $(INVENTORY) examples/bookinfo/demo-traffic.yml
@@ -39,6 +53,11 @@ demo-traffic:
 demo-canary: setup
 	rm -f $(INVENTORY)/rollouts/reviews.json $(INVENTORY)/rollouts/reviews.txt $(INVENTORY)/rollouts/reviews.png
 	ansible-playbook -i $(INVENTORY) examples/bookinfo/demo-canary.yml -e @examples/bookinfo/reviews-v3-rollout.yml
+
+## The seed's global rate limit on the running demo (after `make demo`): Istio's EnvoyFilter sample on the ingress,
+## the rate-limit VM counting; 5 requests a minute to /productpage, the 6th gets 429. The filter is removed after.
+demo-ratelimit: setup
+	ansible-playbook -i $(INVENTORY) examples/bookinfo/demo-ratelimit.yml
 
 demo-down: setup
 	vmesh lab down --inventory $(INVENTORY)
