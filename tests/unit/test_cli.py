@@ -21,6 +21,7 @@ ADDRESSES = """all:
     reviews-v2: {ansible_host: 10.213.0.13}
     reviews-v3: {ansible_host: 10.213.0.14}
     ratings-v1: {ansible_host: 10.213.0.15}
+    ratelimit-1: {ansible_host: 10.213.0.16}
 """
 
 
@@ -39,9 +40,9 @@ def run(*args, cwd=None):
 def test_validate_the_bookinfo_inventory(inventory):
     proc = run("validate", "--inventory", inventory)
     assert proc.returncode == 0, proc.stderr
-    assert ("7 hosts, 5 services, 1 VirtualServices, 4 DestinationRules, 1 Gateways, 1 ServiceEntries, "
-            "1 PeerAuthentications, 5 AuthorizationPolicies: valid") in proc.stdout
-    assert proc.stdout.count("ok: ") == 7
+    assert ("8 hosts, 6 services, 1 VirtualServices, 4 DestinationRules, 1 Gateways, 1 ServiceEntries, "
+            "1 PeerAuthentications, 6 AuthorizationPolicies: valid") in proc.stdout
+    assert proc.stdout.count("ok: ") == 8
 
 
 # Our own copies of the shapes of Istio's Bookinfo networking samples (tests/data/bookinfo).
@@ -56,7 +57,7 @@ def test_validate_accepts_istio_bookinfo_samples(inventory, sample):
     proc = run("validate", "--inventory", inventory, "--mesh", inventory / "mesh" / "tracing.yaml",
                "--mesh", SAMPLES / "destination-rule-all.yaml", "--mesh", SAMPLES / sample)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("ok: ") == 7
+    assert proc.stdout.count("ok: ") == 8
 
 
 def test_validate_refuses_a_sample_naming_a_service_outside_the_inventory(inventory):

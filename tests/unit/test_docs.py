@@ -35,7 +35,7 @@ BIN = Path(sys.executable).parent
 INVENTORIES = {"bookinfo": ROOT / "examples" / "bookinfo" / "inventory", "own-vms": ROOT / "examples" / "own-vms"}
 LANGUAGES = {"yaml", "sh", "bash", "console", "ini", "text"}
 # Programs a sample may run besides vmesh, ansible-playbook, ansible-galaxy and make (checked one by one).
-ALLOWED = {"curl", "ssh", "git", "cd", "rm", "grep", "sort", "uniq", "sudo", "openssl", "pip", "pip3", "pytest",
+ALLOWED = {"curl", "ssh", "git", "cd", "rm", "cp", "grep", "sort", "uniq", "sudo", "openssl", "pip", "pip3", "pytest",
            "ansible-inventory", "ansible-doc", "ansible-vault", ".", "source"}
 # ansible-playbook options that take a value
 PLAYBOOK_VALUE_OPTIONS = {"-i", "--inventory", "-e", "--extra-vars", "-l", "--limit", "-t", "--tags", "--skip-tags",
