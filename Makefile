@@ -20,20 +20,21 @@ image: setup
 tools: setup
 	vmesh tools build
 
-tool-jaeger: setup
-	vmesh tools build jaeger
+# One tool each. They need only Go and Python's standard library, not the set-up: Jaeger, the longest, builds
+# while the set-up installs the packages and the project.
+tool-jaeger:
+	PYTHONPATH=src python3 -m vmesh.tools jaeger
 
-tool-ratelimit: setup
-	vmesh tools build ratelimit ratelimit-check
+tool-ratelimit:
+	PYTHONPATH=src python3 -m vmesh.tools ratelimit ratelimit-check
 
-# The test VM images and the tools at once: the images are mostly downloads, the tools mostly compiling. Jaeger,
-# the longest, starts with the images; the rate-limit service when they are done.
-prepare: setup
+# The set-up and test VM images beside the tools: the one mostly downloads, the other mostly compiling.
+prepare:
 	@$(MAKE) --no-print-directory -j2 image tool-jaeger tool-ratelimit
 
 ## The demo: six Bookinfo VMs, an ingress VM, the online CA VM and a monitoring VM (Prometheus, Jaeger), the mesh (STRICT mTLS) on them, and traffic a person can see. The VMs stay up.
 ## On a fresh machine the tools build while the VMs come up and get Bookinfo; the mesh goes on when both are done.
-demo: setup
+demo:
 	@$(MAKE) --no-print-directory -j2 demo-vms tool-jaeger tool-ratelimit
 	ansible-playbook -i $(INVENTORY) vmesh.mesh.site
 	@$(MAKE) --no-print-directory demo-traffic

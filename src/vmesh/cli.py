@@ -165,13 +165,7 @@ def cmd_traces(args: argparse.Namespace) -> int:
 def cmd_tools_build(args: argparse.Namespace) -> int:
     from vmesh import tools
 
-    for name in args.name or sorted(tools.TOOLS):
-        wanted = tools.tool(name)
-        if not tools.path(name).exists():
-            print(f"building {name} {wanted.version} from {wanted.module} with go (minutes the first time)",
-                  flush=True)
-        found, now = tools.build(name)
-        print(f"{name} {wanted.version}: {found}{' (built)' if now else ''}")
+    tools.build_all(args.name)
     return 0
 
 

@@ -1,6 +1,10 @@
 """Programs vmesh deploys that ship neither as a Python nor as a Debian package (Jaeger, Envoy's rate-limit
 service): built from their Go module at a pinned version with the machine's ``go``, once, into a cache; never vendored.
 
+``python3 -m vmesh.tools [NAME...]`` (with ``src`` on ``PYTHONPATH``) builds them as ``vmesh tools build`` does, with
+nothing but Go and Python's standard library: ``make`` builds them that way while the set-up still installs the
+project's own dependencies.
+
 The cache is ``$VMESH_TOOLS_DIR``, else ``~/.cache/vmesh/tools``; a program is ``<cache>/<name>-<version>/<name>``,
 so a new pin builds beside the old one and a finished binary is never rebuilt. A build happens in a scratch
 module of its own (``go get -tool``, then ``go build``): ``go install module/cmd@version`` refuses modules whose
@@ -13,6 +17,7 @@ import dataclasses
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -111,3 +116,27 @@ def build(name: str, go: str | None = None, log: Path | None = None) -> tuple[Pa
         os.chmod(partial, 0o755)
         os.replace(partial, target)  # whole or not at all: a build cut short leaves no program behind
     return target, True
+
+
+def build_all(names: list[str] | None = None) -> None:
+    """Build each named tool (default: all) unless built, saying what it does."""
+    for name in names or sorted(TOOLS):
+        wanted = tool(name)
+        if not path(name).exists():
+            print(f"building {name} {wanted.version} from {wanted.module} with go (minutes the first time)",
+                  flush=True)
+        found, now = build(name)
+        print(f"{name} {wanted.version}: {found}{' (built)' if now else ''}", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    try:
+        build_all(argv)
+    except MeshError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

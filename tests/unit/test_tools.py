@@ -87,3 +87,20 @@ def test_the_command_says_where_a_tool_is(cache, tmp_path):
     assert built.stdout.endswith(f"ratelimit-check {pin}: {cache}/ratelimit-check-{pin}/ratelimit-check (built)\n")
     found = subprocess.run([*vmesh, "path", "jaeger"], capture_output=True, text=True, env=env, check=False)
     assert found.stdout == f"{cache}/jaeger-v1.75.0/jaeger\n"
+
+
+def test_make_builds_them_with_the_standard_library_alone(cache, tmp_path):
+    # `make prepare` builds the tools while the set-up still installs the project: python3 -I, src on the path
+    go, _ = fake_go(tmp_path)
+    src = Path(tools.__file__).resolve().parents[1]
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "VMESH_TOOLS_DIR": str(cache), "HOME": str(tmp_path)}
+    ran = subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {str(src)!r}); "
+                          "import runpy; runpy.run_module('vmesh.tools', run_name='__main__')", "ratelimit"],
+                         capture_output=True, text=True, env=env, check=False)
+    pin = tools.RATELIMIT_VERSION
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.endswith(f"ratelimit {pin}: {cache}/ratelimit-{pin}/ratelimit (built)\n")
+    unknown = subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {str(src)!r}); "
+                              "import runpy; runpy.run_module('vmesh.tools', run_name='__main__')", "grafana"],
+                             capture_output=True, text=True, env=env, check=False)
+    assert unknown.returncode == 1 and "unknown tool 'grafana'" in unknown.stderr
