@@ -68,6 +68,8 @@ LIMITS = [{"domain": "productpage-ratelimit", "descriptors": [
     {"key": "PATH", "value": "/productpage", "rate_limit": {"unit": "minute", "requests_per_unit": 5}},
     {"key": "PATH", "rate_limit": {"unit": "minute", "requests_per_unit": 100}},
     {"key": "USER", "value": "jason", "rate_limit": {"unit": "minute", "requests_per_unit": 2}},
+    # shadow mode: counted and reported by the service, never enforced
+    {"key": "USER", "value": "trial", "rate_limit": {"unit": "minute", "requests_per_unit": 1}, "shadow_mode": True},
 ]}]
 # Envoy counts the filter's answers on the cluster the route goes to
 COUNTED = "cluster.outbound|9080||productpage.default.svc.cluster.local.ratelimit."
@@ -138,6 +140,29 @@ def test_limits_hold_per_descriptor_path_and_end_user(mesh, limits):
     assert jason == [200, 200, 429], jason
     assert get(mesh, "ingress-1", "/api/v1/products", **{"end-user": "jason"}).status == 429
     assert get(mesh, "ingress-1", "/api/v1/products", **{"end-user": "mike"}).status == 200
+    # a limit in shadow mode lets everything through
+    trial = [get(mesh, "ingress-1", "/api/v1/products", **{"end-user": "trial"}).status for _ in range(3)]
+    assert trial == [200, 200, 200], trial
+
+
+def test_envoy_reports_the_limit_in_the_ratelimit_headers_when_asked(mesh, limits):
+    # the sample with the filter's enable_x_ratelimit_headers (IETF draft 03): every answer tells the limit
+    headers = SAMPLE.replace("failure_mode_deny: true", "failure_mode_deny: true\n"
+                             "            enable_x_ratelimit_headers: DRAFT_VERSION_03")
+    assert headers != SAMPLE
+    mesh.push([("mesh/edge.yaml", EDGE), ("mesh/ratelimit.yaml", headers), ("mesh/by-user.yaml", BY_USER)])
+    try:
+        first = get(mesh, "ingress-1")
+        assert first.status == 200, first
+        assert first.headers["x-ratelimit-limit"] == "5, 5;w=60", first.headers
+        assert first.headers["x-ratelimit-remaining"] == "4", first.headers
+        assert 0 < int(first.headers["x-ratelimit-reset"]) <= 60, first.headers
+        answers = [get(mesh, "ingress-2") for _ in range(5)]
+        assert [a.status for a in answers] == [200] * 4 + [429], answers
+        assert answers[-1].headers["x-ratelimit-remaining"] == "0", answers[-1].headers
+        assert answers[-1].headers.get("x-envoy-ratelimited") == "true", answers[-1].headers
+    finally:
+        mesh.push(SOURCES)
 
 
 def test_the_service_is_reached_only_through_its_sidecar_with_mtls(mesh, service):
@@ -194,4 +219,8 @@ def test_when_the_limit_cannot_be_asked_failure_mode_deny_decides(mesh, service,
     finally:
         mesh.push(SOURCES)
         start()
-    assert get(mesh, "ingress-1", "/static/app.css").status == 200
+    # back: the service reconnects to Redis by itself, within seconds (until then the sample's deny holds)
+    deadline = time.monotonic() + 20
+    while (answer := get(mesh, "ingress-1", "/static/app.css")).status != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert answer.status == 200, answer
