@@ -32,7 +32,7 @@ tool-ratelimit:
 prepare:
 	@$(MAKE) --no-print-directory -j2 image tool-jaeger tool-ratelimit
 
-## The demo: six Bookinfo VMs, an ingress VM, the online CA VM and a monitoring VM (Prometheus, Jaeger), the mesh (STRICT mTLS) on them, and traffic a person can see. The VMs stay up.
+## The demo: six Bookinfo VMs, an ingress VM, the online CA VM, a monitoring VM (Prometheus, Jaeger) and a rate-limit VM, the mesh (STRICT mTLS) on them, and traffic a person can see. The VMs stay up.
 ## On a fresh machine the tools build while the VMs come up and get Bookinfo; the mesh goes on when both are done.
 demo:
 	@$(MAKE) --no-print-directory -j2 demo-vms tool-jaeger tool-ratelimit
