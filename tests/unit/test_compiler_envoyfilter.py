@@ -188,3 +188,14 @@ def test_cluster_patch_errors(change, expected):
         render_host(mesh, "ingress-1")
     assert str(info.value).startswith("mesh/doc1.yaml: EnvoyFilter/istio-system/filter-ratelimit") \
         and expected in str(info.value)
+
+
+def test_an_added_cluster_shaped_wrong_is_left_to_envoys_check(envoy_validate):
+    # no traceback from the compiler: Envoy's validation names what is wrong
+    bad = GLOBAL.replace("            endpoints:\n            - lb_endpoints:", "            endpoints:\n            - lb_endpoints: 7\n"
+                         "            - nothing:", 1)
+    assert bad != GLOBAL
+    config = render_host(build(GATEWAY, bad, hosts=with_ratelimit()), "ingress-1")
+    assert clusters_named(config.files)["rate_limit_cluster"]["type"] == "STRICT_DNS"
+    with pytest.raises(AssertionError, match="lb_endpoints"):
+        envoy_validate(config.validation)

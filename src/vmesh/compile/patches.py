@@ -6,7 +6,6 @@ import copy
 from typing import Any, Callable
 
 from vmesh.compile.envoy_types import CLUSTER, HCM
-from vmesh.errors import MeshError
 from vmesh.istio.envoyfilter import EnvoyFilter, Patch, applies_to, merge
 from vmesh.istio.model import Mesh
 from vmesh.registry import Workload
@@ -155,11 +154,7 @@ def clusters(filters: list[EnvoyFilter], cds: list[dict[str, Any]], *, gateway: 
 def _added_cluster(flt: EnvoyFilter, patch: Patch,
                    mesh_cluster: Callable[[str, int], dict[str, Any] | None]) -> dict[str, Any]:
     cluster = {"@type": CLUSTER, **copy.deepcopy(patch.value)}
-    lb_endpoints = [lb for group in cluster.get("load_assignment", {}).get("endpoints", [])
-                    for lb in group.get("lb_endpoints", [])]
-    addresses = [lb.get("endpoint", {}).get("address", {}).get("socket_address", {}) for lb in lb_endpoints]
-    found = [(a.get("address"), a.get("port_value"), mesh_cluster(a.get("address", ""), a.get("port_value") or 0))
-             for a in addresses]
+    found = [(host, port, mesh_cluster(host, port)) for host, port in _socket_addresses(cluster)]
     in_mesh = [(host, port, own) for host, port, own in found if own is not None]
     if not in_mesh:
         return cluster
@@ -180,3 +175,19 @@ def _added_cluster(flt: EnvoyFilter, patch: Patch,
         cluster["typed_extension_protocol_options"] = copy.deepcopy(own["typed_extension_protocol_options"])
     return cluster
 
+
+def _socket_addresses(cluster: dict[str, Any]) -> list[tuple[str, int]]:
+    """(address, port) of each endpoint of a cluster as a patch wrote it; what is not shaped as Envoy's
+    load_assignment gives nothing here (``envoy --mode validate`` names it)."""
+    def field(value: Any, name: str, kind: type) -> Any:
+        found = value.get(name) if isinstance(value, dict) else None
+        return found if isinstance(found, kind) else kind()
+
+    out = []
+    for group in field(field(cluster, "load_assignment", dict), "endpoints", list):
+        for lb in field(group, "lb_endpoints", list):
+            socket = field(field(field(lb, "endpoint", dict), "address", dict), "socket_address", dict)
+            host, port = socket.get("address"), socket.get("port_value")
+            out.append((host if isinstance(host, str) else "",
+                        port if isinstance(port, int) and not isinstance(port, bool) else 0))
+    return out
