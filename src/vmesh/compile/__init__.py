@@ -21,7 +21,6 @@ from vmesh import envoy
 from vmesh.compile import bootstrap, clusters, gateways, listeners, mtls, patches, routes, telemetry
 from vmesh.compile.envoy_types import ROUTE_CONFIGURATION, resource_file
 from vmesh.errors import MeshError
-from vmesh.istio.envoyfilter import applies_to
 from vmesh.istio.model import Mesh
 from vmesh.registry import Port, Service, Workload
 
@@ -107,7 +106,7 @@ class Renderer:
                 if c.port == port and c.subset is None:
                     if c.endpoints:
                         endpoint_files[c.endpoints[0]] = c.endpoints[1]
-                    return dict(json.loads(c.json))
+                    return json.loads(c.json)
             return None
         return find
 
@@ -151,14 +150,14 @@ class Renderer:
             raise MeshError(f"host {host!r} is not in the mesh (group vmesh)", file="inventory")
         services = [registry.services[fqdn] for fqdn in mesh.visible_services(host)]
         # EnvoyFilters edit this host's route tables: it gets tables of its own, not the shared ones
-        patched = any(applies_to(f, workload.namespace, workload.labels) for f in mesh.envoy_filters)
+        filters = patches.selected(mesh, workload)
         rds: dict[str, dict[str, Any]] = {}
         route_texts: dict[str, str] = {}
         for service in services:
             for port in service.ports:
                 if not port.is_http:
                     continue
-                if patched:
+                if filters:
                     config = routes.outbound(mesh, service, port, workload)
                     rds[config["name"]] = config
                 else:
@@ -178,7 +177,7 @@ class Renderer:
                             "too", file="inventory", doc=f"host {host}", field="vmesh_ports")
         rds.update(edge.routes)
         lds = [listeners.outbound(mesh, services, workload, policy), listeners.inbound(mesh, workload)] + edge.listeners
-        patches.apply(mesh, workload, lds, rds)
+        patches.apply(filters, lds, rds)
         # the route tables hosts share are scanned once (kept with them), this host's own ones here
         lds_text = _resources([dumps(item) for item in lds])
         used = _references(lds_text).union(*map(self._shared_references, route_texts.values()))
@@ -200,7 +199,6 @@ class Renderer:
                     if c.endpoints:
                         endpoint_files[c.endpoints[0]] = c.endpoints[1]
         cds += [dumps(c) for c in clusters.inbound(workload)]
-        filters = patches.selected(mesh, workload)
         if any(p.apply_to == "CLUSTER" for f in filters for p in f.patches):
             cds = [dumps(c) for c in patches.clusters(filters, [json.loads(c) for c in cds],
                                                       gateway=bool(edge.listeners),

@@ -100,9 +100,10 @@ def selected(mesh: Mesh, workload: Workload) -> list[EnvoyFilter]:
     return filters
 
 
-def apply(mesh: Mesh, workload: Workload, lds: list[dict[str, Any]], rds: dict[str, dict[str, Any]]) -> None:
-    """The listener and route patches of the EnvoyFilters that select this host, in order."""
-    for flt in selected(mesh, workload):
+def apply(filters: list[EnvoyFilter], lds: list[dict[str, Any]], rds: dict[str, dict[str, Any]]) -> None:
+    """The listener and route patches of ``filters`` (those that select this host, as ``selected`` gives them), in
+    order."""
+    for flt in filters:
         for patch in flt.patches:
             if patch.apply_to == "HTTP_FILTER":
                 _listeners(patch, lds)
