@@ -22,6 +22,8 @@ APPLY_TO = {"HTTP_FILTER": ("INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST", "AD
             "HTTP_ROUTE": ("MERGE", "REMOVE"), "VIRTUAL_HOST": ("MERGE", "REMOVE"), "CLUSTER": ("ADD", "MERGE", "REMOVE")}
 CONTEXTS = ("SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY", "ANY")
 ROUTE_ACTIONS = ("ANY", "ROUTE", "REDIRECT", "DIRECT_RESPONSE")
+# what each kind of match selects among: a listener's filters, route tables, clusters
+MATCH_FOR = {"listener": ("HTTP_FILTER",), "routeConfiguration": ("HTTP_ROUTE", "VIRTUAL_HOST"), "cluster": ("CLUSTER",)}
 HCM_NAMES = ("envoy.filters.network.http_connection_manager", "envoy.http_connection_manager")
 
 
@@ -85,9 +87,7 @@ def _patch(node: Node) -> Patch:
         raise node.get("applyTo").error(f"applyTo {apply_to} is not supported by vmesh yet "
                                         f"(supported: {', '.join(APPLY_TO)})")
     match = node.get("match").mapping(("context", "listener", "routeConfiguration", "proxy", "cluster"))
-    for field in ("listener", "routeConfiguration", "cluster"):
-        wanted = {"listener": ("HTTP_FILTER",), "routeConfiguration": ("HTTP_ROUTE", "VIRTUAL_HOST"),
-                  "cluster": ("CLUSTER",)}[field]
+    for field, wanted in MATCH_FOR.items():
         if match.get(field).present and apply_to not in wanted:
             raise match.get(field).error(f"match.{field} does not select where applyTo {apply_to} applies "
                                          f"(it goes with {' or '.join(wanted)})")
