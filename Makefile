@@ -17,8 +17,7 @@ image: setup
 
 ## Jaeger and Envoy's rate-limit service, built from their Go modules (minutes the first time; kept in
 ## ~/.cache/vmesh/tools, as `vmesh tools` does).
-tools: setup
-	vmesh tools build
+tools: tool-jaeger tool-ratelimit
 
 # One tool each. They need only Go and Python's standard library, not the set-up: Jaeger, the longest, builds
 # while the set-up installs the packages and the project.
