@@ -15,15 +15,16 @@ from vmesh.istio.model import Mesh
 
 def mesh(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]], *, later_replaces: bool = False,
          rollout_states: Mapping[str, Mapping[str, Any]] | None = None,
-         rollouts: Mapping[str, tuple[Any, Any]] | None = None) -> Mesh:
+         rollouts: Mapping[str, tuple[Any, Any]] | None = None, drained: Iterable[str] = ()) -> Mesh:
     """Inventory host variables + (file, text) sources of Istio YAML -> the validated Mesh.
 
     The canary rollouts declared in ``vmesh_rollouts`` own their services' routing: each puts in force the
     stage its saved state (``rollout_states``, {service: state}) is at, or all traffic to the stable version
     (see :func:`vmesh.rollout.in_force`). ``rollouts`` ({service: (Rollout, Stage)}) names the stages directly.
+    The hosts in ``drained`` (playbooks/drain.yml) are in no client's endpoints.
     Raises MeshError (or MeshErrors with every mistake found) naming file, document and field.
     """
-    registry = registry_mod.build(hosts)
+    registry = registry_mod.build(hosts, drained)
     docs = load_sources(sources, later_replaces=later_replaces)
     if rollouts is None:
         states = rollout_states or {}

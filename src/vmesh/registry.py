@@ -10,7 +10,7 @@ import dataclasses
 import hashlib
 import ipaddress
 import re
-from typing import Any
+from typing import Any, Iterable
 
 from vmesh.errors import MeshError
 
@@ -54,6 +54,22 @@ class Port:
 
 
 @dataclasses.dataclass(frozen=True)
+class Probe:
+    """``vmesh_probe``, Istio's WorkloadGroup probe (Kubernetes' fields): an HTTP GET or a TCP connect to the app on
+    its own host, or a command there, every ``period`` seconds; ``failure`` failures in a row make the app
+    unhealthy, ``success`` successes healthy again."""
+
+    kind: str  # http, tcp or exec
+    port: int = 0  # the app's port on loopback (http, tcp)
+    path: str = "/"  # http
+    command: tuple[str, ...] = ()  # exec
+    period: int = 10
+    timeout: int = 1
+    success: int = 1
+    failure: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
 class Workload:
     """One mesh host. ``service`` is None for a pure client."""
 
@@ -68,6 +84,8 @@ class Workload:
     access_log: bool
     credentials_dir: str = "/etc/vmesh/credentials"  # a gateway's TLS certificates, one folder per credentialName
     certs_dir: str = "/etc/vmesh/certs"  # the workload's own certificate, key and trust bundle (mesh mTLS)
+    probe: Probe | None = None  # vmesh_probe: how the app's health is checked
+    drained: bool = False  # taken out of every client's endpoints (playbooks/drain.yml)
 
 
 @dataclasses.dataclass
@@ -79,6 +97,7 @@ class Service:
     vip: str = ""  # none for a ServiceEntry host: apps call its real address
     workloads: list[Workload] = dataclasses.field(default_factory=list)
     entry: Any = None  # the ServiceEntry that defines this host, if it is not an inventory service
+    probe: Probe | None = None  # every host of the service has the same (vmesh_probe)
 
     def port(self, number: int) -> Port | None:
         return next((p for p in self.ports if p.number == number), None)
@@ -193,6 +212,63 @@ def _labels(host: str, value: Any) -> dict[str, str]:
     return labels
 
 
+PROBE_KINDS = {"httpGet": "http", "tcpSocket": "tcp", "exec": "exec"}
+PROBE_NUMBERS = {"periodSeconds": "period", "timeoutSeconds": "timeout", "successThreshold": "success",
+                 "failureThreshold": "failure"}
+
+
+def _count(host: str, field: str, value: Any, least: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= 3600:
+        raise _err(host, field, f"expected a whole number {least}-3600, got {value!r}")
+    return value
+
+
+def _probe(host: str, value: Any, ports: tuple[Port, ...]) -> Probe | None:
+    """``vmesh_probe``: one of httpGet {path, port}, tcpSocket {port} or exec {command}, and the timing fields."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _err(host, "vmesh_probe", "expected a mapping such as {httpGet: {path: /health, port: 8080}}")
+    unknown = sorted(set(value) - set(PROBE_KINDS) - set(PROBE_NUMBERS))
+    if unknown:
+        raise _err(host, f"vmesh_probe.{unknown[0]}", "unknown field (known: httpGet, tcpSocket, exec, "
+                                                      "periodSeconds, timeoutSeconds, successThreshold, failureThreshold)")
+    kinds = [key for key in PROBE_KINDS if key in value]
+    if len(kinds) != 1:
+        raise _err(host, "vmesh_probe", "give exactly one of httpGet, tcpSocket and exec")
+    key = kinds[0]
+    field = f"vmesh_probe.{key}"
+    spec = value[key]
+    if not isinstance(spec, dict):
+        raise _err(host, field, "expected a mapping")
+    known = {"httpGet": {"path", "port"}, "tcpSocket": {"port"}, "exec": {"command"}}[key]
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise _err(host, f"{field}.{unknown[0]}", f"unknown field (known: {', '.join(sorted(known))})")
+    numbers = {name: _count(host, f"vmesh_probe.{field_name}", value[field_name])
+               for field_name, name in PROBE_NUMBERS.items() if field_name in value}
+    probe = Probe(PROBE_KINDS[key], **numbers)
+    if probe.timeout > probe.period:
+        raise _err(host, "vmesh_probe.timeoutSeconds", f"{probe.timeout} is longer than periodSeconds "
+                                                       f"({probe.period})")
+    if key == "exec":
+        command = spec.get("command")
+        if not isinstance(command, list) or not command or not all(isinstance(c, str) and c for c in command) \
+                or not command[0].startswith("/"):
+            raise _err(host, f"{field}.command", "expected a list of strings, the program first by its absolute "
+                                                 "path, e.g. [/usr/bin/pg_isready, -q]")
+        return dataclasses.replace(probe, command=tuple(command))
+    port = spec.get("port", ports[0].target_port if ports else None)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise _err(host, f"{field}.port", f"expected the app's port number 1-65535, got {port!r}")
+    if key == "tcpSocket":
+        return dataclasses.replace(probe, port=port)
+    path = spec.get("path", "/")
+    if not isinstance(path, str) or not path.startswith("/") or any(c.isspace() for c in path):
+        raise _err(host, f"{field}.path", f"expected a path starting with '/', got {path!r}")
+    return dataclasses.replace(probe, port=port, path=path)
+
+
 def _workload(host: str, hostvars: dict[str, Any]) -> Workload:
     namespace = hostvars.get("vmesh_namespace", HOST_SETTINGS["vmesh_namespace"])
     if not isinstance(namespace, str) or not DNS_LABEL.match(namespace):
@@ -212,8 +288,9 @@ def _workload(host: str, hostvars: dict[str, Any]) -> Workload:
     common = {"host": host, "namespace": namespace, "config_dir": config_dir, "access_log": access_log,
               "credentials_dir": paths["vmesh_credentials_dir"], "certs_dir": paths["vmesh_certs_dir"]}
     if service is None:
-        if hostvars.get("vmesh_ports"):
-            raise _err(host, "vmesh_ports", "set only on hosts that serve a service: this host has no vmesh_service")
+        for key in ("vmesh_ports", "vmesh_probe"):
+            if hostvars.get(key):
+                raise _err(host, key, "set only on hosts that serve a service: this host has no vmesh_service")
         account = hostvars.get("vmesh_service_account", "default")
         if not isinstance(account, str) or not DNS_LABEL.match(account):
             raise _err(host, "vmesh_service_account", f"expected a DNS label, got {account!r}")
@@ -237,9 +314,9 @@ def _workload(host: str, hostvars: dict[str, Any]) -> Workload:
         raise _err(host, "vmesh_service_account", f"expected a DNS label, got {account!r}")
     # Kubernetes workloads carry app: <name>, and Istio documents select on it (AuthorizationPolicy, Sidecar...)
     labels = {"app": service, **_labels(host, hostvars.get("vmesh_labels"))}
-    return Workload(service=service, labels=labels,
-                    ports=_ports(host, hostvars.get("vmesh_ports")), service_account=account, address=address,
-                    **common)
+    ports = _ports(host, hostvars.get("vmesh_ports"))
+    return Workload(service=service, labels=labels, ports=ports, service_account=account, address=address,
+                    probe=_probe(host, hostvars.get("vmesh_probe"), ports), **common)
 
 
 def allocate_vips(fqdns: list[str], cidr: str, pinned: dict[str, str]) -> dict[str, str]:
@@ -264,8 +341,10 @@ def allocate_vips(fqdns: list[str], cidr: str, pinned: dict[str, str]) -> dict[s
     return out
 
 
-def build(hosts: dict[str, dict[str, Any]]) -> Registry:
-    """Read the mesh hosts' variables into a Registry, or raise MeshError naming host and variable."""
+def build(hosts: dict[str, dict[str, Any]], drained: Iterable[str] = ()) -> Registry:
+    """Read the mesh hosts' variables into a Registry, or raise MeshError naming host and variable. The hosts in
+    ``drained`` (those playbooks/drain.yml took out; names no longer in the mesh are ignored) are in no client's
+    endpoints."""
     settings = _mesh_settings(hosts)
     domain = settings["vmesh_cluster_domain"]
     cidr = settings["vmesh_vip_cidr"]
@@ -276,7 +355,11 @@ def build(hosts: dict[str, dict[str, Any]]) -> Registry:
                         field="vmesh_vip_cidr") from None
     if net.num_addresses < 4:
         raise MeshError(f"{cidr} is too small for service addresses", file="inventory", field="vmesh_vip_cidr")
-    workloads = {host: _workload(host, hostvars) for host, hostvars in sorted(hosts.items())}
+    drained = set(drained)
+    workloads = {}
+    for host, hostvars in sorted(hosts.items()):
+        workload = _workload(host, hostvars)
+        workloads[host] = dataclasses.replace(workload, drained=True) if host in drained else workload
     services: dict[str, Service] = {}
     for workload in workloads.values():
         if workload.service is None:
@@ -284,11 +367,17 @@ def build(hosts: dict[str, dict[str, Any]]) -> Registry:
         fqdn = f"{workload.service}.{workload.namespace}.svc.{domain}"
         service = services.get(fqdn)
         if service is None:
-            service = services[fqdn] = Service(workload.service, workload.namespace, fqdn, workload.ports)
+            service = services[fqdn] = Service(workload.service, workload.namespace, fqdn, workload.ports,
+                                               probe=workload.probe)
         elif workload.ports != service.ports:
             other = service.workloads[0].host
             raise _err(workload.host, "vmesh_ports", f"differs from {other}'s ports for the same service "
                                                      f"{workload.service}: every host of a service serves the same ports")
+        elif workload.probe != service.probe:
+            other = service.workloads[0].host
+            raise _err(workload.host, "vmesh_probe", f"differs from {other}'s probe for the same service "
+                                                     f"{workload.service}: clients check every host of a service "
+                                                     "alike (set it in the service's group_vars)")
         service.workloads.append(workload)
     pinned = settings["vmesh_vips"]
     if not isinstance(pinned, dict):

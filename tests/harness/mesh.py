@@ -36,10 +36,10 @@ def destination_rules() -> tuple[str, str]:
     return (str(path.relative_to(DATA.parent)), path.read_text())
 
 
-def build(*docs: str, hosts: dict | None = None, with_rules: bool = True) -> Mesh:
+def build(*docs: str, hosts: dict | None = None, with_rules: bool = True, drained: tuple | set = ()) -> Mesh:
     sources = [destination_rules()] if with_rules else []
     sources += [(f"mesh/doc{i}.yaml", text) for i, text in enumerate(docs)]
-    return load.mesh(hosts if hosts is not None else bookinfo_hosts(), sources)
+    return load.mesh(hosts if hosts is not None else bookinfo_hosts(), sources, drained=drained)
 
 
 def routes_to(service: str, *subsets: str, every_host: bool = True) -> str:

@@ -294,6 +294,7 @@ class NetMesh:
         self._hosts: dict[str, _Host] = {}
         self._configs: dict[str, HostConfig] = {}
         self._left: set[str] = set()  # hosts a push took out of the inventory (see push)
+        self._drained: set[str] = set()  # hosts a push took out of every client's endpoints (see push)
         self._started = False
         self._envoy = envoy_mod.binary()
         for index, (host, hostvars) in enumerate(hosts.items()):
@@ -382,7 +383,7 @@ class NetMesh:
 
     def _compile(self, sources: Iterable[tuple[str, str]]) -> dict[str, HostConfig]:
         mesh = load.mesh({h.name: h.vars for h in self._hosts.values() if not h.outside and h.name not in self._left},
-                         list(sources))
+                         list(sources), drained=self._drained)
         self._registry = mesh.registry
         return render_all(mesh)
 
@@ -639,6 +640,22 @@ class NetMesh:
                 time.sleep(0.02)
         return proc
 
+    def stop_app(self, host: str, name: str) -> None:
+        """Stop the app ``start_app`` started on ``host`` as ``name`` (SIGTERM, then SIGKILL), as its unit would."""
+        h = self._host(host)
+        for index, (app, proc) in enumerate(h.apps):
+            if app == name:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    try:
+                        proc.wait(timeout=STOP_TIMEOUT)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                        proc.wait(timeout=STOP_TIMEOUT)
+                del h.apps[index]
+                return
+        raise NetMeshError(f"{host}: no app {name!r} (apps: {', '.join(a for a, _ in h.apps) or 'none'})")
+
     def _service_port(self, host: str) -> tuple[str, str, int]:
         hostvars = self._host(host).vars
         service = hostvars.get("vmesh_service")
@@ -772,13 +789,18 @@ class NetMesh:
     # --- config changes ---
 
     def push(self, sources: Iterable[tuple[str, str]], timeout: float = PUSH_TIMEOUT, *,
-             without: Iterable[str] = ()) -> dict[str, list[str]]:
+             without: Iterable[str] = (), drained: Iterable[str] | None = None) -> dict[str, list[str]]:
         """Recompile with ``sources`` and swap every host's changed files in place (no restart); returns
         {host: changed and removed file names}. Returns once each Envoy has read every swap and has nothing
         warming; raises if an Envoy rejected the update. A mistake in ``sources`` raises the compiler's error
         before anything is written. ``without``: hosts that leave the inventory now (a VM removed from the
-        mesh); they are compiled out from then on, and their Envoy keeps its last config."""
+        mesh); they are compiled out from then on, and their Envoy keeps its last config. ``drained``: the hosts
+        drained from now on, as playbooks/drain.yml records them (None: as before)."""
         sources = list(sources)
+        if drained is not None:
+            for host in drained:
+                self._host(host)
+            self._drained = set(drained)
         left = set(without) - self._left
         for host in left:
             self._host(host)

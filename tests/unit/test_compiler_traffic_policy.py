@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from harness.mesh import build, outbound_routes, resources, routes_to
+from harness.mesh import bookinfo_hosts, build, outbound_routes, resources, routes_to
+from vmesh import envoy
 from vmesh.compile import render_all, render_host
 from vmesh.errors import MeshError
 
@@ -118,3 +119,53 @@ def test_traffic_policy_errors(body, expected):
     with pytest.raises(MeshError) as info:
         build(DR.format(body=body), with_rules=False)
     assert expected in str(info.value)
+
+
+# --- vmesh_probe and drained hosts (issue J) ---------------------------------------------------------------------
+
+
+def test_a_probe_becomes_a_local_health_check_and_a_check_by_every_client():
+    hosts = bookinfo_hosts()
+    for host in ("reviews-v1", "reviews-v2", "reviews-v3"):
+        hosts[host]["vmesh_probe"] = {"httpGet": {"path": "/health"}, "periodSeconds": 5, "failureThreshold": 2}
+    mesh = build(hosts=hosts)
+    server = render_host(mesh, "reviews-v2")
+    local = next(c for c in resources(server.files, "cds.json") if c["name"] == "vmesh_probe")
+    assert local["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] == \
+        {"address": "127.0.0.1", "port_value": 9080}
+    assert local["health_checks"] == [{"interval": "5s", "timeout": "1s", "unhealthy_threshold": 2,
+                                       "healthy_threshold": 1, "no_traffic_interval": "5s",
+                                       "http_health_check": {"path": "/health"}}]
+    readiness = json.loads(server.files["envoy.json"])["static_resources"]["listeners"][0]
+    filters = readiness["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    assert filters[0]["name"] == "envoy.filters.http.health_check"
+    assert filters[0]["typed_config"]["cluster_min_healthy_percentages"] == {"vmesh_probe": {"value": 100}}
+    client = render_host(mesh, "productpage-v1")
+    cluster = next(c for c in resources(client.files, "cds.json")
+                   if c["name"] == "outbound|9080||reviews.default.svc.cluster.local")
+    assert cluster["health_checks"][0]["http_health_check"] == {"path": "/healthz/probe",
+                                                               "host": "reviews.default.svc.cluster.local"}
+    assert cluster["transport_socket_matches"][0]["transport_socket"]["name"] == "envoy.transport_sockets.raw_buffer"
+    assert cluster["transport_socket"]["name"] == "envoy.transport_sockets.tls"  # the traffic stays mTLS
+    eds = resources(client.files, "eds_outbound_9080__reviews.default.svc.cluster.local.json")[0]
+    assert {e["endpoint"]["health_check_config"]["port_value"] for e in eds["endpoints"][0]["lb_endpoints"]} == {15021}
+    # unprobed services and hosts are as before
+    details = render_host(mesh, "details-v1")
+    assert "vmesh_probe" not in details.files["cds.json"] and "health_check" not in details.files["envoy.json"]
+    assert envoy.validate_many({h: render_host(mesh, h).validation for h in ("reviews-v2", "productpage-v1")},
+                               stub_missing=True) == {h: (True, "configuration '<config>' OK")
+                                                      for h in ("reviews-v2", "productpage-v1")}
+
+
+def test_a_drained_host_leaves_every_clients_endpoints_and_nothing_else():
+    before = render_all(build())
+    after = render_all(build(drained={"reviews-v2"}))
+    changed = {host: sorted(name for name in after[host].files if after[host].files[name] != before[host].files[name])
+               for host in after}
+    eds = "eds_outbound_9080__reviews.default.svc.cluster.local.json"
+    assert {host: names for host, names in changed.items() if names} == \
+        {host: [eds] for host in after if eds in after[host].files} and changed["productpage-v1"]
+    addresses = [e["endpoint"]["address"]["socket_address"]["address"]
+                 for e in resources(after["productpage-v1"].files, eds)[0]["endpoints"][0]["lb_endpoints"]]
+    mesh = build()
+    assert mesh.registry.workloads["reviews-v2"].address not in addresses and len(addresses) == 2

@@ -120,6 +120,20 @@ INVENTORY_CASES = [
     ("mesh-wide differs", {"vmesh_vip_cidr": "240.241.0.0/16"}, "vmesh_vip_cidr: mesh-wide setting differs between hosts"),
     ("unknown port field", {"vmesh_ports": [{"port": 9080, "protocol": "http", "targetPort": 1}]},
      "vmesh_ports[0].targetPort: unknown field"),
+    ("probe differs", {"vmesh_probe": {"tcpSocket": {}}},
+     "host reviews-v2: vmesh_probe: differs from reviews-v1's probe for the same service reviews"),
+    ("probe of two kinds", {"vmesh_probe": {"tcpSocket": {}, "httpGet": {}}},
+     "host reviews-v1: vmesh_probe: give exactly one of httpGet, tcpSocket and exec"),
+    ("probe unknown field", {"vmesh_probe": {"httpGet": {}, "initialDelaySeconds": 5}},
+     "vmesh_probe.initialDelaySeconds: unknown field"),
+    ("probe path", {"vmesh_probe": {"httpGet": {"path": "health"}}}, "vmesh_probe.httpGet.path: expected a path"),
+    ("probe port", {"vmesh_probe": {"tcpSocket": {"port": 0}}}, "vmesh_probe.tcpSocket.port: expected the app's port"),
+    ("probe command", {"vmesh_probe": {"exec": {"command": "pg_isready"}}},
+     "vmesh_probe.exec.command: expected a list of strings, the program first by its absolute path"),
+    ("probe period", {"vmesh_probe": {"tcpSocket": {}, "periodSeconds": 0}},
+     "vmesh_probe.periodSeconds: expected a whole number 1-3600, got 0"),
+    ("probe timeout", {"vmesh_probe": {"tcpSocket": {}, "periodSeconds": 2, "timeoutSeconds": 3}},
+     "vmesh_probe.timeoutSeconds: 3 is longer than periodSeconds (2)"),
 ]
 
 

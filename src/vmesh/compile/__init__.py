@@ -18,7 +18,7 @@ import re
 from typing import Any, Callable
 
 from vmesh import envoy
-from vmesh.compile import bootstrap, clusters, gateways, listeners, mtls, patches, routes, telemetry
+from vmesh.compile import bootstrap, clusters, gateways, listeners, mtls, patches, probes, routes, telemetry
 from vmesh.compile.envoy_types import ROUTE_CONFIGURATION, resource_file
 from vmesh.errors import MeshError
 from vmesh.istio.model import Mesh
@@ -198,7 +198,7 @@ class Renderer:
                     cds.append(c.json)
                     if c.endpoints:
                         endpoint_files[c.endpoints[0]] = c.endpoints[1]
-        cds += [dumps(c) for c in clusters.inbound(workload)]
+        cds += [dumps(c) for c in clusters.inbound(workload) + probes.local_cluster(workload.probe)]
         if any(p.apply_to == "CLUSTER" for f in filters for p in f.patches):
             cds = [dumps(c) for c in patches.clusters(filters, [json.loads(c) for c in cds],
                                                       gateway=bool(edge.listeners),

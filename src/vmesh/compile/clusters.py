@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from vmesh.compile import mtls
+from vmesh.compile import mtls, probes
 from vmesh.compile.envoy_types import (BLACKHOLE, CLUSTER, CLUSTER_LOAD_ASSIGNMENT, HTTP_PROTOCOL_OPTIONS,
                                        INBOUND_PASSTHROUGH, PASSTHROUGH, RAW_BUFFER, UNLIMITED, UPSTREAM_TLS,
                                        file_source, resource_file, socket_address)
@@ -212,14 +212,16 @@ def outbound(mesh: Mesh, service: Service, client: Workload) -> list[Outbound]:
             servers = [w for w in service.workloads if selects(labels, w.labels)]
             if service.entry is not None:
                 cluster = _external(service, port, labels, name)
-            else:
-                cluster = _static(name, [(w.address, port.number) for w in servers], port)
+            else:  # a drained host is no endpoint (its identity stays: the cluster does not change)
+                cluster = _static(name, [(w.address, port.number) for w in servers if not w.drained], port)
             policy = rule.policy(subset, port.number) if rule is not None else None
             if policy is not None:
                 _apply_policy(cluster, policy, port, service)
             _mesh_tls(cluster, mesh, client, port, subset, service, servers, policy.tls if policy else None)
             endpoints = None
             if service.entry is None:
+                if service.probe is not None:
+                    probes.client_checks(cluster, cluster["load_assignment"], service.probe, service.fqdn)
                 file = resource_file("eds", name)
                 endpoints = (file, {"@type": CLUSTER_LOAD_ASSIGNMENT, **cluster.pop("load_assignment")})
                 cluster["type"] = "EDS"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from vmesh.compile import mtls, rbac, routes, telemetry
+from vmesh.compile import mtls, probes, rbac, routes, telemetry
 from vmesh.compile.envoy_types import (BLACKHOLE, CORS, HCM, HTTP_FAULT, INBOUND_PASSTHROUGH, LISTENER, ORIGINAL_DST,
                                        PASSTHROUGH, ROUTER, TLS_INSPECTOR, file_source, resource_file,
                                        socket_address, tcp_proxy, typed)
@@ -263,10 +263,11 @@ def _admin_proxy(name: str, port: int, path: str, target: str, workload: Workloa
 
 
 def static(workload: Workload) -> list[dict[str, Any]]:
-    """Readiness on 15021 (/healthz/ready, Envoy's /ready) and Prometheus stats on 15090, with Istio's metrics
-    written from Envoy's (telemetry.py); admin stays local."""
+    """Readiness on 15021 (/healthz/ready, Envoy's /ready; with vmesh_probe, /healthz/probe: probes.py) and
+    Prometheus stats on 15090, with Istio's metrics written from Envoy's (telemetry.py); admin stays local."""
     return [
-        _admin_proxy("vmesh_readiness", READINESS_PORT, "/healthz/ready", "/ready", workload),
+        _admin_proxy("vmesh_readiness", READINESS_PORT, "/healthz/ready", "/ready", workload,
+                     probes.readiness_filter(workload.probe)),
         _admin_proxy("vmesh_prometheus", STATS_PORT, "/stats/prometheus", "/stats/prometheus", workload,
                      [telemetry.lua_filter(workload.config_dir)]),
     ]
