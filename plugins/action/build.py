@@ -19,7 +19,7 @@ else:
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("dest", "sources", "hosts", "rollouts"))
+    _VALID_ARGS = frozenset(("dest", "sources", "hosts", "rollouts", "drained"))
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
@@ -34,7 +34,7 @@ class ActionModule(ActionBase):
         try:
             if sources is not None:
                 manifest, changed = self._compile(task_vars, dest, sources, args.get("hosts"),
-                                                  args.get("rollouts") or {})
+                                                  args.get("rollouts") or {}, args.get("drained") or [])
             else:
                 manifest, changed = artifact.read(dest), False
         except MeshError as exc:
@@ -51,7 +51,7 @@ class ActionModule(ActionBase):
         return result
 
     @staticmethod
-    def _compile(task_vars, dest, sources, hosts, rollouts):
+    def _compile(task_vars, dest, sources, hosts, rollouts, drained):
         if not isinstance(sources, list) or not all(isinstance(s, (list, tuple)) and len(s) == 2 for s in sources):
             raise AnsibleActionFail("vmesh.mesh.build: sources must be a list of [path, text] pairs")
         if not hosts:
@@ -60,6 +60,8 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail("vmesh.mesh.build: hosts must be a list of inventory host names")
         if not isinstance(rollouts, dict) or not all(isinstance(v, dict) for v in rollouts.values()):
             raise AnsibleActionFail("vmesh.mesh.build: rollouts must be a mapping of service name to saved state")
+        if not isinstance(drained, list) or not all(isinstance(h, str) for h in drained):
+            raise AnsibleActionFail("vmesh.mesh.build: drained must be a list of inventory host names")
         mesh = load.mesh(inputs.mesh_variables(task_vars["hostvars"], hosts), [(str(p), str(t)) for p, t in sources],
-                         rollout_states=rollouts)
+                         rollout_states=rollouts, drained=drained)
         return artifact.write(dest, render_all(mesh), mesh.warnings)

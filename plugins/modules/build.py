@@ -39,6 +39,12 @@ options:
         in force the stage its state is at, or all traffic to its stable version."
     type: dict
     default: {}
+  drained:
+    description:
+      - The hosts taken out of service (playbooks/drain.yml): they are in no client's endpoints.
+    type: list
+    elements: str
+    default: []
 attributes:
   check_mode:
     support: partial

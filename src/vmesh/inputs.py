@@ -117,6 +117,12 @@ def rollout_states(rollout_dir: str) -> dict[str, dict[str, Any]]:
     return {state["service"]: state for state in map(rollout_state, paths)}
 
 
+def drained_hosts(rollout_dir: str) -> list[str]:
+    """The hosts playbooks/drain.yml took out of service: ``<rollout_dir>/drained/<host>.json``."""
+    folder = Path(rollout_dir) / "drained"
+    return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+
 def _display(path: Path) -> str:
     relative = os.path.relpath(path)
     return str(path.resolve()) if relative.startswith("..") else relative
