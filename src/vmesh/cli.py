@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from vmesh import artifact, envoy, inputs, load, rollout
 from vmesh.istio.model import Mesh
@@ -13,16 +14,18 @@ from vmesh.compile import render_all, render_host
 from vmesh.errors import MeshError
 
 
-def _mesh(args: argparse.Namespace) -> Mesh:
-    hostvars = inputs.mesh_hostvars(args.inventory)
+def _mesh(args: argparse.Namespace, hostvars: dict[str, dict[str, Any]] | None = None) -> Mesh:
+    hostvars = inputs.mesh_hostvars(args.inventory) if hostvars is None else hostvars
     paths = args.mesh or [inputs.default_mesh_dir(args.inventory)]
     for path in args.mesh or []:
         if not os.path.exists(path):
             raise MeshError("no such file or directory", file=path)
     sources = [source for path in paths for source in inputs.mesh_sources(path)]
-    states = inputs.rollout_states(args.rollouts or inputs.default_rollout_dir(args.inventory))
+    rollout_dir = args.rollouts or inputs.default_rollout_dir(args.inventory)
+    states = inputs.rollout_states(rollout_dir)
     # files named one by one apply in order, like kubectl apply -f a -f b: a later object replaces an earlier one
-    return load.mesh(hostvars, sources, later_replaces=len(paths) > 1, rollout_states=states)
+    return load.mesh(hostvars, sources, later_replaces=len(paths) > 1, rollout_states=states,
+                     drained=inputs.drained_hosts(rollout_dir))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -162,6 +165,68 @@ def cmd_traces(args: argparse.Namespace) -> int:
     return 0
 
 
+def _targets(args: argparse.Namespace, hosts: list[str] | None = None) -> tuple[Any, dict[str, Any]]:
+    """The mesh and, per host, what reaching it takes: (mesh, {host: (ssh target, its inventory variables)})."""
+    from vmesh import ssh
+
+    hostvars = inputs.mesh_hostvars(args.inventory)
+    mesh = _mesh(args, hostvars)
+    for host in hosts or []:
+        if host not in hostvars:
+            raise MeshError(f"host {host!r} is not in the mesh (group vmesh)", file=args.inventory)
+    return mesh, {h: (ssh.target(h, v), v) for h, v in hostvars.items() if not hosts or h in hosts}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from vmesh import ssh, status
+
+    script = ssh.program("hostinfo")
+    rounds = 0
+    while True:
+        mesh, targets = _targets(args, args.host)
+        configs = {h: c for h, c in render_all(mesh).items() if h in targets}
+        registry = mesh.registry
+
+        def report(where: Any) -> Any:
+            workload = registry.workloads[where.host]
+            return ssh.run(where, script, status.request(workload.config_dir, workload.certs_dir,
+                                                         status.redirect_command(targets[where.host][1])))
+        reports = ssh.run_all((t for t, _ in targets.values()), report)
+        drained = {h for h, w in registry.workloads.items() if w.drained}
+        lines = status.status_lines(configs, reports, drained)
+        if args.watch:
+            print("\033[H\033[2J", end="")  # clear the terminal, as watch(1) does
+        print(json.dumps(lines, indent=2) if args.json else status.text(lines), end="\n" if args.json else "")
+        rounds += 1
+        if not args.watch or (args.count and rounds >= args.count):
+            return 0 if all(status.healthy(line) for line in lines) else 1
+        time.sleep(args.watch)
+
+
+def cmd_proxy_config(args: argparse.Namespace) -> int:
+    import json
+
+    from vmesh import proxyconfig, ssh
+
+    mesh, targets = _targets(args, [args.host])
+    where, hostvars = targets[args.host]
+    workload = mesh.registry.workloads[args.host]
+    request = {"config_dir": workload.config_dir, "certs_dir": workload.certs_dir, "admin": "127.0.0.1:15000",
+               "redirect": None, "admin_paths": list(proxyconfig.ADMIN_PATHS[args.kind])}
+    report = ssh.run(where, ssh.program("hostinfo"), request)
+    admin = report.get("admin") or {}
+    if any(admin.get(path) is None for path in proxyconfig.ADMIN_PATHS[args.kind]):
+        raise MeshError("Envoy's admin does not answer (is vmesh-proxy running?)", doc=f"host {args.host}")
+    if args.output == "json":
+        print(json.dumps(proxyconfig.resources(args.kind, admin), indent=2))
+    else:
+        print(proxyconfig.render(args.kind, admin), end="")
+    return 0
+
+
 def cmd_tools_build(args: argparse.Namespace) -> int:
     from vmesh import tools
 
@@ -188,7 +253,8 @@ def parser() -> argparse.ArgumentParser:
                             "kind/namespace/name")
         p.add_argument("--rollouts", metavar="DIR",
                        help="the canary rollouts' saved state (default: <inventory>/rollouts): a service under "
-                            "rollout is routed by the stage it is at")
+                            "rollout is routed by the stage it is at; the hosts in its drained/ are in no "
+                            "client's endpoints")
 
     p = sub.add_parser("validate", help="check inventory + mesh documents and every host's Envoy config")
     mesh_args(p)
@@ -229,6 +295,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lookback", default="1h", help="with --service: how far back, e.g. 30m, 1h, 2d (default 1h)")
     p.add_argument("--out", metavar="FILE", help="write the trace (with --service: the newest) as an HTML page")
     p.set_defaults(func=cmd_traces)
+    p = sub.add_parser("status", help="whether each host's running Envoy has what vmesh renders now (SYNCED, STALE, "
+                                      "NOT RUNNING), its version, uptime, certificate, redirect and last push, "
+                                      "over SSH as the inventory reaches it; exit 1 on any drift")
+    mesh_args(p)
+    p.add_argument("--host", action="append", metavar="HOST", help="only this host (give it several times)")
+    p.add_argument("--json", action="store_true", help="a JSON list, a line per host")
+    p.add_argument("--watch", type=float, metavar="SECONDS", help="again every SECONDS, until Ctrl-C")
+    p.add_argument("--count", type=int, help="with --watch: stop after this many rounds")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("proxy-config", help="one host's running Envoy: its clusters, listeners, routes, endpoints "
+                                            "or secrets, as tables (-o json: the resources)")
+    p.add_argument("host", metavar="HOST")
+    p.add_argument("kind", choices=("clusters", "listeners", "routes", "endpoints", "secrets"))
+    mesh_args(p)
+    p.add_argument("--output", "-o", choices=("table", "json"), default="table")
+    p.set_defaults(func=cmd_proxy_config)
     sub.add_parser("lab", help="local test VMs (podman): vmesh lab --help", add_help=False)
     rollouts = sub.add_parser("rollout", help="canary rollouts: the report and the plot of a saved state")
     verbs = rollouts.add_subparsers(dest="verb", required=True)

@@ -774,6 +774,18 @@ class NetMesh:
         data = json.loads(self.admin(host, f"/stats?{query}"))
         return {item["name"]: item["value"] for item in data.get("stats", []) if "name" in item and "value" in item}
 
+    def hostinfo(self, host: str, request: Mapping[str, Any]) -> Any:
+        """What ``vmesh status`` reads on a host (vmesh/remote/hostinfo.py, run as root in the host's namespace as
+        it runs over SSH on a VM); ``request["redirect"] = True`` checks the redirect with the harness's helper."""
+        h = self._host(host)
+        request = dict(request)
+        if request.get("redirect") is True:
+            request["redirect"] = [TARGET_PYTHON, "-I", str(IPTABLES_CLI), "show", "--config",
+                                   str(h.artifacts / "redirect.json")]
+        script = ROOT / "src" / "vmesh" / "remote" / "hostinfo.py"
+        proc = _run(self._in_ns(h, None, [TARGET_PYTHON, "-I", str(script), json.dumps(request)]))
+        return json.loads(proc.stdout)
+
     def uptime(self, host: str) -> int:
         """Seconds since this Envoy started (``server.uptime``)."""
         return self.stats(host, "server.uptime")["server.uptime"]

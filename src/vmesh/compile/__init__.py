@@ -13,6 +13,7 @@ only when asked for (``HostConfig.validation``).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 from typing import Any, Callable
@@ -63,9 +64,17 @@ def dumps(data: Any) -> str:
     return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
+def version(resources_text: str) -> str:
+    """A file's version_info: the first 12 hex digits of the SHA-256 of its resources. Envoy reports it per
+    subscription in /config_dump, so ``vmesh status`` sees which files' content a running proxy has in force."""
+    return hashlib.sha256(resources_text.encode()).hexdigest()[:12]
+
+
 def _resources(items: list[str]) -> str:
-    """A file of xDS resources from resources already in JSON: the same text as dumps({"resources": items})."""
-    return '{"resources":[' + ",".join(items) + "]}"
+    """A file of xDS resources from resources already in JSON, with its version: the same text as
+    dumps({"resources": items, "version_info": ...})."""
+    text = "[" + ",".join(items) + "]"
+    return '{"resources":' + text + ',"version_info":"' + version(text) + '"}'
 
 
 def _route_file(config: dict[str, Any]) -> str:
