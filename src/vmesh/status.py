@@ -164,7 +164,11 @@ def host_status(config: HostConfig, report: Mapping[str, Any] | Exception, drain
     out["envoy"] = version[1] if len(version) > 1 else info.get("version")
     out["uptime"] = _seconds(info.get("uptime_all_epochs"))
     running = running_versions((report.get("admin") or {}).get(CONFIG_DUMP))
+    # Envoy reads a route table, endpoints or secret file only when a listener or cluster names it
+    sources = config.files.get("lds.json", "") + config.files.get("cds.json", "")
     for name, (key, version_info) in sorted(wanted_versions(config.files).items()):
+        if key[0] in ("routes", "endpoints", "secrets") and f"/{name}\"" not in sources:
+            continue
         if running.get(key) != version_info:
             differs.append(f"envoy {name}")
     epoch_uptime = _seconds(info.get("uptime_current_epoch"))

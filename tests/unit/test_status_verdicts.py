@@ -93,3 +93,11 @@ def test_ssh_targets_from_the_inventory():
     assert ssh.target("web", {"ansible_port": 2222}, environ={}).check_host_key
     assert not ssh.target("web", {}, environ={"ANSIBLE_HOST_KEY_CHECKING": "False"}).check_host_key
     assert "def main" in ssh.program("hostinfo")
+
+
+def test_a_route_table_no_listener_names_is_not_expected_in_envoy():
+    wanted = config()
+    text = '{"resources":[{"name":"unused"}],"version_info":"0123456789ab"}'
+    wanted.files["rds_unused.json"] = text
+    host = report(wanted)  # Envoy has no subscription for it: no listener names the file
+    assert status.host_status(wanted, host)["status"] == "SYNCED"
