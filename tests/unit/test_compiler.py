@@ -499,3 +499,21 @@ spec:
   - route: [{destination: {host: reviews, subset: v1}}]
 """)
     envoy_validate(render_host(mesh, "productpage-v1").validation)
+
+
+def test_a_service_entry_without_addresses_gets_no_route_table_of_its_own():
+    # routed by its port's shared table (by Host header): a table of its own would be a file no listener reads
+    entry = """apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.test]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+"""
+    files = render_host(build(entry), "productpage-v1").files
+    assert "rds_8080.json" in files
+    assert not [name for name in files if "api.example.test" in name and name.startswith("rds_")]
+    tables = {f"{name}\"" for name in files if name.startswith("rds_")}
+    assert all(f"/{name}" in files["lds.json"] for name in tables)  # every table is one a listener reads

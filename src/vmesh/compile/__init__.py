@@ -162,9 +162,11 @@ class Renderer:
         filters = patches.selected(mesh, workload)
         rds: dict[str, dict[str, Any]] = {}
         route_texts: dict[str, str] = {}
+        port_wide = listeners.port_wide_http(services)
         for service in services:
             for port in service.ports:
-                if not port.is_http:
+                # a ServiceEntry host without addresses is routed by its port's shared table, not one of its own
+                if not port.is_http or service in port_wide.get(port.number, ()):
                     continue
                 if filters:
                     config = routes.outbound(mesh, service, port, workload)
@@ -173,7 +175,7 @@ class Renderer:
                     name, text = self._service_routes(service, port, workload)
                     route_texts[name] = text
         policy = mesh.outbound_policy_for(host)
-        for number, entries in listeners.port_wide_http(services).items():
+        for number, entries in port_wide.items():
             rds[str(number)] = routes.port_wide(mesh, number, entries, workload, policy)
         for port in workload.ports:
             if port.is_http:
