@@ -12,10 +12,13 @@ from ansible_collections.vmesh.mesh.plugins.plugin_utils.host_args import SIDECA
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(SIDECAR_CONFIG_PASSED + ("build", "host", "credentials"))
+    # with async, the module runs in the background on the host (a push to many hosts at once: tasks/endpoints.yml)
+    _supports_async = True
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         module_args = sidecar_config_args(self, self._task.args, task_vars)
+        wrap_async = bool(self._task.async_val) and not self._connection.has_native_async
         result.update(self._execute_module(module_name="vmesh.mesh.sidecar_config", module_args=module_args,
-                                           task_vars=task_vars))
+                                           task_vars=task_vars, wrap_async=wrap_async))
         return result
