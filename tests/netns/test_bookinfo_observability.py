@@ -339,8 +339,9 @@ def test_a_rollout_judged_from_prometheus_moves_a_healthy_canary_on_and_rolls_ba
     reviews v2 answers well and goes on to the next stage; v3 answers 500 and is rolled back."""
     page = f"http://{mesh.address('productpage-v1')}:9080/productpage"
 
-    def stage(canary: str) -> tuple[dict, int]:
-        """One 50 % stage of a rollout of ``canary``, judged from Prometheus; (the new state, calls it served)."""
+    def stage(canary: str) -> tuple[dict, int, float]:
+        """One 50 % stage of a rollout of ``canary``, judged from Prometheus; (the new state, calls it served, the
+        stage's length in seconds: the range of its queries)."""
         declared = rollout.parse({"reviews": {"stable": "v1", "canary": canary, "steps": [50, 100], "analysis": {
             "source": "prometheus", "min_requests": 10, "metrics": [{
                 "name": "stable-served", "min": 1, "query": 'sum(increase(istio_requests_total{reporter="destination",'
@@ -360,22 +361,24 @@ def test_a_rollout_judged_from_prometheus_moves_a_healthy_canary_on_and_rolls_ba
         seconds = time.time() - started
         queries = rollout.prometheus_queries(entry["state"], seconds)
         answers = {name: ask_prometheus(mesh, promql) for name, promql in queries.items()}
-        return rollout.step_from_prometheus(entry["state"], answers, started, time.time()), served
+        return rollout.step_from_prometheus(entry["state"], answers, started, time.time()), served, seconds
 
-    def near(counted: int, served: int) -> bool:
+    def near(counted: int, served: int, seconds: float) -> bool:
         """What the sidecars served, as Prometheus's increase() gives it: its samples of a stage of some seconds,
-        scraped every second, are stretched to the ends of the range (up to range / (range - 2 s)), and the
-        first and last second may fall outside."""
-        return served >= 10 and served - 2 <= counted <= served * 1.4 + 2
+        scraped every second, are stretched to the ends of the range (Prometheus extrapolates by up to 1.1 times
+        the interval between samples at each end: up to range / (range - 2.2 s)), and the first and last second
+        may fall outside."""
+        stretch = seconds / max(seconds - 2.2, 1.0)
+        return served >= 10 and served - 2 <= counted <= served * stretch + 2
 
-    healthy, served = stage("v2")
+    healthy, served, seconds = stage("v2")
     judged = healthy["history"][-1]
     assert (healthy["status"], healthy["stage"], judged["verdict"]) == ("running", 1, "passed"), judged
-    assert near(judged["canary"]["requests"], served), (judged, served)
+    assert near(judged["canary"]["requests"], served, seconds), (judged, served, seconds)
     assert judged["canary"]["success_rate"] == 100.0 and judged["stable"]["requests"] > 0
 
-    failing, served = stage("v3")
+    failing, served, seconds = stage("v3")
     judged = failing["history"][-1]
     assert failing["status"] == "rolled back", judged
     assert "success rate 0.0 %" in failing["reason"] and judged["canary"]["errors"] == judged["canary"]["requests"]
-    assert near(judged["canary"]["requests"], served), (judged, served)
+    assert near(judged["canary"]["requests"], served, seconds), (judged, served, seconds)
