@@ -20,6 +20,11 @@ INBOUND_PORT = 15006
 ADMIN_PORT = 15000
 READINESS_PORT = 15021
 STATS_PORT = 15090
+# What the Lua filter on 15090 may hold of a scrape: Envoy's whole output, then Istio's metrics written from it,
+# whose labels make it grow with every response code, flag and peer a proxy has seen (a Bookinfo VM passes 1 MiB,
+# Envoy's default, after a few faults: the scrape then fails with 500 and its metrics are gone). Used only while a
+# scrape is in flight.
+STATS_BUFFER_BYTES = 64 * 1024 * 1024
 ADMIN_CLUSTER = "vmesh_admin"
 
 
@@ -254,12 +259,15 @@ def inbound(mesh: Mesh, workload: Workload) -> dict[str, Any]:
 
 
 def _admin_proxy(name: str, port: int, path: str, target: str, workload: Workload,
-                 filters: list[dict[str, Any]] = ()) -> dict[str, Any]:
+                 filters: list[dict[str, Any]] = (), buffer_bytes: int | None = None) -> dict[str, Any]:
     route_config = {"name": name, "virtual_hosts": [{"name": name, "domains": ["*"], "routes": [
         {"match": {"path": path}, "route": {"cluster": ADMIN_CLUSTER, "prefix_rewrite": target, "timeout": "5s"}}]}]}
     hcm = _hcm(name, None, workload, inbound=True, route_config=route_config)
     hcm["typed_config"]["http_filters"][0:0] = list(filters)
-    return {"name": name, "address": socket_address("0.0.0.0", port), "filter_chains": [{"filters": [hcm]}]}
+    listener = {"name": name, "address": socket_address("0.0.0.0", port), "filter_chains": [{"filters": [hcm]}]}
+    if buffer_bytes is not None:
+        listener["per_connection_buffer_limit_bytes"] = buffer_bytes
+    return listener
 
 
 def static(workload: Workload) -> list[dict[str, Any]]:
@@ -269,5 +277,5 @@ def static(workload: Workload) -> list[dict[str, Any]]:
         _admin_proxy("vmesh_readiness", READINESS_PORT, "/healthz/ready", "/ready", workload,
                      probes.readiness_filter(workload.probe)),
         _admin_proxy("vmesh_prometheus", STATS_PORT, "/stats/prometheus", "/stats/prometheus", workload,
-                     [telemetry.lua_filter(workload.config_dir)]),
+                     [telemetry.lua_filter(workload.config_dir)], buffer_bytes=STATS_BUFFER_BYTES),
     ]
