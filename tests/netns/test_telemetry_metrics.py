@@ -134,8 +134,9 @@ def test_a_scrape_larger_than_envoys_default_buffer_still_answers(mesh):
     codes = range(400, 440)
     for code in codes:
         assert mesh.request("client", f"http://echo:8080/?status={code}").status == code
-    assert wait_for(mesh, "echo-v2", 1, reporter="destination", response_code=str(codes[-1])) == 1
     for host, reporter in (("echo-v2", "destination"), ("client", "source")):
+        # each proxy publishes its histograms on its own 5-second clock: wait for the last code on this one
+        assert wait_for(mesh, host, 1, reporter=reporter, response_code=str(codes[-1])) == 1
         answer = mesh.request("outside", f"http://{mesh.address(host)}:15090/stats/prometheus")
         assert answer.status == 200, answer
         assert len(answer.body) > 1024 * 1024  # what Envoy's default would have refused
