@@ -112,6 +112,27 @@ def test_each_request_is_counted_once_per_reporter_with_istio_labels(mesh):
     assert received >= count * len("GET / HTTP/1.1\r\n")  # wire bytes: at least each request line
 
 
+def test_envoys_own_histograms_are_left_out_but_the_one_a_canary_is_judged_on(mesh):
+    """Istio's request duration covers both sides; of Envoy's own histograms only the outbound clusters' request
+    time is recorded (a canary rollout is judged on it): the others are not in what Prometheus reads."""
+    assert mesh.sample("client", "http://echo:8080/", 3) == {(200, "echo-v2"): 3}
+    judged = 'upstream_rq_time_count{envoy_cluster_name="outbound|8080|v2|echo'
+    deadline = time.monotonic() + 20
+    while True:  # Envoy publishes histograms every 5 s
+        client = mesh.request("outside", f"http://{mesh.address('client')}:15090/stats/prometheus").text
+        if judged in client or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    server = mesh.request("outside", f"http://{mesh.address('echo-v2')}:15090/stats/prometheus").text
+    assert judged in client, client
+    for text in (client, server):
+        assert "upstream_rq_completed" in text and "istio_request_duration_milliseconds_count" in text
+        for name in ("downstream_rq_time", "downstream_cx_length_ms", "upstream_cx_length_ms",
+                     "upstream_cx_connect_ms", "external_upstream_rq_time", "internal_upstream_rq_time"):
+            assert not re.search(rf"_{name}_(bucket|count|sum)\{{", text), name
+    assert 'upstream_rq_time_count{envoy_cluster_name="inbound' not in server
+
+
 def test_a_request_no_host_answers_is_counted_by_the_client_only(mesh):
     """A subset no host carries: Envoy answers 503 itself (no healthy upstream), so only the client reports."""
     nobody = SUBSETS[1] + "  - {name: v3, labels: {version: v3}}\n"

@@ -6,6 +6,7 @@ import ipaddress
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 
@@ -313,6 +314,26 @@ def test_bootstrap_ports_and_admin_on_loopback():
     ports = {l["name"]: l["address"]["socket_address"]["port_value"] for l in boot["static_resources"]["listeners"]}
     assert ports == {"vmesh_readiness": 15021, "vmesh_prometheus": 15090}
     assert boot["dynamic_resources"]["lds_config"]["path_config_source"]["path"] == "/etc/vmesh/envoy/lds.json"
+
+
+def test_envoys_own_histograms_but_the_canarys_are_not_recorded():
+    patterns = json.loads(render_host(build(), "reviews-v2").files["envoy.json"])["stats_config"]["stats_matcher"][
+        "exclusion_list"]["patterns"]
+
+    def excluded(name: str) -> bool:
+        return any(name.endswith(p["suffix"]) if "suffix" in p else re.search(p["safe_regex"]["regex"], name)
+                   for p in patterns)
+
+    assert not excluded("cluster.outbound|9080|v1|ratings.default.svc.cluster.local.upstream_rq_time")  # canaries
+    assert not excluded("cluster.inbound|9080||.upstream_rq_completed")
+    assert not excluded("http.outbound_0.0.0.0_9080.downstream_rq_2xx")
+    assert not excluded("istio.d")  # Istio's metrics
+    assert all(excluded(name) for name in (
+        "http.outbound_0.0.0.0_9080.downstream_rq_time", "http.inbound_0.0.0.0_9080.downstream_cx_length_ms",
+        "listener.0.0.0.0_15006.downstream_cx_length_ms", "cluster.inbound|9080||.upstream_rq_time",
+        "cluster.outbound|9080||ratings.default.svc.cluster.local.upstream_cx_connect_ms",
+        "cluster.outbound|9080||ratings.default.svc.cluster.local.upstream_cx_length_ms",
+        "cluster.outbound|9080|v1|ratings.default.svc.cluster.local.external.upstream_rq_time"))
 
 
 def test_tcp_and_grpc_ports():
