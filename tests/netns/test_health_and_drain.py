@@ -49,6 +49,10 @@ def mesh(netmesh_module):
             mesh.start_echo(host, tcp=True)
     for host in ("job-1", "job-2"):
         start_runner(mesh, host)
+    # a host joins a client's load balancing once its first check there passed (its app may start after it)
+    for service, port in (("web", 8080), ("kv", 9000), ("job", 8080)):
+        for host in (f"{service}-1", f"{service}-2"):
+            wait_health(mesh, service, port, host, healthy=True, timeout=30)
     return mesh
 
 
