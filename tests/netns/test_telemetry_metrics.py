@@ -61,11 +61,20 @@ def mesh(netmesh_module):
     return mesh
 
 
-def scrape(mesh, host: str) -> list[tuple[str, dict[str, str], float]]:
-    """What Prometheus reads from the host's :15090/stats/prometheus (from a machine outside the mesh)."""
+def prometheus_answer(mesh, host: str):
+    """The host's :15090/stats/prometheus as Prometheus reads it (from a machine outside the mesh)."""
     answer = mesh.request("outside", f"http://{mesh.address(host)}:15090/stats/prometheus")
     assert answer.status == 200, answer
-    return [(name, dict(LABEL.findall(labels)), float(value)) for name, labels, value in SERIES.findall(answer.text)]
+    return answer
+
+
+def istio_series(text: str) -> list[tuple[str, dict[str, str], float]]:
+    return [(name, dict(LABEL.findall(labels)), float(value)) for name, labels, value in SERIES.findall(text)]
+
+
+def scrape(mesh, host: str) -> list[tuple[str, dict[str, str], float]]:
+    """Istio's series in what Prometheus reads from the host."""
+    return istio_series(prometheus_answer(mesh, host).text)
 
 
 def requests_total(mesh, host: str, **match: str) -> float:
@@ -122,12 +131,12 @@ def test_envoys_own_histograms_are_left_out_but_the_one_a_canary_is_judged_on(me
     # are there (so the next test finds nothing of these calls unpublished)
     deadline = time.monotonic() + 20
     while True:
-        client = mesh.request("outside", f"http://{mesh.address('client')}:15090/stats/prometheus").text
+        client = prometheus_answer(mesh, "client").text
         published = requests_total(mesh, "echo-v2", reporter="destination")
         if judged in client and published == sum(served.values()) or time.monotonic() > deadline:
             break
         time.sleep(1)
-    server = mesh.request("outside", f"http://{mesh.address('echo-v2')}:15090/stats/prometheus").text
+    server = prometheus_answer(mesh, "echo-v2").text
     assert judged in client, client
     for text in (client, server):
         assert "upstream_rq_completed" in text and "istio_request_duration_milliseconds_count" in text
@@ -162,10 +171,9 @@ def test_a_scrape_larger_than_envoys_default_buffer_still_answers(mesh):
     for host, reporter in (("echo-v2", "destination"), ("client", "source")):
         # each proxy publishes its histograms on its own 5-second clock: wait for the last code on this one
         assert wait_for(mesh, host, 1, reporter=reporter, response_code=str(codes[-1])) == 1
-        answer = mesh.request("outside", f"http://{mesh.address(host)}:15090/stats/prometheus")
-        assert answer.status == 200, answer
+        answer = prometheus_answer(mesh, host)
         assert len(answer.body) > 1024 * 1024  # what Envoy's default would have refused
-        counted = {labels["response_code"] for name, labels, _ in scrape(mesh, host)
+        counted = {labels["response_code"] for name, labels, _ in istio_series(answer.text)
                    if name == "istio_requests_total" and labels.get("reporter") == reporter
                    and labels.get("response_code", "").startswith("4")}
         assert counted == {str(code) for code in codes}, host
