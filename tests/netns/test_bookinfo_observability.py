@@ -120,7 +120,7 @@ def graph_from(mesh) -> graph.Graph:
 
 
 def _served(mesh) -> dict[str, int]:
-    name = "cluster.inbound|9080||.upstream_rq_completed"
+    name = "cluster.inbound|9080||.upstream_rq_total"
     return {host: mesh.stats(host, name).get(name, 0) for host in ("reviews-v1", "reviews-v2", "reviews-v3")}
 
 

@@ -200,7 +200,7 @@ def test_mirror_sends_copies_the_client_never_sees(mesh):
     mirror: {host: reviews, subset: v2}
     mirrorPercentage: {value: 100}
 """)
-    inbound = "cluster.inbound|9080||.upstream_rq_completed"
+    inbound = "cluster.inbound|9080||.upstream_rq_total"
     before = mesh.stats("reviews-v2", inbound).get(inbound, 0)
     assert who(mesh.sample("client", REVIEWS, 20)) == {"reviews-v1": 20}
     assert mesh.stats("reviews-v2", inbound)[inbound] - before == 20

@@ -325,15 +325,31 @@ def test_envoys_own_histograms_but_the_canarys_are_not_recorded():
                    for p in patterns)
 
     assert not excluded("cluster.outbound|9080|v1|ratings.default.svc.cluster.local.upstream_rq_time")  # canaries
-    assert not excluded("cluster.inbound|9080||.upstream_rq_completed")
+    assert not excluded("cluster.inbound|9080||.upstream_rq_total")
+    assert not excluded("cluster.outbound|9080|v1|ratings.default.svc.cluster.local.upstream_rq_completed")
     assert not excluded("http.outbound_0.0.0.0_9080.downstream_rq_2xx")
     assert not excluded("istio.d")  # Istio's metrics
     assert all(excluded(name) for name in (
         "http.outbound_0.0.0.0_9080.downstream_rq_time", "http.inbound_0.0.0.0_9080.downstream_cx_length_ms",
-        "listener.0.0.0.0_15006.downstream_cx_length_ms", "cluster.inbound|9080||.upstream_rq_time",
+        "listener.0.0.0.0_15006.downstream_cx_length_ms", "cluster.inbound|9080||.upstream_rq_completed",
         "cluster.outbound|9080||ratings.default.svc.cluster.local.upstream_cx_connect_ms",
         "cluster.outbound|9080||ratings.default.svc.cluster.local.upstream_cx_length_ms",
         "cluster.outbound|9080|v1|ratings.default.svc.cluster.local.external.upstream_rq_time"))
+
+
+def test_only_outbound_routers_record_per_code_counters_and_timings():
+    files = render_host(build(), "reviews-v2").files
+    routers = {}
+    for listener in resources(files, "lds.json"):
+        for chain in listener["filter_chains"]:
+            for item in chain["filters"]:
+                if item["name"] == "envoy.filters.network.http_connection_manager":
+                    router = item["typed_config"]["http_filters"][-1]
+                    assert router["name"] == "envoy.filters.http.router"
+                    routers[chain["name"]] = router["typed_config"].get("dynamic_stats", True)
+    assert routers["outbound|9080||ratings.default.svc.cluster.local"] is True  # rollouts are judged on these
+    inbound = {name: dynamic for name, dynamic in routers.items() if name.startswith("inbound|")}
+    assert inbound and not any(inbound.values())
 
 
 def test_tcp_and_grpc_ports():

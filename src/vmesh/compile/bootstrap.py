@@ -12,14 +12,15 @@ LDS_FILE = "lds.json"
 CDS_FILE = "cds.json"
 MAX_DOWNSTREAM_CONNECTIONS = 100000
 # Envoy's own histograms that nothing of vmesh reads, left unrecorded (Istio's default stats matcher keeps none of
-# them): per request the connection managers' downstream_rq_time, the inbound clusters' upstream_rq_time and every
-# cluster's copy of it for external (or internal) requests, which Istio's request duration covers on both sides;
-# per connection the lengths and connect times. The outbound clusters' upstream_rq_time is kept: a canary rollout is
-# judged on it. Counters and gauges are all kept.
+# them): per request the connection managers' downstream_rq_time and every cluster's copy of upstream_rq_time for
+# external (or internal) requests, which Istio's request duration covers on both sides; per connection the lengths
+# and connect times. The outbound clusters' upstream_rq_time is kept: a canary rollout is judged on it. Inbound
+# routers record no timings and per-code counters (listeners._hcm): their clusters' upstream_rq_completed, which
+# would stay 0, is left out too (upstream_rq_total counts the calls). Other counters and gauges are all kept.
 UNRECORDED_STATS = [{"suffix": ".downstream_rq_time"}, {"suffix": ".downstream_cx_length_ms"},
                     {"suffix": ".upstream_cx_length_ms"}, {"suffix": ".upstream_cx_connect_ms"},
                     {"suffix": ".external.upstream_rq_time"}, {"suffix": ".internal.upstream_rq_time"},
-                    {"safe_regex": {"regex": r"^cluster\.inbound\|.*\.upstream_rq_time$"}}]
+                    {"safe_regex": {"regex": r"^cluster\.inbound\|[^.]*\.upstream_rq_completed$"}}]
 
 
 def node_id(workload: Workload, registry: Registry) -> str:

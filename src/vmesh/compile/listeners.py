@@ -33,12 +33,15 @@ def _hcm(stat_prefix: str, route_name: str | None, workload: Workload, *, inboun
          trace: tuple[Registry, str | None] | None = None) -> dict[str, Any]:
     """``side``: what this side of the proxy records (None: nothing, the proxy's own ports); ``trace``: the
     registry and the span name (None: the routes' decorators name the spans), where the side has a tracer."""
+    # An inbound router records no per-code counters and timings of its cluster (Envoy's "dynamic stats", several
+    # stat lookups per request): there is one local app behind it, Istio's metrics count its calls, and nothing
+    # reads them (Istio's default stats matcher drops them). Outbound routers keep them: rollouts are judged on them.
+    router = typed("envoy.filters.http.router", ROUTER, **({"dynamic_stats": False} if inbound else {}))
     config: dict[str, Any] = {
         "stat_prefix": stat_prefix,
         # fault and CORS take their settings per route, so adding a fault changes only the routes (no drain)
         "http_filters": ([] if inbound else [typed("envoy.filters.http.fault", HTTP_FAULT),
-                                              typed("envoy.filters.http.cors", CORS)])
-                        + [typed("envoy.filters.http.router", ROUTER)],
+                                              typed("envoy.filters.http.cors", CORS)]) + [router],
         "upgrade_configs": [{"upgrade_type": "websocket"}],  # use_remote_address: false by default
     }
     if route_config is not None:
