@@ -26,7 +26,7 @@ configuration is treated alike.
 
     sudo .venv/bin/python bench/datapath.py                  # 20 rounds x 3 configs x 3 s: about 4 minutes
     python bench/datapath.py --rounds 5                      # about a minute, noisier
-    python bench/datapath.py --variant all                   # + the 10 vmesh variants: about 14 minutes
+    python bench/datapath.py --variant all                   # + the 16 vmesh variants: about 20 minutes
     python bench/datapath.py --variant bare --variant no-xfcc --json
 
 Needs root, nginx and wrk. Traffic stays inside the namespaces made here; an interrupted run's leftovers are
@@ -149,6 +149,8 @@ def no_overload_manager(host: str, files: dict[str, Any]) -> None:
     files["envoy.json"].pop("overload_manager", None)
 
 
+
+
 #: name -> (what goes, the compiler's function that emits it, the edit)
 VARIANTS: dict[str, tuple[str, str, Callable[[str, dict[str, Any]], None]]] = {
     "no-fault-cors": ("the fault and CORS HTTP filters of the outbound HCMs (no fault, no CORS configured)",
@@ -213,6 +215,38 @@ VARIANTS.update({
     "metrics-fixed-tag": ("the three histograms with a constant tag instead of the per-request key",
                           "telemetry.KEY_SOURCE / KEY_DESTINATION", metrics_fixed_tag),
     "metrics-no-tags": ("the three histograms without tags", "telemetry.http_stats", metrics_no_tags),
+})
+
+
+# --- what Envoy's own statistics cost: vmesh records fewer than the minimal pair (not part of "bare") ----------
+
+def no_stats_matcher(host: str, files: dict[str, Any]) -> None:
+    files["envoy.json"].pop("stats_config", None)
+
+
+def _routers(files: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for hcm in _hcms(files):
+        for item in hcm["http_filters"]:
+            if item["name"] == "envoy.filters.http.router":
+                yield item["typed_config"]
+
+
+def no_dynamic_stats(host: str, files: dict[str, Any]) -> None:
+    for router in _routers(files):
+        router["dynamic_stats"] = False
+
+
+def dynamic_stats(host: str, files: dict[str, Any]) -> None:
+    for router in _routers(files):
+        router.pop("dynamic_stats", None)
+
+
+VARIANTS.update({
+    "no-stats-matcher": ("no stats matcher: Envoy's unread histograms recorded again", "bootstrap.UNRECORDED_STATS",
+                         no_stats_matcher),
+    "no-dynamic-stats": ("the outbound routers' dynamic stats too (per-code counters and timings, which rollouts "
+                         "are judged on)", "listeners._hcm", no_dynamic_stats),
+    "dynamic-stats": ("the inbound routers' dynamic stats recorded again", "listeners._hcm", dynamic_stats),
 })
 
 
