@@ -149,8 +149,6 @@ def no_overload_manager(host: str, files: dict[str, Any]) -> None:
     files["envoy.json"].pop("overload_manager", None)
 
 
-
-
 #: name -> (what goes, the compiler's function that emits it, the edit)
 VARIANTS: dict[str, tuple[str, str, Callable[[str, dict[str, Any]], None]]] = {
     "no-fault-cors": ("the fault and CORS HTTP filters of the outbound HCMs (no fault, no CORS configured)",
