@@ -251,14 +251,14 @@ def test_tcp_ports_count_connections_and_bytes_and_log_when_the_connection_ends(
                 if f["name"] == "envoy.filters.network.tcp_proxy" and f["typed_config"]["cluster"] != "BlackHoleCluster"]
 
     client, db = render_host(mesh, "client").files, render_host(mesh, "db").files
-    # a connection has no response code or gRPC status: the key leaves them empty (istio_metrics.lua reads neither)
     for proxy, key in [(p, vmesh_telemetry.TCP_KEY_SOURCE) for p in tcp_proxies(client, "virtualOutbound")] + \
             [(p, vmesh_telemetry.TCP_KEY_DESTINATION) for p in tcp_proxies(db, "virtualInbound")]:
+        # a connection has no response code or gRPC status: the key leaves them empty (istio_metrics.lua reads
+        # neither)
         keys = {c["stat"]["tags"][0]["value_format"] for log in proxy["access_log"]
                 for c in log["typed_config"].get("counters", [])}
-        fields = key.split(";")
+        fields = key.split(vmesh_telemetry.SEP)
         assert keys == {key} and fields[1] == fields[3] == "" and "%RESPONSE_FLAGS%" in fields
-    for proxy in tcp_proxies(client, "virtualOutbound") + tcp_proxies(db, "virtualInbound"):
         logs = {(log["name"], tuple(log["filter"]["log_type_filter"]["types"])): log for log in proxy["access_log"]}
         assert set(logs) == {("envoy.access_loggers.stdout", ("TcpConnectionEnd",)),
                              ("envoy.access_loggers.stats", ("TcpUpstreamConnected",)),
