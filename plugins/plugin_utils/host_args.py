@@ -141,14 +141,14 @@ def sidecar_config_args(action, args, task_vars, name="vmesh.mesh.sidecar_config
     if not isinstance(given, dict):
         raise AnsibleActionFail("%s: credentials (vmesh_credentials) must be a mapping of credentialName to "
                                 "{cert, key, ca} paths" % name)
-    texts = {cred: _read_credential(action, cred, given[cred]) for cred in entry["credentials"] if cred in given}
+    texts = {cred: read_credential(action, cred, given[cred]) for cred in entry["credentials"] if cred in given}
     module_args = {k: args[k] for k in SIDECAR_CONFIG_PASSED if k in args}
     module_args.update(files=files, hosts_entries=entry["hosts_entries"], credential_texts=texts,
                        credentials_expected=[c for c in entry["credentials"] if c not in given])
     return module_args
 
 
-def _read_credential(action, name, paths):
+def read_credential(action, name, paths):
     """{part: text} of the files vmesh_credentials.<name> names on the controller; a missing one is an error that
     names it."""
     if not isinstance(paths, dict) or not paths or set(paths) - set(PARTS):

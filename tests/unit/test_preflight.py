@@ -33,6 +33,22 @@ def test_present_certificates_pass(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_gateway_certificates_expected_on_the_host_are_looked_for_there(tmp_path):
+    """A credentialName not given in vmesh_credentials needs tls.crt and tls.key on the host: a missing one is
+    named, and with both there the preflight passes (looked for as root: su, this machine has no sudo)."""
+    folder = tmp_path / "credentials" / "shop-credential"
+    folder.mkdir(parents=True)
+    (folder / "tls.crt").write_text("x\n")
+    as_root = ("-e", f"vmesh_credentials_dir={tmp_path / 'credentials'}", "-e", "ansible_become_method=su")
+    proc = run_preflight(tmp_path / "one", {}, *as_root)
+    assert proc.returncode != 0
+    named = proc.stdout.split("a Gateway's credentialName needs these files on the host")[1].split("\n")[0]
+    assert str(folder / "tls.key") in named and "tls.crt" not in named, proc.stdout
+    (folder / "tls.key").write_text("x\n")
+    proc = run_preflight(tmp_path / "two", {}, *as_root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_no_way_to_become_root_is_named(tmp_path):
     """Where become does not give root (here: su to nobody, whose shell refuses logins), the check says so for
     the host instead of reporting what is missing."""
