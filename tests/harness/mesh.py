@@ -69,8 +69,12 @@ def lb_endpoints(files: dict[str, str], cluster: dict) -> list[dict]:
     return [e for group in assignment["endpoints"] for e in group["lb_endpoints"]]
 
 
+def outbound_vhost(files: dict[str, str], fqdn: str, port: int = 9080) -> dict:
+    """The virtual host of ``fqdn`` in the route table of the outbound HTTP port ``port`` (its file rds_PORT.json)."""
+    (config,) = resources(files, f"rds_{port}.json")
+    (vhost,) = [v for v in config["virtual_hosts"] if v["name"] == f"{fqdn}:{port}"]
+    return vhost
+
+
 def outbound_routes(mesh: Mesh, host: str, service: str, port: int = 9080) -> list[dict]:
-    files = render_host(mesh, host).files
-    fqdn = f"{service}.default.svc.cluster.local"
-    (config,) = resources(files, f"rds_outbound_{port}__{fqdn}.json")
-    return config["virtual_hosts"][0]["routes"]
+    return outbound_vhost(render_host(mesh, host).files, f"{service}.default.svc.cluster.local", port)["routes"]

@@ -64,7 +64,7 @@ def test_push_routes_everything_to_v1_without_restarting_envoy(mesh):
     uptime_before = mesh.uptime("productpage-v1")
     try:
         changed = mesh.push([destination_rules(), ALL_V1])
-        assert "rds_outbound_9080__reviews.default.svc.cluster.local.json" in changed["productpage-v1"]
+        assert "rds_9080.json" in changed["productpage-v1"]
         assert "lds.json" not in changed["productpage-v1"]
 
         answers = mesh.sample("productpage-v1", REVIEWS_URL, 60)

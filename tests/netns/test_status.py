@@ -64,7 +64,7 @@ def test_a_change_not_pushed_yet_is_stale_naming_the_route_table(mesh):
     wanted = render_all(load.mesh({h: mesh.host_vars(h) for h in HOSTS}, [RULE, ROUTE]))["client"]
     got = line(mesh, "client", wanted)
     assert got["status"] == status.STALE
-    table = "rds_outbound_8080__web.default.svc.cluster.local.json"
+    table = "rds_8080.json"
     assert f"file {table}" in got["differs"] and f"envoy {table}" in got["differs"], got["differs"]
     assert "file lds.json" not in got["differs"]
     mesh.push([RULE, ROUTE])  # pushed: in force
@@ -91,9 +91,10 @@ def test_proxy_config_tables(mesh):
     assert any(row.split()[:4] == ["web.default.svc.cluster.local", "8080", "-", "outbound"]
                for row in clusters.splitlines()), clusters
     listeners = proxyconfig.render("listeners", admin)
-    assert "15001" in listeners and "15006" in listeners and "Route: outbound|8080||web.default.svc.cluster.local" in listeners
+    assert "15001" in listeners and "15006" in listeners and "Route: 8080" in listeners
     routes = proxyconfig.render("routes", admin)
-    assert "outbound|8080||web.default.svc.cluster.local" in routes, routes
+    assert any(row.split()[:2] == ["8080", "web.default.svc.cluster.local:8080"]
+               and row.split()[-1] == "outbound|8080||web.default.svc.cluster.local" for row in routes.splitlines()), routes
     endpoints = proxyconfig.render("endpoints", admin)
     assert f"{mesh.address('web-1')}:8080  HEALTHY" in endpoints, endpoints
     secrets = proxyconfig.render("secrets", admin)

@@ -316,6 +316,28 @@ spec:
     assert mesh.request("client", REVIEWS).status == 200  # mesh services work either way
 
 
+def test_the_host_header_picks_the_service_on_a_port_services_share(mesh):
+    """reviews and ratings share port 9080, hence one route table with a virtual host each, found by the Host header
+    as in Istio: a reviews name sent to ratings' VIP is answered by reviews, and the reverse by ratings; a Host no
+    service has gets 502 under REGISTRY_ONLY (under ALLOW_ANY it goes where the app sent it)."""
+    mesh.push([("mesh/rules.yaml", RULES)])
+    ratings_vip, reviews_vip = mesh.resolve("client", "ratings"), mesh.resolve("client", "reviews")
+    for host in ("reviews", "reviews.default", "reviews.default.svc.cluster.local:9080", reviews_vip):
+        answer = mesh.request("client", f"http://{host.split(':')[0]}:9080/reviews/0", resolve=ratings_vip)
+        assert answer.status == 200 and answer.json()["host"].startswith("reviews-v"), (host, answer)
+    answer = mesh.request("client", "http://ratings:9080/ratings/0", resolve=reviews_vip)
+    assert answer.headers.get("x-bookinfo-version") in ("v1", "v2"), answer  # ratings' app, not reviews' echo
+    mesh.push([("mesh/rules.yaml", RULES), ("mesh/sidecar.yaml", """apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: istio-system}
+spec:
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+""")])
+    nowhere = mesh.request("client", "http://nowhere.example:9080/reviews/0", resolve=reviews_vip)
+    assert nowhere.status == 502, nowhere
+    assert mesh.request("client", REVIEWS).status == 200
+
+
 def test_connection_pool_overflow_gets_503(mesh):
     from concurrent.futures import ThreadPoolExecutor
 

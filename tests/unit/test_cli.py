@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from harness import BIN, DATA, ROOT
+from harness.mesh import outbound_vhost
 
 VMESH = str(BIN / "vmesh")
 SAMPLES = DATA / "bookinfo"
@@ -140,8 +141,8 @@ def rollout_state(inventory):
 
 
 def reviews_weights(out):
-    rds = json.loads((out / "rds_outbound_9080__reviews.default.svc.cluster.local.json").read_text())
-    (route,) = rds["resources"][0]["virtual_hosts"][0]["routes"]
+    (route,) = outbound_vhost({"rds_9080.json": (out / "rds_9080.json").read_text()},
+                              "reviews.default.svc.cluster.local")["routes"]
     return {c["name"].split("|")[2]: c["weight"] for c in route["route"]["weighted_clusters"]["clusters"]}
 
 

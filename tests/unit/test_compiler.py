@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from harness import DATA
-from harness.mesh import bookinfo_hosts, build, lb_endpoints, outbound_routes, resources, routes_to
+from harness.mesh import bookinfo_hosts, build, lb_endpoints, outbound_routes, outbound_vhost, resources, routes_to
 from vmesh import registry
 from vmesh.compile import mtls, render_all, render_host
 from vmesh.errors import MeshError
@@ -151,7 +151,7 @@ def test_only_clusters_something_sends_to_are_written(envoy_validate):
     split = render_host(build(VS_90_10), "productpage-v1").files
     assert _reviews_clusters(build(VS_90_10)) == ["v1", "v2", "v3"]
     flipped = render_host(build(VS_90_10.replace("90", "5").replace("10", "95")), "productpage-v1").files
-    assert [n for n in split if split[n] != flipped[n]] == ["rds_outbound_9080__reviews.default.svc.cluster.local.json"]
+    assert [n for n in split if split[n] != flipped[n]] == ["rds_9080.json"]
     assert not [n for n in split if n.startswith("eds_") and "reviews" in n and "9080__" in n]
     # a TCP port with no tcp route keeps only its cluster of all hosts
     hosts = bookinfo_hosts()
@@ -280,16 +280,47 @@ def test_short_names_only_in_own_namespace():
     assert "ratings" not in ratings and "ratings.other" in ratings
 
 
-def test_outbound_listener_has_a_chain_per_vip_port_and_passthrough():
+def test_outbound_listener_has_a_chain_per_http_port_for_its_services_vips_and_passthrough():
     mesh = build()
     lds = resources(render_host(mesh, "productpage-v1").files, "lds.json")
     outbound = next(listener for listener in lds if listener["name"] == "virtualOutbound")
     assert outbound["address"]["socket_address"]["port_value"] == 15001
-    vip = mesh.registry.services["reviews.default.svc.cluster.local"].vip
-    chain = next(c for c in outbound["filter_chains"] if c["name"] == "outbound|9080||reviews.default.svc.cluster.local")
-    assert chain["filter_chain_match"] == {"prefix_ranges": [{"address_prefix": vip, "prefix_len": 32}],
-                                           "destination_port": 9080}
+    vips = [mesh.registry.services[f"{s}.default.svc.cluster.local"].vip
+            for s in ("details", "productpage", "ratings", "reviews")]
+    (chain,) = [c for c in outbound["filter_chains"] if c["name"].endswith("9080")]
+    assert chain["name"] == "0.0.0.0_9080"
+    assert sorted(p["address_prefix"] for p in chain["filter_chain_match"]["prefix_ranges"]) == sorted(vips)
+    assert {p["prefix_len"] for p in chain["filter_chain_match"]["prefix_ranges"]} == {32}
+    assert chain["filter_chain_match"]["destination_port"] == 9080
+    hcm = chain["filters"][0]["typed_config"]
+    assert hcm["rds"]["route_config_name"] == "9080" and hcm["stat_prefix"] == "outbound_0.0.0.0_9080"
     assert outbound["default_filter_chain"]["filters"][0]["typed_config"]["cluster"] == "PassthroughCluster"
+
+
+def test_the_host_header_picks_the_service_in_its_ports_route_table():
+    """One table per outbound HTTP port, as Istio's: a virtual host per service, found by each name a caller may
+    use for it (the short one in its own namespace only) and its VIP, bare or with the port; any other Host goes
+    where the app sent it (ALLOW_ANY) or gets 502 (REGISTRY_ONLY)."""
+    mesh = build()
+    files = render_host(mesh, "productpage-v1").files
+    (table,) = resources(files, "rds_9080.json")
+    assert table["name"] == "9080"
+    names = [v["name"] for v in table["virtual_hosts"]]
+    assert names == [f"{s}.default.svc.cluster.local:9080" for s in ("details", "productpage", "ratings", "reviews")] + [
+        "allow_any"]
+    vip = mesh.registry.services["reviews.default.svc.cluster.local"].vip
+    reviews = outbound_vhost(files, "reviews.default.svc.cluster.local")
+    assert set(reviews["domains"]) == {d for n in ("reviews.default.svc.cluster.local", "reviews.default.svc",
+                                                   "reviews.default", "reviews", vip) for d in (n, f"{n}:9080")}
+    assert table["virtual_hosts"][-1]["routes"][0]["route"]["cluster"] == "PassthroughCluster"
+    strict = build("""apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: istio-system}
+spec:
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+""")
+    (table,) = resources(render_host(strict, "productpage-v1").files, "rds_9080.json")
+    assert table["virtual_hosts"][-1]["routes"][0]["direct_response"] == {"status": 502}
 
 
 def test_inbound_only_for_served_ports_and_client_has_none():
@@ -347,7 +378,7 @@ def test_only_outbound_routers_record_per_code_counters_and_timings():
                     router = item["typed_config"]["http_filters"][-1]
                     assert router["name"] == "envoy.filters.http.router"
                     routers[chain["name"]] = router["typed_config"].get("dynamic_stats", True)
-    assert routers["outbound|9080||ratings.default.svc.cluster.local"] is True  # rollouts are judged on these
+    assert routers["0.0.0.0_9080"] is True  # rollouts are judged on these
     inbound = {name: dynamic for name, dynamic in routers.items() if name.startswith("inbound|")}
     assert inbound and not any(inbound.values())
 

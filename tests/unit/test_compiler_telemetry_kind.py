@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from harness.mesh import bookinfo_hosts, build, resources
+from harness.mesh import bookinfo_hosts, build, outbound_vhost, resources
 from vmesh import envoy
 from vmesh.compile import render_host
 from vmesh.compile import telemetry as vmesh_telemetry  # telemetry() here builds documents
@@ -127,8 +127,7 @@ spec:
     assert tags["istio.canonical_service"] == "reviews" and tags["istio.namespace"] == "default"
     # outbound, the route names the span (the connection manager's operation would override it)
     assert "operation" not in hcms(files, "virtualOutbound")[0]["tracing"]
-    (table,) = resources(files, "rds_outbound_9080__ratings.default.svc.cluster.local.json")
-    assert table["virtual_hosts"][0]["routes"][0]["decorator"] == {
+    assert outbound_vhost(files, "ratings.default.svc.cluster.local")["routes"][0]["decorator"] == {
         "operation": "ratings.default.svc.cluster.local:9080/*"}
     # the most specific Telemetry's sampling wins, the provider is inherited
     ratings = hcms(render_host(mesh, "ratings-v1").files, "virtualInbound")[0]["tracing"]
@@ -292,9 +291,8 @@ spec:
 
     def operations(*docs: str) -> list[str | None]:
         files = render_host(build(*docs, hosts=hosts_with({"extensionProviders": PROVIDERS})), "productpage-v1").files
-        (name,) = [name for name in files if name.startswith("rds_outbound_9080__reviews")]
-        (table,) = resources(files, name)
-        return [r.get("decorator", {}).get("operation") for vh in table["virtual_hosts"] for r in vh["routes"]]
+        vhost = outbound_vhost(files, "reviews.default.svc.cluster.local")
+        return [r.get("decorator", {}).get("operation") for r in vhost["routes"]]
 
     assert operations(split, tracing) == ["reviews.default.svc.cluster.local:9080/reviews/0*", "reviews:9080/*"]
     assert operations(split) == [None, None]

@@ -43,7 +43,7 @@ def test_four_steps_and_stale_files(tmp_path):
     # a routing change between subsets touches only the route file, and needs no restart
     routed = compiled(dest, VS_V3)
     result = push(tmp_path, dest, routed.files)
-    assert result["changed_files"] == ["rds_outbound_9080__reviews.default.svc.cluster.local.json"]
+    assert result["changed_files"] == ["rds_9080.json"]
     assert result["bootstrap_changed"] is False
     # a secret's file is read once, when Envoy starts: a new one asks for a restart
     shutil.copytree(tmp_path / "certs", tmp_path / "certs2")
@@ -52,8 +52,8 @@ def test_four_steps_and_stale_files(tmp_path):
     # a file no longer wanted is removed: productpage's Sidecar stops naming details
     fewer = compiled(dest, VS_V3, SIDECAR_REVIEWS_ONLY).files
     result = push(tmp_path, dest, fewer)
-    assert "rds_outbound_9080__details.default.svc.cluster.local.json" in result["removed_files"]
-    assert "rds_outbound_9080__details.default.svc.cluster.local.json" not in fewer
+    assert "eds_outbound_9080__details.default.svc.cluster.local.json" in result["removed_files"]
+    assert "eds_outbound_9080__details.default.svc.cluster.local.json" not in fewer
     assert snapshot(dest) == fewer
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".vmesh-staging")]
 
@@ -80,11 +80,11 @@ def test_a_config_missing_a_file_it_names_is_refused(tmp_path):
     good = compiled(dest)
     push(tmp_path, dest, good.files)
     before = tree(dest)
-    partial = {k: v for k, v in good.files.items() if k != "rds_outbound_9080__reviews.default.svc.cluster.local.json"}
+    partial = {k: v for k, v in good.files.items() if k != "rds_9080.json"}
     result = push(tmp_path, dest, partial)
     assert result["failed"] is True
     assert "the new config is not whole; the running config is unchanged" in result["msg"]
-    assert "outbound|9080||reviews.default.svc.cluster.local" in result["msg"]
+    assert "uses route table 9080, which no file holds" in result["msg"]
     assert tree(dest) == before
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from harness.mesh import bookinfo_hosts, build
+from harness.mesh import bookinfo_hosts, build, outbound_vhost
 from vmesh.errors import MeshError
 
 VS = """apiVersion: networking.istio.io/v1
@@ -352,9 +352,8 @@ def test_a_date_is_passed_on_as_written():
     from vmesh.compile import render_host
 
     mesh = build(vs("headers: {request: {set: {x-date: 2024-01-01}}}\n    route: [{destination: {host: reviews}}]"))
-    table = json.loads(render_host(mesh, "productpage-v1").files[
-        "rds_outbound_9080__reviews.default.svc.cluster.local.json"])["resources"][0]
-    added = table["virtual_hosts"][0]["routes"][0]["request_headers_to_add"]
+    vhost = outbound_vhost(render_host(mesh, "productpage-v1").files, "reviews.default.svc.cluster.local")
+    added = vhost["routes"][0]["request_headers_to_add"]
     assert added == [{"header": {"key": "x-date", "value": "2024-01-01"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from harness import DATA
-from harness.mesh import bookinfo_hosts, destination_rules, resources
+from harness.mesh import bookinfo_hosts, destination_rules, outbound_vhost, resources
 from vmesh import load, registry as registry_mod, rollout
 from vmesh.compile import render_host
 from vmesh.errors import MeshError
@@ -137,8 +137,7 @@ def compiled_routes(stage_index: int, *docs: str, with_rules: bool = True, **set
     stage = rollout.stages(r)[stage_index]
     sources = ([destination_rules()] if with_rules else []) + [(f"mesh/doc{i}.yaml", t) for i, t in enumerate(docs)]
     mesh = load.mesh(bookinfo_hosts(), sources, rollouts={"reviews": (r, stage)})
-    (config,) = resources(render_host(mesh, "productpage-v1").files, f"rds_outbound_9080__{FQDN}.json")
-    return config["virtual_hosts"][0]["routes"]
+    return outbound_vhost(render_host(mesh, "productpage-v1").files, FQDN)["routes"]
 
 
 def clusters_of(route: dict) -> dict[str, int]:
@@ -291,8 +290,7 @@ def test_resume_and_abort():
 def test_a_declared_rollout_keeps_the_canary_out_until_it_starts():
     mesh = load.mesh({h: {**v, "vmesh_rollouts": {"reviews": {"stable": "v1", "canary": "v3"}}}
                         for h, v in bookinfo_hosts().items()}, [destination_rules()])
-    (config,) = resources(render_host(mesh, "productpage-v1").files, f"rds_outbound_9080__{FQDN}.json")
-    (route,) = config["virtual_hosts"][0]["routes"]
+    (route,) = outbound_vhost(render_host(mesh, "productpage-v1").files, FQDN)["routes"]
     assert clusters_of(route) == {"v1": 100}
 
 
@@ -340,11 +338,9 @@ def test_two_rollouts_route_their_services_each_by_its_own_state():
     mesh = load.mesh({h: {**v, "vmesh_rollouts": settings} for h, v in hosts.items()}, [destination_rules()],
                        rollout_states=states)
     files = render_host(mesh, "productpage-v1").files
-    (reviews_rds,) = resources(files, f"rds_outbound_9080__{FQDN}.json")
-    assert clusters_of(reviews_rds["virtual_hosts"][0]["routes"][0]) == {"v3": 100}
+    assert clusters_of(outbound_vhost(files, FQDN)["routes"][0]) == {"v3": 100}
     files = render_host(mesh, "reviews-v1").files
-    (ratings_rds,) = resources(files, "rds_outbound_9080__ratings.default.svc.cluster.local.json")
-    assert clusters_of(ratings_rds["virtual_hosts"][0]["routes"][0]) == {"v1": 100}
+    assert clusters_of(outbound_vhost(files, "ratings.default.svc.cluster.local")["routes"][0]) == {"v1": 100}
 
 
 def test_every_stage_compiles_to_a_config_envoy_accepts(envoy_validate):

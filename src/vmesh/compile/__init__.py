@@ -5,8 +5,8 @@ input: ``envoy.json`` (bootstrap), ``lds.json``, ``cds.json``, one ``rds_*.json`
 one ``eds_*.json`` per cluster of a mesh service (its endpoints), as compact JSON. A host gets only the outbound
 clusters its listeners and routes send to (with all subsets of a service port where one is used). What hosts
 share is computed once per Renderer: a service's clusters (the same for every client with the same config
-directory) and its route tables (the same for every client, unless a VirtualService matches on the caller's labels
-or namespace). The static equivalent for ``envoy --mode validate`` (which does not read file-based xDS) is built
+directory) and its virtual hosts in the route table of each of its HTTP ports (the same for every client in a
+namespace, unless a VirtualService matches on the caller's labels). The static equivalent for ``envoy --mode validate`` (which does not read file-based xDS) is built
 only when asked for (``HostConfig.validation``).
 """
 
@@ -87,7 +87,8 @@ class Renderer:
     def __init__(self, mesh: Mesh):
         self.mesh = mesh
         self._clusters: dict[tuple[str, str], list[_Cluster]] = {}
-        self._routes: dict[tuple[Any, ...], str] = {}
+        self._vhosts: dict[tuple[Any, ...], tuple[str, frozenset[str]]] = {}
+        self._fallbacks: dict[str, str] = {}
         self._refs: dict[str, set[tuple[int, str, str]]] = {}
         self._callers: dict[str, list[Workload]] | None = None
         self._by_caller: dict[str, bool] = {}
@@ -143,13 +144,35 @@ class Renderer:
                 m.source_labels or m.source_namespace is not None for route in vs.http for m in route.matches)
         return self._by_caller[service.fqdn]
 
-    def _service_routes(self, service: Service, port: Port, client: Workload) -> tuple[str, str]:
-        """(name, file content) of the route table ``client`` uses for ``service`` on ``port``."""
-        caller = (client.namespace, tuple(sorted(client.labels.items()))) if self._routes_by_caller(service) else ()
-        key = (service.fqdn, port.number, caller)
-        if key not in self._routes:
-            self._routes[key] = _route_file(routes.outbound(self.mesh, service, port, client))
-        return routes.outbound_name_for(service, port), self._routes[key]
+    def _vhost(self, service: Service, port: Port, client: Workload) -> tuple[str, frozenset[str]]:
+        """(JSON text, domains) of the virtual host ``client`` uses for ``service`` on ``port``."""
+        caller = (tuple(sorted(client.labels.items())),) if self._routes_by_caller(service) else ()
+        key = (service.fqdn, port.number, client.namespace, caller)
+        if key not in self._vhosts:
+            vhost = routes.outbound_vhost(self.mesh, service, port, client)
+            self._vhosts[key] = (dumps(vhost), frozenset(vhost["domains"]))
+        return self._vhosts[key]
+
+    def _port_table(self, number: int, entries: list[tuple[Service, Port]], client: Workload,
+                    policy: str) -> tuple[str, list[str]]:
+        """(file content, its virtual hosts' texts) of the route table of the outbound HTTP port ``number``: the
+        same as _route_file(routes.port_table(...)), made of the virtual hosts hosts share."""
+        texts: list[str] = []
+        taken: set[str] = set()
+        for service, port in entries:
+            text, names = self._vhost(service, port, client)
+            if names & taken:  # rare: a name two services answer to (routes.without_taken)
+                vhost = routes.without_taken(json.loads(text), taken)
+                if vhost is not None:
+                    texts.append(dumps(vhost))
+                continue
+            taken |= names
+            texts.append(text)
+        if policy not in self._fallbacks:
+            self._fallbacks[policy] = dumps(routes.fallback_vhost(policy))
+        table = ('{"@type":' + json.dumps(ROUTE_CONFIGURATION) + ',"name":' + json.dumps(str(number))
+                 + ',"virtual_hosts":[' + ",".join(texts + [self._fallbacks[policy]]) + "]}")
+        return _resources([table]), texts
 
     def host(self, host: str) -> HostConfig:
         mesh = self.mesh
@@ -162,21 +185,20 @@ class Renderer:
         filters = patches.selected(mesh, workload)
         rds: dict[str, dict[str, Any]] = {}
         route_texts: dict[str, str] = {}
-        port_wide = listeners.port_wide_http(services)
+        shared: list[str] = []  # the virtual hosts hosts share, in this host's tables
+        policy = mesh.outbound_policy_for(host)
+        by_port: dict[int, list[tuple[Service, Port]]] = {}
         for service in services:
             for port in service.ports:
-                # a ServiceEntry host without addresses is routed by its port's shared table, not one of its own
-                if not port.is_http or service in port_wide.get(port.number, ()):
-                    continue
-                if filters:
-                    config = routes.outbound(mesh, service, port, workload)
-                    rds[config["name"]] = config
-                else:
-                    name, text = self._service_routes(service, port, workload)
-                    route_texts[name] = text
-        policy = mesh.outbound_policy_for(host)
-        for number, entries in port_wide.items():
-            rds[str(number)] = routes.port_wide(mesh, number, entries, workload, policy)
+                if port.is_http:
+                    by_port.setdefault(port.number, []).append((service, port))
+        for number, entries in sorted(by_port.items()):
+            if filters:  # EnvoyFilters edit this host's route tables: it gets tables of its own
+                rds[str(number)] = routes.port_table(
+                    number, [routes.outbound_vhost(mesh, s, p, workload) for s, p in entries], policy)
+            else:
+                route_texts[str(number)], texts = self._port_table(number, entries, workload, policy)
+                shared += texts
         for port in workload.ports:
             if port.is_http:
                 config = routes.inbound(port)
@@ -191,7 +213,7 @@ class Renderer:
         patches.apply(filters, lds, rds)
         # the route tables hosts share are scanned once (kept with them), this host's own ones here
         lds_text = _resources([dumps(item) for item in lds])
-        used = _references(lds_text).union(*map(self._shared_references, route_texts.values()))
+        used = _references(lds_text).union(*map(self._shared_references, shared))
         route_texts.update((name, _route_file(config)) for name, config in rds.items())
         used = used.union(*(_references(route_texts[name]) for name in rds))
         by_subset = {(port, fqdn) for port, subset, fqdn in used if subset}

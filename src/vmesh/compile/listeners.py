@@ -109,14 +109,10 @@ def edge_hcm(mesh: Mesh, stat_prefix: str, route_name: str, workload: Workload,
 
 def _service_chains(mesh: Mesh, service: Service, port: Port, workload: Workload, match: dict[str, Any],
                     sni_ports: set[int]) -> list[dict[str, Any]]:
-    """The filter chains of one service port: HTTP routes, TCP routes, or TLS routes by SNI."""
+    """The filter chains of one TCP or TLS service port: TCP routes, or TLS routes by SNI."""
     name = outbound_name(port.number, None, service.fqdn)
     stat_prefix = f"outbound_{service.vip}_{port.number}" if service.vip else name
     side = mesh.telemetry(workload, "client")
-    if port.is_http:
-        filters = [_hcm(stat_prefix, routes.outbound_name_for(service, port), workload, inbound=False, side=side,
-                        trace=(mesh.registry, None))]
-        return [{"name": name, "filters": filters, "filter_chain_match": match}]
     chains = []
     if port.protocol == "tls":
         vs = mesh.virtual_services.get(service.fqdn)
@@ -135,15 +131,18 @@ def _service_chains(mesh: Mesh, service: Service, port: Port, workload: Workload
 
 
 def outbound(mesh: Mesh, services: list[Service], workload: Workload, policy: str = "ALLOW_ANY") -> dict[str, Any]:
-    """One filter chain per service VIP and port, found by the original destination of the redirected call.
+    """The outbound listener: filter chains found by the original destination of the redirected call.
 
-    ServiceEntry hosts without addresses are found by port, then by Host header (HTTP: one route table per port
-    lists them all) or TLS server name. Anything else passes through to where it was going (ALLOW_ANY) or is
-    refused (REGISTRY_ONLY).
+    An HTTP port has one chain for all its services, as in Istio: the addresses of those on it (VIPs, a
+    ServiceEntry's addresses) lead to one connection manager and the port's route table, where the Host header
+    picks the service (routes.port_table). A ServiceEntry host without addresses on it makes the chain take the
+    port whatever the address. A TCP or TLS service port has chains of its own, by address, else by port or TLS
+    server name. Anything else passes through to where it was going (ALLOW_ANY) or is refused (REGISTRY_ONLY).
     """
     chains: list[dict[str, Any]] = []
     sni_ports: set[int] = set()
-    by_port_http = port_wide_http(services)
+    http: dict[int, list[dict[str, Any]]] = {}  # HTTP port -> the addresses of its services
+    any_address: dict[int, Service] = {}  # HTTP port -> the first ServiceEntry host without addresses on it
     by_port_tcp: dict[int, Service] = {}
     for service in services:
         for port in service.ports:
@@ -152,10 +151,14 @@ def outbound(mesh: Mesh, services: list[Service], workload: Workload, policy: st
             else:
                 prefixes = [{"address_prefix": cidr.split("/")[0], "prefix_len": int(cidr.split("/")[1])}
                             for cidr in service.entry.addresses]
+            if port.is_http:
+                known = http.setdefault(port.number, [])
+                known += [p for p in prefixes if p not in known]
+                if not prefixes:
+                    any_address.setdefault(port.number, service)
+                continue
             if prefixes:
                 match = {"prefix_ranges": prefixes, "destination_port": port.number}
-            elif port.is_http:
-                continue  # in the port's shared chain below
             else:
                 match = {"destination_port": port.number}
                 if port.protocol == "tcp":
@@ -166,29 +169,19 @@ def outbound(mesh: Mesh, services: list[Service], workload: Workload, policy: st
                                         f"{other.fqdn} ({other.entry.doc.ref}): give one of them addresses",
                                         file=doc.file, doc=doc.ref, field="spec.addresses")
             chains += _service_chains(mesh, service, port, workload, match, sni_ports)
-    for number, entries in sorted(by_port_http.items()):
-        if number in by_port_tcp:
-            doc = entries[0].entry.doc
+    for number, prefixes in sorted(http.items()):
+        if number in any_address and number in by_port_tcp:
+            doc = any_address[number].entry.doc
             raise MeshError(f"port {number} is HTTP here and TCP in {by_port_tcp[number].entry.doc.ref}; without "
                             "addresses one port carries one protocol", file=doc.file, doc=doc.ref, field="spec.ports")
-        chains.append({"name": f"0.0.0.0_{number}", "filter_chain_match": {"destination_port": number},
+        match = {"destination_port": number} if number in any_address else \
+            {"prefix_ranges": prefixes, "destination_port": number}
+        chains.append({"name": f"0.0.0.0_{number}", "filter_chain_match": match,
                        "filters": [_hcm(f"outbound_0.0.0.0_{number}", str(number), workload, inbound=False,
                                         side=mesh.telemetry(workload, "client"),
                                         trace=(mesh.registry, None))]})
     default = PASSTHROUGH if policy == "ALLOW_ANY" else BLACKHOLE
     return _listener("virtualOutbound", OUTBOUND_PORT, "OUTBOUND", chains, default, sorted(sni_ports))
-
-
-def port_wide_http(services: list[Service]) -> dict[int, list[Service]]:
-    """HTTP ports of ServiceEntry hosts without addresses: one shared route table per port, by Host header."""
-    out: dict[int, list[Service]] = {}
-    for service in services:
-        if service.vip or service.entry.addresses:
-            continue
-        for port in service.ports:
-            if port.is_http:
-                out.setdefault(port.number, []).append(service)
-    return out
 
 
 def authorization_filters(mesh: Mesh, workload: Workload, port: Port) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""Route configurations: VirtualService http rules for one service port, and the inbound catch-all."""
+"""Route configurations: an outbound HTTP port's table (a virtual host per service, VirtualService http rules),
+and the inbound catch-all."""
 
 from __future__ import annotations
 
@@ -244,10 +245,6 @@ def _entry(mesh: Mesh, route: HttpRoute, port: Port) -> dict[str, Any]:
     return entry
 
 
-def outbound_name_for(service: Service, port: Port) -> str:
-    return outbound_name(port.number, None, service.fqdn)
-
-
 def default_route(mesh: Mesh, service: Service, port: Port) -> dict[str, Any]:
     """Every host of the service, with Istio's default retries: the route when no VirtualService applies."""
     action = {"cluster": outbound_name(port.number, None, service.fqdn), "timeout": "0s", "retry_policy": DEFAULT_RETRY}
@@ -292,34 +289,51 @@ def _operation(vs: VirtualService, port: Port, match: dict[str, Any], entry: dic
     return f"{vs.doc.name}:{port.number}{path}"
 
 
-def outbound(mesh: Mesh, service: Service, port: Port, client: Workload) -> dict[str, Any]:
-    """The routes ``client`` uses for ``service`` on ``port``: its VirtualService in order, else all its hosts."""
-    vs = mesh.virtual_services.get(service.fqdn)
-    routes = http_routes(mesh, vs, port, client) if vs else [default_route(mesh, service, port)]
-    name = outbound_name_for(service, port)
-    return {"name": name, "virtual_hosts": [{"name": f"{service.fqdn}:{port.number}", "domains": ["*"],
-                                             "routes": routes}]}
-
-
-def port_wide(mesh: Mesh, number: int, services: list[Service], client: Workload, policy: str) -> dict[str, Any]:
-    """ServiceEntry hosts sharing an HTTP port (no addresses): a virtual host each, told apart by Host header.
-
-    Other hosts on the port pass through to where the app was going (ALLOW_ANY) or get 502 (REGISTRY_ONLY), as in
-    Istio's allow_any / block_all virtual hosts.
-    """
-    vhosts = []
-    for service in services:
-        port = service.port(number)
-        vs = mesh.virtual_services.get(service.fqdn)
-        vhosts.append({"name": f"{service.fqdn}:{number}", "domains": [service.fqdn, f"{service.fqdn}:{number}"],
-                       "routes": http_routes(mesh, vs, port, client) if vs else [default_route(mesh, service, port)]})
-    if policy == "ALLOW_ANY":
-        fallback = {"name": "allow_any", "domains": ["*"], "routes": [
-            {"name": "allow_any", "match": {"prefix": "/"}, "route": {"cluster": PASSTHROUGH, "timeout": "0s"}}]}
+def domains(service: Service, port: int, namespace: str) -> list[str]:
+    """The Host header values that name ``service`` on ``port`` for a caller in ``namespace``, bare and with the
+    port, as in Istio's outbound virtual hosts: each of its names (the short one only in its own namespace) and its
+    address; for a ServiceEntry host, its name and the single addresses (/32) it gives."""
+    if service.vip:
+        names = service.names_for(namespace) + [service.vip]
     else:
-        fallback = {"name": "block_all", "domains": ["*"], "routes": [
-            {"name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 502}}]}
-    return {"name": str(number), "virtual_hosts": vhosts + [fallback]}
+        names = [service.fqdn] + [a.split("/")[0] for a in service.entry.addresses if a.endswith("/32")]
+    return [d for name in names for d in (name, f"{name}:{port}")]
+
+
+def outbound_vhost(mesh: Mesh, service: Service, port: Port, client: Workload) -> dict[str, Any]:
+    """The virtual host ``client`` uses for ``service`` on ``port``: its VirtualService in order, else all its
+    hosts."""
+    vs = mesh.virtual_services.get(service.fqdn)
+    return {"name": f"{service.fqdn}:{port.number}", "domains": domains(service, port.number, client.namespace),
+            "routes": http_routes(mesh, vs, port, client) if vs else [default_route(mesh, service, port)]}
+
+
+def fallback_vhost(policy: str) -> dict[str, Any]:
+    """Any other Host on the port: on to where the app was going (ALLOW_ANY) or 502 (REGISTRY_ONLY), as Istio's
+    allow_any and block_all virtual hosts."""
+    if policy == "ALLOW_ANY":
+        return {"name": "allow_any", "domains": ["*"], "routes": [
+            {"name": "allow_any", "match": {"prefix": "/"}, "route": {"cluster": PASSTHROUGH, "timeout": "0s"}}]}
+    return {"name": "block_all", "domains": ["*"], "routes": [
+        {"name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 502}}]}
+
+
+def without_taken(vhost: dict[str, Any], taken: set[str]) -> dict[str, Any] | None:
+    """``vhost`` without the domains an earlier virtual host of its table has (Envoy refuses a domain twice in one
+    table: the first service keeps a name two answer to); None when none is left. Adds its domains to ``taken``."""
+    left = [d for d in vhost["domains"] if d not in taken]
+    taken.update(left)
+    if len(left) == len(vhost["domains"]):
+        return vhost
+    return {**vhost, "domains": left} if left else None
+
+
+def port_table(number: int, vhosts: list[dict[str, Any]], policy: str) -> dict[str, Any]:
+    """The route table of an outbound HTTP port, shared by every service on it (Istio's route "PORT"): a virtual
+    host each, told apart by the Host header, then the fallback."""
+    taken: set[str] = set()
+    kept = [v for v in (without_taken(vhost, taken) for vhost in vhosts) if v is not None]
+    return {"name": str(number), "virtual_hosts": kept + [fallback_vhost(policy)]}
 
 
 def tcp_filter(stat_prefix: str, target: dict[str, Any]) -> dict[str, Any]:
