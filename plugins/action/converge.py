@@ -15,7 +15,9 @@ STEP_KEYS = frozenset(("id", "module", "args"))
 
 
 class ActionModule(ActionBase):
-    TRANSFERS_FILES = True
+    # no remote temporary directory up front (a round trip to make it, one to remove it): the module runs piped,
+    # and one is made only when a large file is sent (_make_tmp_path)
+    TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(("steps", "chain", "previous"))
 
     def run(self, tmp=None, task_vars=None):

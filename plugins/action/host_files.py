@@ -11,7 +11,9 @@ from ansible_collections.vmesh.mesh.plugins.plugin_utils.host_args import merge_
 
 
 class ActionModule(ActionBase):
-    TRANSFERS_FILES = True
+    # no remote temporary directory up front (a round trip to make it, one to remove it): the module runs piped,
+    # and one is made only when a large file is sent (_make_tmp_path)
+    TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(HOST_FILES_PASSED + ("files",))
 
     def run(self, tmp=None, task_vars=None):
