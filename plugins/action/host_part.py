@@ -9,7 +9,7 @@ from ansible.plugins.action import ActionBase
 from ansible_collections.vmesh.mesh.plugins.plugin_utils.host_args import PARTS, read_credential
 
 try:
-    from vmesh import artifact
+    from vmesh import artifact, ratelimit
     from vmesh.errors import MeshError
 except ImportError as exc:  # pragma: no cover - install problem, reported when the action runs
     artifact = None
@@ -23,7 +23,7 @@ HOST_CREDENTIAL_FILES = ("tls.crt", "tls.key")
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("build", "credentials", "credentials_dir"))
+    _VALID_ARGS = frozenset(("build", "credentials", "credentials_dir", "ratelimit_domains", "ratelimit_checker"))
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
@@ -45,12 +45,25 @@ class ActionModule(ActionBase):
         except MeshError as exc:
             raise AnsibleActionFail(f"vmesh.mesh.host_part: {exc}") from exc
         self._check_given(sorted(c for c in entry["credentials"] if c in given), given)
+        if args.get("ratelimit_domains") is not None:
+            self._check_limits(args["ratelimit_domains"], args.get("ratelimit_checker") or "")
         expected = [c for c in entry["credentials"] if c not in given]
         if expected:
             folder = args.get("credentials_dir") or "/etc/vmesh/credentials"
             self._check_on_host([f"{folder}/{c}/{f}" for c in expected for f in HOST_CREDENTIAL_FILES], task_vars)
         result.update(entry, changed=False)
         return result
+
+    @staticmethod
+    def _check_limits(domains, checker):
+        """The global rate limits a host of vmesh_ratelimit serves, field by field, then by the service's own
+        check (``checker``), as the rate-limit role checks them before writing them."""
+        try:
+            files = ratelimit.files(domains, "vmesh_ratelimit_domains")
+            if checker:
+                ratelimit.check(files, checker)
+        except MeshError as exc:
+            raise AnsibleActionFail(f"vmesh.mesh.host_part: {exc}") from exc
 
     def _check_given(self, names, given):
         """Every file vmesh_credentials names for this host's gateways is on the controller (all the missing ones

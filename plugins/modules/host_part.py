@@ -16,6 +16,8 @@ description:
     O(credentials) needs C(tls.crt) and C(tls.key) in its folder of O(credentials_dir) on the host, looked for
     with M(ansible.builtin.stat) (as root, with C(become): the folder is for root and the proxy's group only);
     only then is the host contacted."
+  - On a host of the rate-limit service, its limits (O(ratelimit_domains)) are checked too, field by field, then by
+    the service's own check (O(ratelimit_checker)), as the rate-limit role checks them before writing them.
   - Any of these failing fails the task, naming the files; run it with C(any_errors_fatal) so nothing is pushed.
   - Changes nothing, here or on the host.
 version_added: 0.1.0
@@ -33,6 +35,15 @@ options:
     description: Where a C(credentialName) not given in O(credentials) has its folder on the host.
     type: path
     default: /etc/vmesh/credentials
+  ratelimit_domains:
+    description:
+      - The global rate limits the host serves (C(vmesh_ratelimit_domains) of a host of group
+        C(vmesh_ratelimit)), in the service's own format; none are checked when it is not given.
+    type: list
+    elements: dict
+  ratelimit_checker:
+    description: The rate-limit service's own check on the controller (C(ratelimit-check)); empty, the fields only.
+    type: path
 attributes:
   check_mode:
     support: full
