@@ -323,6 +323,28 @@ spec:
     assert table["virtual_hosts"][-1]["routes"][0]["direct_response"] == {"status": 502}
 
 
+def test_a_name_two_services_answer_to_is_kept_by_one(envoy_validate):
+    """A ServiceEntry host that is also a name of a mesh service on the same port: Envoy refuses a domain twice in
+    one route table, so the first virtual host (by FQDN) keeps it and the other keeps the rest of its names."""
+    entry = """apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: shadow}
+spec:
+  hosts: [reviews.default]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+"""
+    config = render_host(build(entry), "productpage-v1")
+    (table,) = resources(config.files, "rds_9080.json")
+    domains = [d for v in table["virtual_hosts"] for d in v["domains"]]
+    assert len(domains) == len(set(domains))
+    owners = {d: v["name"] for v in table["virtual_hosts"] for d in v["domains"]}
+    assert owners["reviews.default"] == owners["reviews.default:9080"] == "reviews.default:9080"
+    assert owners["reviews"] == owners["reviews.default.svc"] == "reviews.default.svc.cluster.local:9080"
+    envoy_validate(config.validation)
+
+
 def test_inbound_only_for_served_ports_and_client_has_none():
     mesh = build()
     lds = resources(render_host(mesh, "reviews-v1").files, "lds.json")
