@@ -3,19 +3,11 @@ build, and the checks that its push will find what it needs, made in one task be
 
 from __future__ import annotations
 
-from ansible.errors import AnsibleActionFail, AnsibleError
+from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.vmesh.mesh.plugins.plugin_utils.host_args import PARTS, read_credential
-
-try:
-    from vmesh import artifact, ratelimit
-    from vmesh.errors import MeshError
-except ImportError as exc:  # pragma: no cover - install problem, reported when the action runs
-    artifact = None
-    IMPORT_ERROR = exc
-else:
-    IMPORT_ERROR = None
+from ansible_collections.vmesh.mesh.plugins.plugin_utils.host_args import (MeshError, artifact, find_credentials,
+                                                                            ratelimit, read_found, require_vmesh)
 
 #: The files a credentialName not given in vmesh_credentials needs on the host, in its folder of credentials_dir.
 HOST_CREDENTIAL_FILES = ("tls.crt", "tls.key")
@@ -27,9 +19,7 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
-        if IMPORT_ERROR is not None:
-            raise AnsibleActionFail(f"vmesh.mesh.host_part: the vmesh package is not installed for this Python "
-                                    f"({IMPORT_ERROR}); pip install the project")
+        require_vmesh("vmesh.mesh.host_part")
         host = task_vars["inventory_hostname"]
         if host not in task_vars.get("groups", {}).get("vmesh", []):
             raise AnsibleActionFail(f"{host} is not in group 'vmesh'; the mesh playbooks run on that group")
@@ -67,23 +57,13 @@ class ActionModule(ActionBase):
 
     def _check_given(self, names, given):
         """Every file vmesh_credentials names for this host's gateways is on the controller (all the missing ones
-        named at once), and each is what the push will accept."""
-        missing = []
-        for name in names:
-            paths = given[name]
-            if not isinstance(paths, dict) or not paths or set(paths) - set(PARTS):
-                raise AnsibleActionFail(f"vmesh_credentials.{name}: expected a mapping of {', '.join(PARTS)} to "
-                                        "files on the controller")
-            for part, path in paths.items():
-                try:
-                    self._find_needle("files", str(path))
-                except AnsibleError:
-                    missing.append(f"{name}.{part}: {path}")
+        named at once), and each is what the push will accept (plugin_utils/host_args.py, as the push reads them)."""
+        found, missing = find_credentials(self, given, names, who="vmesh.mesh.host_part")
         if missing:
             raise AnsibleActionFail("vmesh_credentials names files that are not on the controller: "
                                     + ", ".join(missing))
         for name in names:
-            read_credential(self, name, given[name])  # readable, not too large, PEM text
+            read_found(name, found[name])  # readable, not too large, PEM text
 
     def _check_on_host(self, paths, task_vars):
         """Every one of ``paths`` exists on the host (looked at as root: the folder is not for every user)."""

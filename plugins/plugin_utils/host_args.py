@@ -7,6 +7,8 @@ plugins and by vmesh.mesh.converge's, which runs several of them in one module c
 * :func:`host_files_args`: vmesh.mesh.host_files' files named with ``src`` are read here and passed in the call,
   or, when large, by checksum, to be sent (:func:`send_staged`) only when the host asks for them.
 * :func:`sidecar_config_args`: the host's part of the build and the Gateway certificates given on the controller.
+* :func:`find_credentials`, :func:`read_found`: those certificates found, then read (vmesh.mesh.host_part checks
+  them with these before anything changes).
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible_collections.vmesh.mesh.plugins.module_utils.host_files import MAX_CONTENT_BYTES, sha256_stream
 
 try:
-    from vmesh import artifact
+    from vmesh import artifact, ratelimit
     from vmesh.errors import MeshError
-except ImportError as exc:  # pragma: no cover - install problem, reported when a config is pushed
-    artifact = None
+except ImportError as exc:  # pragma: no cover - install problem, reported by require_vmesh when a plugin runs
+    artifact = ratelimit = None
+    MeshError = Exception  # never raised: require_vmesh fails first
     IMPORT_ERROR = exc
 else:
     IMPORT_ERROR = None
@@ -119,12 +122,17 @@ def merge_calls(first, second):
     return merged
 
 
-def sidecar_config_args(action, args, task_vars, name="vmesh.mesh.sidecar_config"):
-    """The module's arguments for vmesh.mesh.sidecar_config's task arguments ``args``: the host's files from the
-    build and the Gateway certificates vmesh_credentials names on the controller."""
+def require_vmesh(name):
+    """Fail the task ``name`` when the vmesh package (the compiler, imported above) is not installed."""
     if IMPORT_ERROR is not None:
         raise AnsibleActionFail("%s: the vmesh package is not installed for this Python (%s); pip install the "
                                 "project" % (name, IMPORT_ERROR))
+
+
+def sidecar_config_args(action, args, task_vars, name="vmesh.mesh.sidecar_config"):
+    """The module's arguments for vmesh.mesh.sidecar_config's task arguments ``args``: the host's files from the
+    build and the Gateway certificates vmesh_credentials names on the controller."""
+    require_vmesh(name)
     unknown = set(args) - set(SIDECAR_CONFIG_PASSED) - {"build", "host", "credentials"}
     if unknown:
         raise AnsibleActionFail("%s: unknown option(s) %s" % (name, ", ".join(sorted(unknown))))
@@ -148,29 +156,48 @@ def sidecar_config_args(action, args, task_vars, name="vmesh.mesh.sidecar_config
     return module_args
 
 
-def read_credential(action, name, paths):
-    """{part: text} of the files vmesh_credentials.<name> names on the controller; a missing one is an error that
-    names it."""
-    if not isinstance(paths, dict) or not paths or set(paths) - set(PARTS):
-        raise AnsibleActionFail("vmesh.mesh.sidecar_config: vmesh_credentials.%s: expected a mapping of %s to files "
-                                "on the controller" % (name, ", ".join(PARTS)))
+def find_credentials(action, given, names, who="vmesh.mesh.sidecar_config"):
+    """({name: {part: path found}}, ["name.part: path" of each file not found]) for the credentials ``names`` of
+    vmesh_credentials ``given``, looked for on the controller as the action ``action`` finds files."""
+    found, missing = {}, []
+    for name in names:
+        paths = given[name]
+        if not isinstance(paths, dict) or not paths or set(paths) - set(PARTS):
+            raise AnsibleActionFail("%s: vmesh_credentials.%s: expected a mapping of %s to files on the controller"
+                                    % (who, name, ", ".join(PARTS)))
+        found[name] = {}
+        for part, path in paths.items():
+            try:
+                found[name][part] = action._find_needle("files", str(path))
+            except AnsibleError:
+                missing.append("%s.%s: %s" % (name, part, path))
+    return found, missing
+
+
+def read_found(name, found):
+    """{part: text} of the credential ``name``'s files ``found`` ({part: path}): readable, at most
+    MAX_CREDENTIAL_BYTES, PEM text."""
     texts = {}
-    for part, path in paths.items():
+    for part, path in found.items():
         try:
-            found = action._find_needle("files", str(path))
-        except AnsibleError:
-            raise AnsibleActionFail("vmesh_credentials names a file that is not on the controller: %s.%s: %s"
-                                    % (name, part, path)) from None
-        try:
-            with open(found, "rb") as handle:
+            with open(path, "rb") as handle:
                 data = handle.read(MAX_CREDENTIAL_BYTES + 1)
         except OSError as exc:
-            raise AnsibleActionFail("vmesh_credentials.%s.%s: %s: %s" % (name, part, found, exc.strerror)) from None
+            raise AnsibleActionFail("vmesh_credentials.%s.%s: %s: %s" % (name, part, path, exc.strerror)) from None
         if len(data) > MAX_CREDENTIAL_BYTES:
             raise AnsibleActionFail("vmesh_credentials.%s.%s: %s is larger than %d bytes; refused"
-                                    % (name, part, found, MAX_CREDENTIAL_BYTES))
+                                    % (name, part, path, MAX_CREDENTIAL_BYTES))
         try:
             texts[part] = data.decode("ascii")
         except UnicodeDecodeError:
-            raise AnsibleActionFail("vmesh_credentials.%s.%s: %s is not PEM text" % (name, part, found)) from None
+            raise AnsibleActionFail("vmesh_credentials.%s.%s: %s is not PEM text" % (name, part, path)) from None
     return texts
+
+
+def read_credential(action, name, paths):
+    """{part: text} of the files vmesh_credentials.<name> names on the controller; a missing one is an error that
+    names it."""
+    found, missing = find_credentials(action, {name: paths}, [name])
+    if missing:
+        raise AnsibleActionFail("vmesh_credentials names a file that is not on the controller: " + missing[0])
+    return read_found(name, found[name])
