@@ -6,8 +6,8 @@ one ``eds_*.json`` per cluster of a mesh service (its endpoints), as compact JSO
 clusters its listeners and routes send to (with all subsets of a service port where one is used). What hosts
 share is computed once per Renderer: a service's clusters (the same for every client with the same config
 directory) and its virtual hosts in the route table of each of its HTTP ports (the same for every client in a
-namespace, unless a VirtualService matches on the caller's labels). The static equivalent for ``envoy --mode validate`` (which does not read file-based xDS) is built
-only when asked for (``HostConfig.validation``).
+namespace, unless a VirtualService matches on the caller's labels). The static equivalent for ``envoy --mode
+validate`` (which does not read file-based xDS) is built only when asked for (``HostConfig.validation``).
 """
 
 from __future__ import annotations
