@@ -13,21 +13,31 @@ cluster, mTLS with the same certificates. Both proxied pairs run behind the real
 the same Envoy flags (``--concurrency 2``, the proxy role's default). wrk times each request from its write to
 the end of the answer in microseconds (hey prints tenths of milliseconds, too coarse for a 5 % comparison).
 
-Each configuration has namespaces of its own, all up at once. Rounds run every configuration in turn, the order
-rotated each round, after one unmeasured warm-up each (which also checks that the calls went through both
-proxies, with a TLS handshake between them); many short rounds let the machine's drift cancel better than a few
-long ones. Printed per configuration, the medians over rounds: p50/p90/p99 latency, the proxies' CPU per 1000
-requests (utime + stime from /proc/PID/stat) and RSS (VmRSS); then vmesh/minimal and minimal/direct, each as the
-ratio of the medians and as the median [interquartile range] of the ratios within each round, next to the
-targets of issue 13. ``--variant`` adds vmesh configurations with one item of the compiled files removed (an
-edited copy; the compiler is untouched), priced against the full vmesh config the same way. The proxies, nginx
-and wrk run at niceness -10 (``--nice``) so that other work on a shared machine disturbs them less; every
-configuration is treated alike.
+Each configuration has namespaces of its own, all up at once, and four of them (``--instances``): an Envoy process
+keeps for its life what a run cannot choose, most likely how the kernel spread its connections over its workers (in
+one run, single instances' rounds gave vmesh/minimal p50 1.01 to 1.13: with one pair each, a run drew one of them).
+Rounds run every configuration in turn, the order rotated and the next instance taken each round, after one
+unmeasured warm-up each (which also checks that the calls went through both proxies, with a TLS handshake between
+them); many short rounds let the machine's drift cancel better than a few long ones. Printed per configuration, the
+medians over rounds: p50/p90/p99 latency, the proxies' CPU per 1000 requests (utime + stime from /proc/PID/stat) and
+RSS (VmRSS); then vmesh/minimal and minimal/direct, each as the ratio of the medians and as the median
+[interquartile range] of the ratios within each round, next to the targets of issue 13. ``--variant`` adds vmesh
+configurations with one item of the compiled files removed (an edited copy; the compiler is untouched), priced
+against the full vmesh config the same way. The proxies, nginx and wrk run at niceness -10 (``--nice``) so that
+other work on a shared machine disturbs them less; every configuration is treated alike.
+
+``--instructions`` counts instead of timing: each pair runs under valgrind's callgrind, one configuration at a time,
+with one worker each and no request cut off at the end of a run, and the report gives the user-space instructions
+a request adds to each proxy (the difference between 10 s at 10 rps and 10 s at 50 rps, over the difference in
+requests, so that what Envoy does by the clock cancels). The count is the same for the same files however busy
+the machine is (within 1 %), so it prices vmesh's items (``--variant``) where timing cannot; it leaves out the
+kernel's share (the sockets, the same for every configuration) and memory stalls.
 
     sudo .venv/bin/python bench/datapath.py                  # 20 rounds x 3 configs x 3 s: about 4 minutes
     python bench/datapath.py --rounds 5                      # about a minute, noisier
     python bench/datapath.py --variant all                   # + the 17 vmesh variants: about 20 minutes
     python bench/datapath.py --variant bare --variant no-xfcc --json
+    python bench/datapath.py --instructions --variant no-metrics   # about 3 minutes a configuration
 
 Needs root, nginx and wrk. Traffic stays inside the namespaces made here; an interrupted run's leftovers are
 removed by name at the next start. No figure is a pass or a fail: ratios measured side by side are what holds
@@ -54,8 +64,15 @@ WRK = "/usr/bin/wrk"
 PACED_LUA = Path(__file__).resolve().parent / "paced.lua"
 MESH_PREFIX = "benchdp"  # namespaces vm-benchdp<config>-*: never a test's
 WARMUP_SECONDS = 2
+MAX_INSTANCES = 9  # of each configuration (mesh names end in one digit)
 TARGETS = {"p50": 1.05, "p90": 1.05, "p99": 1.10, "cpu": 1.05}  # vmesh/minimal, issue 13
 RSS_TARGET_MB = 5.0  # vmesh may use this much more than minimal, per proxy
+# --instructions: Envoy runs some 50 times slower under callgrind; low rates keep it far from saturation
+IR_RATES = (10, 50)
+IR_SECONDS = 10
+IR_PAIRS = 3
+IR_WARMUP_SECONDS = 5
+IR_WARMUPS = 6  # at most, until one has no errors
 
 HOSTS = {
     "client": {"vmesh_service_account": "client"},
@@ -262,16 +279,16 @@ VARIANTS.update({
 
 # --- running -------------------------------------------------------------------------------------------------------
 
-def mesh_name(config: str) -> str:
-    """benchdp<config> (letters and digits only, at most 24: the harness's rule for mesh names)."""
-    return (MESH_PREFIX + re.sub(r"[^a-z0-9]", "", config))[:24]
+def mesh_name(config: str, instance: int = 0) -> str:
+    """benchdp<config><instance> (letters and digits only, at most 24: the harness's rule for mesh names)."""
+    return (MESH_PREFIX + re.sub(r"[^a-z0-9]", "", config))[:23] + str(instance)
 
 
-def make_mesh(config: str, tmp: Path, concurrency: int) -> BenchMesh:
+def make_mesh(config: str, tmp: Path, concurrency: int, callgrind: bool = False, instance: int = 0) -> BenchMesh:
     proxies = {"direct": "none", "minimal": "minimal"}.get(config, "vmesh")
     edit = VARIANTS[config][2] if config in VARIANTS else None
-    return BenchMesh(mesh_name(config), HOSTS, [], tmp / config, proxies=proxies, edit=edit,
-                     concurrency=concurrency)
+    return BenchMesh(mesh_name(config, instance), HOSTS, [], tmp / f"{config}.{instance}", proxies=proxies,
+                     edit=edit, concurrency=concurrency, callgrind=callgrind)
 
 
 def target_url(mesh: BenchMesh) -> str:
@@ -280,12 +297,15 @@ def target_url(mesh: BenchMesh) -> str:
     return f"http://{mesh.resolve('client', 'web')}:{APP_PORT}/"  # the service VIP: captured
 
 
-def measure(mesh: BenchMesh, seconds: float, rate: int, connections: int, nice: int = 0) -> dict[str, Any]:
-    """One wrk run at ``rate``; the proxies' CPU over it and their RSS after it."""
+def measure(mesh: BenchMesh, seconds: float, rate: int, connections: int, nice: int = 0,
+            quiet_end: float = 0) -> dict[str, Any]:
+    """One wrk run at ``rate``; the proxies' CPU over it and their RSS after it. With ``quiet_end``, no request
+    is sent in the run's last ``quiet_end`` seconds."""
     pids = mesh.proxy_pids()
     before = {host: netbench.cpu_seconds(pid) for host, pid in pids.items()}
     argv = [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "2s", "-s",
-            str(mesh.file("client", "paced.lua")), target_url(mesh), "--", str(1000 / rate)]
+            str(mesh.file("client", "paced.lua")), target_url(mesh), "--", str(1000 / rate),
+            *([str(int((seconds - quiet_end) * 1000))] if quiet_end else [])]
     out = netbench.run_as_app(mesh, "client", argv, timeout=seconds + 30, nice=nice)
     after = {host: netbench.cpu_seconds(pid) for host, pid in pids.items()}
     result = json.loads(out.strip().splitlines()[-1])
@@ -355,6 +375,12 @@ def spread(runs: dict[str, list[dict[str, Any]]], a: str, b: str, key: str) -> s
             f"{netbench.percentile(values, 75):.3f}]")
 
 
+def _instance_ratio(runs: dict[str, list[dict[str, Any]]], instance: int, instances: int, key: str) -> float:
+    """vmesh/minimal, the median of the per-round ratios of the rounds that measured this instance."""
+    mine = {c: runs[c][instance::instances] for c in ("vmesh", "minimal")}
+    return paired(mine, "vmesh", "minimal", key)
+
+
 def report(summaries: dict[str, dict[str, Any]], runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
            wall: float) -> None:
     print(f"\nData path, {args.rate} rps over {args.connections} connections, 1 KB answers, "
@@ -382,6 +408,10 @@ def report(summaries: dict[str, dict[str, Any]], runs: dict[str, list[dict[str, 
         for host in ("client", "server"):
             delta = vmesh["rss_mb"][host] - minimal["rss_mb"][host]
             print(f"  RSS {host}  {delta:+.1f} MB (<= +{RSS_TARGET_MB:.0f} MB)")
+        if args.instances > 1:
+            print("  per instance (its rounds' median p50 / CPU ratio): " + ", ".join(
+                f"{i + 1}: {_instance_ratio(runs, i, args.instances, 'p50'):.3f} / "
+                f"{_instance_ratio(runs, i, args.instances, 'cpu'):.3f}" for i in range(args.instances)))
     if direct and minimal:
         print("\nminimal / direct:  " + ", ".join(f"{p} {ratio(minimal[p + '_ms'], direct[p + '_ms']):.2f}; "
                                                   f"{spread(runs, 'minimal', 'direct', p)}"
@@ -407,12 +437,100 @@ def report(summaries: dict[str, dict[str, Any]], runs: dict[str, list[dict[str, 
                   f"{s['rss_mb']['server'] - vmesh['rss_mb']['server']:+.1f} MB  [{VARIANTS[config][1]}]")
 
 
+# --- instructions: what a request costs each proxy, counted rather than timed -----------------------------------
+
+def count_instructions(configs: list[str], tmp: Path, args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
+    """Each configuration's proxies under callgrind, one mesh at a time. After a warm-up, ``IR_PAIRS`` pairs of
+    windows of ``IR_SECONDS`` s each, one at ``IR_RATES[0]`` rps and one at ``IR_RATES[1]``, each counted from zero;
+    per pair and proxy, the instructions a request adds: the difference of the two windows' counts over the
+    difference of their requests (what a proxy does by the clock, as the same in both windows, cancels).
+
+    Envoy runs one worker here (valgrind runs one thread at a time anyway). Every run ends with a quiet second, so
+    that no request is cut off, which would close the pooled connection it was on: after the warm-up, no window
+    pays for a new connection and its TLS handshake (as much as a few dozen requests); a pair in which one did
+    anyway is measured again."""
+    pairs: dict[str, list[dict[str, float]]] = {}
+    for config in configs:
+        mesh = make_mesh(config, tmp, 1, callgrind=True)
+        try:
+            mesh.start()
+            netbench.start_nginx(mesh, "server")
+            lua = mesh.file("client", "paced.lua")
+            shutil.copyfile(PACED_LUA, lua)
+            os.chmod(lua, 0o644)
+            for _ in range(IR_WARMUPS):  # the first calls (handshakes, code seen for the first time) may time out
+                warm = measure(mesh, IR_WARMUP_SECONDS, IR_RATES[1], args.connections, quiet_end=1)
+                if warm["requests"] and not warm["errors"]:
+                    break
+            check_path(mesh, warm)
+            pairs[config] = []
+            attempts = 0
+            while len(pairs[config]) < IR_PAIRS:
+                attempts += 1
+                if attempts > 2 * IR_PAIRS:
+                    raise NetMeshError(f"{config}: new mTLS connections in most windows; no count is clean")
+                counted = []
+                handshakes = _handshakes(mesh)
+                for rate in IR_RATES:
+                    mesh.zero_instructions()
+                    run = measure(mesh, IR_SECONDS, rate, args.connections, quiet_end=1)
+                    counted.append((run["requests"], mesh.instructions()))
+                    if run["errors"]:
+                        raise NetMeshError(f"{config}: {run['errors']} errors at {rate} rps: {run}")
+                if _handshakes(mesh) != handshakes:
+                    print(f"{config:22} a new mTLS connection during the pair: measured again", file=sys.stderr)
+                    continue
+                (low, at_low), (high, at_high) = counted
+                if high <= low:
+                    raise NetMeshError(f"{config}: {high} requests at {IR_RATES[1]} rps, {low} at {IR_RATES[0]}")
+                per_request = {host: (at_high[host] - at_low[host]) / (high - low) for host in at_high}
+                pairs[config].append(per_request)
+                print(f"{config:22} pair {len(pairs[config])}: {low} and {high} requests, instructions per request "
+                      + ", ".join(f"{h} {v:,.0f}" for h, v in per_request.items()), file=sys.stderr, flush=True)
+        finally:
+            mesh.stop()
+    return pairs
+
+
+def _handshakes(mesh: BenchMesh) -> int:
+    """The mTLS connections the server's proxy has accepted so far."""
+    return mesh.stats("server", "listener.0.0.0.0_15006.ssl.handshake").get("listener.0.0.0.0_15006.ssl.handshake", 0)
+
+
+def report_instructions(pairs: dict[str, list[dict[str, float]]]) -> None:
+    print(f"\nUser-space instructions a request adds, counted by callgrind ({IR_PAIRS} pairs of {IR_SECONDS} s windows "
+          f"at {IR_RATES[0]} and {IR_RATES[1]} rps; the median pair; the spread is how far the pairs differ):")
+    print(f"{'config':22} {'client':>10} {'server':>10} {'pair':>10}   spread")
+    pair: dict[str, float] = {}
+    for config, runs in pairs.items():
+        totals = sorted(sum(p.values()) for p in runs)
+        pair[config] = netbench.median(totals)
+        print(f"{config:22} {netbench.median([p['client'] for p in runs]):10,.0f} "
+              f"{netbench.median([p['server'] for p in runs]):10,.0f} {pair[config]:10,.0f}   "
+              f"{(totals[-1] - totals[0]) / pair[config] * 100:.1f} %")
+    if "minimal" in pair and "vmesh" in pair:
+        side = {h: ratio(netbench.median([p[h] for p in pairs["vmesh"]]),
+                         netbench.median([p[h] for p in pairs["minimal"]])) for h in ("client", "server")}
+        print(f"\nvmesh / minimal, instructions per request: pair {ratio(pair['vmesh'], pair['minimal']):.3f} "
+              f"(client {side['client']:.3f}, server {side['server']:.3f}); CPU target <= {TARGETS['cpu']:.2f}")
+    variants = [c for c in pair if c in VARIANTS]
+    if "vmesh" in pair and variants:
+        print("\nvariants / full vmesh, instructions per request of the pair (below 1: the item removed cost that "
+              "much):")
+        for config in variants:
+            print(f"  {config:20} {ratio(pair[config], pair['vmesh']):.3f}  [{VARIANTS[config][1]}]")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20, help="rounds over all configurations (default 20)")
     parser.add_argument("--seconds", type=int, default=3, help="seconds per measurement (default 3)")
     parser.add_argument("--rate", type=int, default=1000, help="requests per second (default 1000)")
     parser.add_argument("--connections", type=int, default=10, help="keep-alive connections (default 10)")
+    parser.add_argument("--instances", type=int, default=4,
+                        help="pairs of proxies started per configuration, measured in turn, one a round (default 4): "
+                             "how one Envoy process happens to spread its connections over its workers no longer "
+                             "weighs on a whole run")
     parser.add_argument("--concurrency", type=int, default=2, help="Envoy worker threads (default 2, the role's)")
     parser.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS) + ["all"],
                         help="also run vmesh with this item removed (repeatable; all: every variant)")
@@ -420,48 +538,74 @@ def main(argv: list[str] | None = None) -> int:
                         help="niceness of the processes on the measured path (the proxies, nginx, wrk; the same "
                              "for every configuration), so that other work on the machine disturbs them less "
                              "(default -10; 0: as any process)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count the proxies' user-space instructions per request under valgrind's callgrind "
+                             "instead of timing the calls (minimal, vmesh and the variants; about 2 minutes a "
+                             "configuration)")
     parser.add_argument("--json", action="store_true", help="print one JSON line per measurement and summary")
     parser.add_argument("--keep", action="store_true", help="keep the logs and Envoy files (path printed)")
     args = parser.parse_args(argv)
-    if not (1 <= args.rounds <= 50 and 1 <= args.seconds <= 120 and 1 <= args.rate <= 5000
-            and 1 <= args.connections <= 100 and 1 <= args.concurrency <= 8 and -20 <= args.nice <= 19):
-        parser.error("rounds 1-50, seconds 1-120, rate 1-5000, connections 1-100, concurrency 1-8, nice -20-19")
+    if not (1 <= args.rounds <= 50 and 1 <= args.instances <= MAX_INSTANCES and 1 <= args.seconds <= 120
+            and 1 <= args.rate <= 5000 and 1 <= args.connections <= 100 and 1 <= args.concurrency <= 8
+            and -20 <= args.nice <= 19):
+        parser.error(f"rounds 1-50, instances 1-{MAX_INSTANCES}, seconds 1-120, rate 1-5000, connections 1-100, "
+                     "concurrency 1-8, nice -20-19")
     if not netbench.can_run() or not shutil.which(WRK) or not shutil.which(netbench.NGINX):
         parser.error("needs root, ip, setpriv, iptables, nginx and wrk")
     variants = sorted(VARIANTS) if "all" in args.variant else list(dict.fromkeys(args.variant))
     configs = ["direct", "minimal", "vmesh"] + variants
-    every_name = [mesh_name(c) for c in ["direct", "minimal", "vmesh", *VARIANTS]]
+    every_name = [mesh_name(c, i) for c in ["direct", "minimal", "vmesh", *VARIANTS] for i in range(MAX_INSTANCES)]
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="vmesh-bench-datapath."))
     netbench.remove_leftovers(every_name, tmp / "leftovers")
-    meshes: dict[str, BenchMesh] = {}
+    if args.instructions:
+        if not (shutil.which(netbench.VALGRIND) and shutil.which(netbench.CALLGRIND_CONTROL)):
+            parser.error("--instructions needs valgrind")
+        try:
+            pairs = count_instructions(["minimal", "vmesh"] + variants, tmp, args)
+        finally:
+            if args.keep:
+                print(f"logs and Envoy files: {tmp}", file=sys.stderr)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+        if args.json:
+            print(json.dumps({"instructions_per_request": pairs}, sort_keys=True))
+        else:
+            report_instructions(pairs)
+        return 0
+    meshes: dict[str, list[BenchMesh]] = {c: [] for c in configs}
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
     try:
         for config in configs:
-            mesh = meshes[config] = make_mesh(config, tmp, args.concurrency)
-            mesh.start()
-            nginx = netbench.start_nginx(mesh, "server")
-            if args.nice:
-                netbench.renice([*mesh.proxy_pids().values(), nginx.pid], args.nice)
-            lua = mesh.file("client", "paced.lua")
-            shutil.copyfile(PACED_LUA, lua)
-            os.chmod(lua, 0o644)
-        for config, mesh in meshes.items():
-            check_path(mesh, measure(mesh, WARMUP_SECONDS, args.rate, args.connections, args.nice))
+            for instance in range(args.instances):
+                mesh = make_mesh(config, tmp, args.concurrency, instance=instance)
+                meshes[config].append(mesh)
+                mesh.start()
+                nginx = netbench.start_nginx(mesh, "server")
+                if args.nice:
+                    netbench.renice([*mesh.proxy_pids().values(), nginx.pid], args.nice)
+                lua = mesh.file("client", "paced.lua")
+                shutil.copyfile(PACED_LUA, lua)
+                os.chmod(lua, 0o644)
+        for instances in meshes.values():
+            for mesh in instances:
+                check_path(mesh, measure(mesh, WARMUP_SECONDS, args.rate, args.connections, args.nice))
         for round_ in range(args.rounds):
             order = configs[round_ % len(configs):] + configs[:round_ % len(configs)]
+            instance = round_ % args.instances
             for config in order:
-                run = measure(meshes[config], args.seconds, args.rate, args.connections, args.nice)
+                run = measure(meshes[config][instance], args.seconds, args.rate, args.connections, args.nice)
                 runs[config].append(run)
                 if args.json:
-                    print(json.dumps({"round": round_ + 1, "config": config, **run}, sort_keys=True), flush=True)
+                    print(json.dumps({"round": round_ + 1, "instance": instance, "config": config, **run},
+                                     sort_keys=True), flush=True)
                 else:
                     cpu = "+".join(f"{v:.0f}" for v in run["cpu_ms_per_1000"].values()) or "-"
                     print(f"round {round_ + 1} {config:20} {run['rps']:5.0f} rps  p50 {run['p50_us'] / 1000:.3f}  "
                           f"p90 {run['p90_us'] / 1000:.3f}  p99 {run['p99_us'] / 1000:.3f} ms  errors {run['errors']}"
                           f"  CPU ms/1000 req {cpu}", file=sys.stderr, flush=True)
     finally:
-        for mesh in reversed(list(meshes.values())):
+        for mesh in reversed([m for instances in meshes.values() for m in instances]):
             mesh.stop()
         if args.keep:
             print(f"logs and Envoy files: {tmp}", file=sys.stderr)

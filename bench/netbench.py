@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # the harness and the collection's module_utils, as pytest's pythonpath (pyproject.toml) puts them
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / ".collections")]
 
-from harness.netmesh import APP_UID, NetMesh, NetMeshError, can_run  # noqa: E402
+from harness.netmesh import APP_UID, PROXY_UID, NetMesh, NetMeshError, can_run  # noqa: E402
 from vmesh.compile import BOOTSTRAP_FILE, HostConfig  # noqa: E402
 
 __all__ = ["APP_PORT", "BenchMesh", "NetMeshError", "can_run", "cpu_seconds", "median", "percentile",
@@ -35,6 +35,9 @@ __all__ = ["APP_PORT", "BenchMesh", "NetMeshError", "can_run", "cpu_seconds", "m
 APP_PORT = 8080
 BODY_BYTES = 1024  # the 1 KB response of the anchor figures
 NGINX = "/usr/sbin/nginx"
+VALGRIND = "/usr/bin/valgrind"
+CALLGRIND_CONTROL = "/usr/bin/callgrind_control"
+CALLGRIND_READY_TIMEOUT = 300.0  # Envoy starts some 50 times slower under valgrind
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 READY_TIMEOUT = 30.0
 
@@ -107,11 +110,13 @@ class BenchMesh(NetMesh):
     The namespaces, addresses, certificates and, with proxies, the redirect are the harness's in every case."""
 
     def __init__(self, name: str, hosts: Mapping[str, Mapping[str, Any]], sources: Sequence[tuple[str, str]],
-                 tmp_path: Path, *, proxies: str = "vmesh", edit: Edit | None = None, **options: Any):
+                 tmp_path: Path, *, proxies: str = "vmesh", edit: Edit | None = None, callgrind: bool = False,
+                 **options: Any):
         if proxies not in ("vmesh", "minimal", "none"):
             raise NetMeshError(f"proxies: expected vmesh, minimal or none, got {proxies!r}")
         self.proxies = proxies
         self.edit = edit
+        self.callgrind = callgrind
         super().__init__(name, hosts, sources, tmp_path, **options)
 
     def _compile(self, sources):
@@ -136,11 +141,44 @@ class BenchMesh(NetMesh):
         if self.proxies != "none":
             super()._start_envoy(host)
 
+    def _in_ns(self, host, uid, argv):
+        """With ``callgrind``, Envoy runs under valgrind's callgrind, counting from the start; its dumps go to the
+        host's run directory (``callgrind.out.N``, see :meth:`instructions`)."""
+        if self.callgrind and argv and argv[0] == self._envoy:
+            argv = [VALGRIND, "--tool=callgrind", "--vgdb=yes", "--dump-line=no", "--compress-strings=no",
+                    f"--callgrind-out-file={host.run_dir}/callgrind.out", *argv]
+        return super()._in_ns(host, uid, argv)
+
+    def zero_instructions(self) -> None:
+        """Set every proxy's callgrind counters to zero (``callgrind: True`` only)."""
+        for host, pid in self.proxy_pids().items():
+            _callgrind_control("--zero", pid, host)
+
+    def instructions(self) -> dict[str, int]:
+        """{host: user-space instructions its Envoy ran since the last :meth:`zero_instructions`}, all threads, from
+        a callgrind dump (valgrind runs the threads one at a time: the count is the same for the same work)."""
+        counts = {}
+        for host, pid in self.proxy_pids().items():
+            run_dir = self._host(host).run_dir
+            before = set(run_dir.glob("callgrind.out.*"))
+            _callgrind_control("--dump", pid, host)
+            dumps = sorted(set(run_dir.glob("callgrind.out.*")) - before, key=lambda p: int(p.suffix[1:]))
+            if not dumps:
+                raise NetMeshError(f"{host}: callgrind wrote no dump in {run_dir}")
+            totals = [int(line.split()[1]) for line in dumps[-1].read_text(errors="replace").splitlines()
+                      if line.startswith(("totals:", "summary:"))]
+            if not totals:
+                raise NetMeshError(f"{host}: no totals in {dumps[-1]}")
+            counts[host] = totals[0]
+        return counts
+
     def _apply_redirect(self, host) -> None:
         if self.proxies != "none":
             super()._apply_redirect(host)
 
     def _wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        if self.callgrind:
+            timeout = max(timeout, CALLGRIND_READY_TIMEOUT)
         if self.proxies == "vmesh":
             super()._wait_ready(timeout)
         elif self.proxies == "minimal":  # no readiness listener: Envoy's admin /ready (LIVE) says the same
@@ -161,9 +199,23 @@ class BenchMesh(NetMesh):
         ``setpriv`` exec Envoy."""
         pids = {} if self.proxies == "none" else {host: self.envoy_pid(host) for host in self.hosts}
         for host, pid in pids.items():
-            if Path(f"/proc/{pid}/comm").read_text().strip() != "envoy":
+            if not Path(f"/proc/{pid}/comm").read_text().strip().startswith(
+                    "callgrind" if self.callgrind else "envoy"):
                 raise NetMeshError(f"{host}: process {pid} is not Envoy; its CPU and RSS would say nothing")
         return pids
+
+
+def _callgrind_control(option: str, pid: int, host: str) -> None:
+    """``callgrind_control OPTION PID`` as the proxy's user: run as root, its helper (vgdb) waits forever on the
+    pipes the proxy's valgrind made."""
+    argv = ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups", "--", CALLGRIND_CONTROL,
+            option, str(pid)]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False, cwd="/")
+    except subprocess.TimeoutExpired:
+        raise NetMeshError(f"{host}: callgrind_control {option} {pid} did not return within 120 s") from None
+    if proc.returncode != 0 or "Error" in proc.stdout:
+        raise NetMeshError(f"{host}: callgrind_control {option} {pid} failed: {proc.stdout}{proc.stderr}")
 
 
 def _dumps(data: Any) -> str:

@@ -1,11 +1,13 @@
 -- wrk at a fixed request rate, for bench/datapath.py: wrk alone sends as fast as it can.
 --
---     wrk -t1 -c10 -d10s -s paced.lua URL -- INTERVAL_MS
+--     wrk -t1 -c10 -d10s -s paced.lua URL -- INTERVAL_MS [LAST_MS]
 --
 -- Before each request, delay() takes the thread's next slot, INTERVAL_MS after the one before, and waits for it
 -- (wrk waits whole milliseconds: a request goes out within a millisecond of its slot, the rate is exact). Slots
 -- more than 100 ms in the past are dropped rather than sent in a burst. wrk times each request from its write to
--- the end of its answer, in microseconds; done() prints one JSON line with the counts and percentiles.
+-- the end of its answer, in microseconds; done() prints one JSON line with the counts and percentiles. With
+-- LAST_MS, no request goes out later than LAST_MS after the first: when wrk stops, none is on its way (a request
+-- cut off closes the proxies' pooled connection it was on).
 
 local ffi = require("ffi")
 ffi.cdef [[
@@ -20,17 +22,23 @@ local function now_ms()
   return tonumber(now_ts.tv_sec) * 1000 + tonumber(now_ts.tv_nsec) / 1e6
 end
 
-local interval_ms, slot_ms
+local interval_ms, last_ms, slot_ms, first_ms
+local NEVER_MS = 3600000 -- a delay that outlasts any run
 
 function init(args)
   interval_ms = tonumber(args[1])
   if interval_ms == nil or interval_ms <= 0 then
     error("paced.lua: the interval between requests in milliseconds is its argument")
   end
+  last_ms = tonumber(args[2])
 end
 
 function delay()
   local now = now_ms()
+  first_ms = first_ms or now
+  if last_ms ~= nil and now - first_ms >= last_ms then
+    return NEVER_MS
+  end
   if slot_ms == nil or slot_ms < now - 100 then
     slot_ms = now
   end
