@@ -37,7 +37,7 @@ kernel's share (the sockets, the same for every configuration) and memory stalls
     python bench/datapath.py --rounds 5                      # about a minute, noisier
     python bench/datapath.py --variant all                   # + the 17 vmesh variants: about 20 minutes
     python bench/datapath.py --variant bare --variant no-xfcc --json
-    python bench/datapath.py --instructions --variant no-metrics   # about 3 minutes a configuration
+    python bench/datapath.py --instructions --variant no-metrics   # about 2 minutes a configuration
 
 Needs root, nginx and wrk. Traffic stays inside the namespaces made here; an interrupted run's leftovers are
 removed by name at the next start. No figure is a pass or a fail: ratios measured side by side are what holds
@@ -291,6 +291,17 @@ def make_mesh(config: str, tmp: Path, concurrency: int, callgrind: bool = False,
                      edit=edit, concurrency=concurrency, callgrind=callgrind)
 
 
+def start(mesh: BenchMesh, nice: int = 0) -> None:
+    """The mesh up, nginx on its server, wrk's pacing script on its client; the measured path at ``nice``."""
+    mesh.start()
+    nginx = netbench.start_nginx(mesh, "server")
+    if nice:
+        netbench.renice([*mesh.proxy_pids().values(), nginx.pid], nice)
+    lua = mesh.file("client", "paced.lua")
+    shutil.copyfile(PACED_LUA, lua)
+    os.chmod(lua, 0o644)
+
+
 def target_url(mesh: BenchMesh) -> str:
     if mesh.proxies == "none":
         return f"http://{mesh.address('server')}:{APP_PORT}/"
@@ -453,11 +464,7 @@ def count_instructions(configs: list[str], tmp: Path, args: argparse.Namespace) 
     for config in configs:
         mesh = make_mesh(config, tmp, 1, callgrind=True)
         try:
-            mesh.start()
-            netbench.start_nginx(mesh, "server")
-            lua = mesh.file("client", "paced.lua")
-            shutil.copyfile(PACED_LUA, lua)
-            os.chmod(lua, 0o644)
+            start(mesh)
             for _ in range(IR_WARMUPS):  # the first calls (handshakes, code seen for the first time) may time out
                 warm = measure(mesh, IR_WARMUP_SECONDS, IR_RATES[1], args.connections, quiet_end=1)
                 if warm["requests"] and not warm["errors"]:
@@ -580,13 +587,7 @@ def main(argv: list[str] | None = None) -> int:
             for instance in range(args.instances):
                 mesh = make_mesh(config, tmp, args.concurrency, instance=instance)
                 meshes[config].append(mesh)
-                mesh.start()
-                nginx = netbench.start_nginx(mesh, "server")
-                if args.nice:
-                    netbench.renice([*mesh.proxy_pids().values(), nginx.pid], args.nice)
-                lua = mesh.file("client", "paced.lua")
-                shutil.copyfile(PACED_LUA, lua)
-                os.chmod(lua, 0o644)
+                start(mesh, args.nice)
         for instances in meshes.values():
             for mesh in instances:
                 check_path(mesh, measure(mesh, WARMUP_SECONDS, args.rate, args.connections, args.nice))

@@ -145,14 +145,27 @@ class BenchMesh(NetMesh):
         """With ``callgrind``, Envoy runs under valgrind's callgrind, counting from the start; its dumps go to the
         host's run directory (``callgrind.out.N``, see :meth:`instructions`)."""
         if self.callgrind and argv and argv[0] == self._envoy:
-            argv = [VALGRIND, "--tool=callgrind", "--vgdb=yes", "--dump-line=no", "--compress-strings=no",
-                    f"--callgrind-out-file={host.run_dir}/callgrind.out", *argv]
+            argv = [VALGRIND, "--tool=callgrind", "--vgdb=yes", f"--vgdb-prefix={_vgdb_prefix(host)}",
+                    "--dump-line=no", "--compress-strings=no", f"--callgrind-out-file={host.run_dir}/callgrind.out",
+                    *argv]
         return super()._in_ns(host, uid, argv)
+
+    def _callgrind_control(self, option: str, pid: int, host: str) -> None:
+        """``callgrind_control OPTION PID`` as the proxy's user (run as root, its helper vgdb waits forever on the
+        pipes the proxy's valgrind made), through those pipes in the host's run directory."""
+        h = self._host(host)
+        argv = self._in_ns(h, PROXY_UID, [CALLGRIND_CONTROL, f"--vgdb-prefix={_vgdb_prefix(h)}", option, str(pid)])
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False, cwd="/")
+        except subprocess.TimeoutExpired:
+            raise NetMeshError(f"{host}: callgrind_control {option} {pid} did not return within 120 s") from None
+        if proc.returncode != 0 or "Error" in proc.stdout:
+            raise NetMeshError(f"{host}: callgrind_control {option} {pid} failed: {proc.stdout}{proc.stderr}")
 
     def zero_instructions(self) -> None:
         """Set every proxy's callgrind counters to zero (``callgrind: True`` only)."""
         for host, pid in self.proxy_pids().items():
-            _callgrind_control("--zero", pid, host)
+            self._callgrind_control("--zero", pid, host)
 
     def instructions(self) -> dict[str, int]:
         """{host: user-space instructions its Envoy ran since the last :meth:`zero_instructions`}, all threads, from
@@ -161,7 +174,7 @@ class BenchMesh(NetMesh):
         for host, pid in self.proxy_pids().items():
             run_dir = self._host(host).run_dir
             before = set(run_dir.glob("callgrind.out.*"))
-            _callgrind_control("--dump", pid, host)
+            self._callgrind_control("--dump", pid, host)
             dumps = sorted(set(run_dir.glob("callgrind.out.*")) - before, key=lambda p: int(p.suffix[1:]))
             if not dumps:
                 raise NetMeshError(f"{host}: callgrind wrote no dump in {run_dir}")
@@ -205,17 +218,10 @@ class BenchMesh(NetMesh):
         return pids
 
 
-def _callgrind_control(option: str, pid: int, host: str) -> None:
-    """``callgrind_control OPTION PID`` as the proxy's user: run as root, its helper (vgdb) waits forever on the
-    pipes the proxy's valgrind made."""
-    argv = ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups", "--", CALLGRIND_CONTROL,
-            option, str(pid)]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False, cwd="/")
-    except subprocess.TimeoutExpired:
-        raise NetMeshError(f"{host}: callgrind_control {option} {pid} did not return within 120 s") from None
-    if proc.returncode != 0 or "Error" in proc.stdout:
-        raise NetMeshError(f"{host}: callgrind_control {option} {pid} failed: {proc.stdout}{proc.stderr}")
+def _vgdb_prefix(host) -> str:
+    """Where valgrind's control pipes go: the host's run directory, removed with the mesh (an interrupted run leaves
+    none in /tmp)."""
+    return f"{host.run_dir}/vgdb-pipe"
 
 
 def _dumps(data: Any) -> str:
