@@ -21,7 +21,8 @@ def mesh(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]], *
     The canary rollouts declared in ``vmesh_rollouts`` own their services' routing: each puts in force the
     stage its saved state (``rollout_states``, {service: state}) is at, or all traffic to the stable version
     (see :func:`vmesh.rollout.in_force`). ``rollouts`` ({service: (Rollout, Stage)}) names the stages directly.
-    The hosts in ``drained`` (playbooks/drain.yml) are in no client's endpoints.
+    The hosts in ``drained`` (playbooks/drain.yml) are in no client's endpoints. The services of these rollouts
+    are the Mesh's ``measured`` ones: their clients record what the rollouts are judged on.
     Raises MeshError (or MeshErrors with every mistake found) naming file, document and field.
     """
     registry = registry_mod.build(hosts, drained)
@@ -31,4 +32,4 @@ def mesh(hosts: dict[str, dict[str, Any]], sources: Iterable[tuple[str, str]], *
         rollouts = rollout.in_force(rollout.parse(registry.rollout_settings, registry, states), states)
     if rollouts:
         docs = rollout.override(docs, rollouts, registry)
-    return model.build(registry, docs)
+    return model.build(registry, docs, measured=[r.fqdn for r, _ in rollouts.values()])

@@ -801,14 +801,19 @@ class NetMesh:
     # --- config changes ---
 
     def push(self, sources: Iterable[tuple[str, str]], timeout: float = PUSH_TIMEOUT, *,
-             without: Iterable[str] = (), drained: Iterable[str] | None = None) -> dict[str, list[str]]:
+             without: Iterable[str] = (), drained: Iterable[str] | None = None,
+             rollouts: Mapping[str, Any] | None = None) -> dict[str, list[str]]:
         """Recompile with ``sources`` and swap every host's changed files in place (no restart); returns
         {host: changed and removed file names}. Returns once each Envoy has read every swap and has nothing
         warming; raises if an Envoy rejected the update. A mistake in ``sources`` raises the compiler's error
         before anything is written. ``without``: hosts that leave the inventory now (a VM removed from the
         mesh); they are compiled out from then on, and their Envoy keeps its last config. ``drained``: the hosts
-        drained from now on, as playbooks/drain.yml records them (None: as before)."""
+        drained from now on, as playbooks/drain.yml records them (None: as before). ``rollouts``: the
+        ``vmesh_rollouts`` every mesh host carries from now on (None: as before; {}: none)."""
         sources = list(sources)
+        if rollouts is not None:
+            for host in self._mesh_hosts:
+                host.vars["vmesh_rollouts"] = dict(rollouts)
         if drained is not None:
             for host in drained:
                 self._host(host)

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.netns, requires_netns]
 
 REVIEWS_URL = "http://reviews:9080/reviews/0"
 REVIEWS_HOSTS = {"v1": "reviews-v1", "v2": "reviews-v2", "v3": "reviews-v3"}
-CLIENT_CLUSTER = "cluster.outbound|9080||reviews.default.svc.cluster.local.upstream_rq_completed"
+CLIENT_CLUSTER = "cluster.outbound|9080||reviews.default.svc.cluster.local.upstream_rq_total"
 INBOUND_CLUSTER = "cluster.inbound|9080||.upstream_rq_total"
 ALL_V1 = ("mesh/virtual-service-all-v1.yaml", (DATA / "bookinfo" / "virtual-service-all-v1.yaml").read_text())
 

@@ -8,12 +8,15 @@ and ``outside``, a machine with no sidecar, from which Prometheus would scrape.
 
 from __future__ import annotations
 
+import json
 import re
 import time
+import urllib.parse
 
 import pytest
 
 from harness.netmesh_fixtures import netmesh_module, requires_netns  # noqa: F401
+from vmesh.rollout import metrics
 
 pytestmark = [pytest.mark.netns, requires_netns]
 
@@ -121,33 +124,65 @@ def test_each_request_is_counted_once_per_reporter_with_istio_labels(mesh):
     assert received >= count * len("GET / HTTP/1.1\r\n")  # wire bytes: at least each request line
 
 
-def test_envoys_own_histograms_are_left_out_but_the_one_a_canary_is_judged_on(mesh):
-    """Istio's request duration covers both sides; of Envoy's own histograms only the outbound clusters' request
-    time is recorded (a canary rollout is judged on it): the others are not in what Prometheus reads. The
-    server's inbound cluster counts its requests, but not per response code (its router's dynamic stats)."""
-    assert mesh.sample("client", "http://echo:8080/", 3) == {(200, "echo-v2"): 3}
-    judged = 'upstream_rq_time_count{envoy_cluster_name="outbound|8080|v2|echo'
+def all_published(mesh) -> None:
+    """Envoy publishes histograms every 5 s: until Istio's count of every call echo-v2 served is there (so the
+    next test finds nothing of these calls unpublished)."""
     served = mesh.stats("echo-v2", "cluster.inbound|8080||.upstream_rq_total")
-    # Envoy publishes histograms every 5 s: until the canary's histogram and Istio's count of every call served
-    # are there (so the next test finds nothing of these calls unpublished)
     deadline = time.monotonic() + 20
-    while True:
-        client = prometheus_answer(mesh, "client").text
-        published = requests_total(mesh, "echo-v2", reporter="destination")
-        if judged in client and published == sum(served.values()) or time.monotonic() > deadline:
-            break
+    while requests_total(mesh, "echo-v2", reporter="destination") != sum(served.values()):
+        assert time.monotonic() < deadline, served
         time.sleep(1)
-    server = prometheus_answer(mesh, "echo-v2").text
-    assert judged in client, client
-    assert re.search(r'upstream_rq_completed\{envoy_cluster_name="outbound\|8080\|v2\|echo[^"]*"\} [1-9]', client)
+
+
+def test_envoys_own_histograms_and_per_code_counts_are_left_out(mesh):
+    """Istio's request duration covers both sides and counts by code: Envoy's own histograms, and its routers'
+    counts per response code ("dynamic stats"), are not in what Prometheus reads. The clusters count their calls."""
+    assert mesh.sample("client", "http://echo:8080/", 3) == {(200, "echo-v2"): 3}
+    all_published(mesh)
+    client, server = prometheus_answer(mesh, "client").text, prometheus_answer(mesh, "echo-v2").text
+    assert re.search(r'_upstream_rq_total\{envoy_cluster_name="outbound\|8080\|v2\|echo[^"]*"\} [1-9]',
+                     client), client
     assert re.search(r'envoy_cluster_upstream_rq_total\{envoy_cluster_name="inbound\|8080\|\|"\} [1-9]', server)
-    assert 'upstream_rq_completed{envoy_cluster_name="inbound|8080||"}' not in server  # no zero that misleads
     for text in (client, server):
         assert "istio_request_duration_milliseconds_count" in text
-        for name in ("downstream_rq_time", "downstream_cx_length_ms", "upstream_cx_length_ms",
+        for name in ("downstream_rq_time", "downstream_cx_length_ms", "upstream_cx_length_ms", "upstream_rq_time",
                      "upstream_cx_connect_ms", "external_upstream_rq_time", "internal_upstream_rq_time"):
             assert not re.search(rf"_{name}_(bucket|count|sum)\{{", text), name
-    assert 'upstream_rq_time_count{envoy_cluster_name="inbound' not in server
+        found = re.findall(r"^\S*_upstream_rq_(?:2xx|200)\{.*$", text, re.M)
+        assert not found, found
+    # no zero that misleads on the inbound side (outbound clusters keep the counter for rollouts: metrics.md)
+    assert 'upstream_rq_completed{envoy_cluster_name="inbound|8080||"}' not in server
+
+
+def test_a_declared_rollout_has_its_clients_record_what_it_is_judged_on(mesh):
+    """A canary rollout of echo (declared: all traffic to its stable version) is judged on what the client
+    sidecars count of each version: the client's router now records the counts and request times, as the canary
+    role reads them from its admin endpoint."""
+    declared = {"echo": {"stable": "v2", "canary": "v1"}}
+    cluster = "outbound|8080|v2|echo.default.svc.cluster.local"
+    # what the canary role asks each client sidecar
+    judged = metrics.stats_filter({"ports": [8080], "stable": "v2", "canary": "v1",
+                                   "fqdn": "echo.default.svc.cluster.local"})
+    query = "/stats?format=json&histogram_buckets=cumulative&filter=" + urllib.parse.quote(judged)
+    mesh.push([SUBSETS, ONLY_V2, STRICT], rollouts=declared)
+    try:
+        before = metrics.measure([json.loads(mesh.admin("client", query))], cluster)
+        assert mesh.sample("client", "http://echo:8080/", 5) == {(200, "echo-v2"): 5}
+        deadline = time.monotonic() + 20  # the histogram is published every 5 s
+        while True:
+            seen = metrics.measure([json.loads(mesh.admin("client", query))], cluster) - before
+            if seen.buckets and seen.buckets[-1][1] >= 5 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert seen.buckets and (seen.requests, seen.errors, seen.buckets[-1][1]) == (5, 0, 5), seen
+        assert seen.quantile(0.99) is not None
+    finally:
+        mesh.push([SUBSETS, ONLY_V2, STRICT], rollouts={})
+    completed = f"cluster.{cluster}.upstream_rq_completed"
+    left = mesh.stats("client", completed).get(completed, 0)
+    assert mesh.sample("client", "http://echo:8080/", 3) == {(200, "echo-v2"): 3}
+    assert mesh.stats("client", completed).get(completed, 0) == left  # counted no longer
+    all_published(mesh)
 
 
 def test_a_request_no_host_answers_is_counted_by_the_client_only(mesh):

@@ -390,19 +390,103 @@ def test_envoys_own_histograms_but_the_canarys_are_not_recorded():
         "cluster.outbound|9080|v1|ratings.default.svc.cluster.local.external.upstream_rq_time"))
 
 
-def test_only_outbound_routers_record_per_code_counters_and_timings():
-    files = render_host(build(), "reviews-v2").files
+def _connection_managers(files: dict[str, str]) -> dict[str, dict]:
+    """The HTTP connection managers of a host's listeners, by filter chain name."""
+    return {chain["name"]: item["typed_config"] for listener in resources(files, "lds.json")
+            for chain in listener["filter_chains"] for item in chain["filters"]
+            if item["name"] == "envoy.filters.network.http_connection_manager"}
+
+
+def _routers(files: dict[str, str]) -> dict[str, bool]:
+    """Whether each connection manager's router records per-code counts and timings (dynamic stats)."""
     routers = {}
-    for listener in resources(files, "lds.json"):
-        for chain in listener["filter_chains"]:
-            for item in chain["filters"]:
-                if item["name"] == "envoy.filters.network.http_connection_manager":
-                    router = item["typed_config"]["http_filters"][-1]
-                    assert router["name"] == "envoy.filters.http.router"
-                    routers[chain["name"]] = router["typed_config"].get("dynamic_stats", True)
-    assert routers["0.0.0.0_9080"] is True  # rollouts are judged on these
+    for name, hcm in _connection_managers(files).items():
+        router = hcm["http_filters"][-1]
+        assert router["name"] == "envoy.filters.http.router"
+        routers[name] = router["typed_config"].get("dynamic_stats", True)
+    return routers
+
+
+REVIEWS_SEE_RATINGS = """apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: reviews}
+spec:
+  workloadSelector: {labels: {app: reviews}}
+  egress: [{hosts: [./ratings.default.svc.cluster.local]}]
+"""
+
+
+def test_routers_record_per_code_counters_and_timings_only_where_a_rollout_reads_them():
+    routers = _routers(render_host(build(), "reviews-v2").files)
+    assert routers["0.0.0.0_9080"] is False and not any(routers.values())
+    rollout = {"vmesh_rollouts": {"reviews": {"stable": "v1", "canary": "v3"}}}
+    mesh = build(REVIEWS_SEE_RATINGS, hosts={host: {**variables, **rollout}
+                                             for host, variables in bookinfo_hosts().items()})
+    routers = _routers(render_host(mesh, "productpage-v1").files)
+    assert routers["0.0.0.0_9080"] is True  # productpage calls reviews: the rollout is judged on these
     inbound = {name: dynamic for name, dynamic in routers.items() if name.startswith("inbound|")}
     assert inbound and not any(inbound.values())
+    # reviews' own port 9080 routes to ratings only (its Sidecar)
+    assert _routers(render_host(mesh, "reviews-v2").files)["0.0.0.0_9080"] is False
+
+
+FAULTY_RATINGS = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings}
+spec:
+  hosts: [ratings]
+  http:
+  - fault: {abort: {httpStatus: 500, percentage: {value: 10}}}
+    route: [{destination: {host: ratings, subset: v1}}]
+"""
+CORS_DETAILS = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: details}
+spec:
+  hosts: [details]
+  http:
+  - corsPolicy: {allowOrigins: [{exact: "https://example.com"}]}
+    route: [{destination: {host: details}}]
+"""
+PRODUCTPAGE_SEES = """apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: productpage}
+spec:
+  workloadSelector: {labels: {app: productpage}}
+  egress: [{hosts: [./reviews.default.svc.cluster.local, ./details.default.svc.cluster.local]}]
+"""
+SIDECAR_PATCH = """apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: header}
+spec:
+  workloadSelector: {labels: {app: productpage}}
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match: {context: SIDECAR_OUTBOUND, listener: {filterChain: {filter: {name: envoy.filters.network.http_connection_manager, subFilter: {name: envoy.filters.http.cors}}}}}
+    patch: {operation: INSERT_AFTER, value: {name: envoy.filters.http.buffer, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer, max_request_bytes: 65536}}}
+"""
+
+
+def _outbound_filters(mesh, host: str) -> list[str]:
+    return [f["name"] for f in _connection_managers(render_host(mesh, host).files)["0.0.0.0_9080"]["http_filters"]]
+
+
+def test_fault_and_cors_filters_only_where_routes_configure_them():
+    router = ["envoy.filters.http.router"]
+    assert _outbound_filters(build(), "productpage-v1") == router
+    mesh = build(FAULTY_RATINGS, PRODUCTPAGE_SEES)
+    assert _outbound_filters(mesh, "reviews-v2") == ["envoy.filters.http.fault"] + router  # reviews calls ratings
+    assert _outbound_filters(mesh, "productpage-v1") == router  # it does not
+    assert _outbound_filters(build(FAULTY_RATINGS, CORS_DETAILS, PRODUCTPAGE_SEES), "productpage-v1") == \
+        ["envoy.filters.http.cors"] + router
+    # a host an EnvoyFilter patches has Istio's filters, for a patch to find them
+    assert _outbound_filters(build(SIDECAR_PATCH), "productpage-v1") == [
+        "envoy.filters.http.fault", "envoy.filters.http.cors", "envoy.filters.http.buffer"] + router
+    # a Gateway's connection manager keeps them all, and its router its dynamic stats
+    edge = _connection_managers(render_host(build(HTTP_GATEWAY, hosts=_with_ingress()), "ingress-1").files)
+    assert [f["name"] for f in edge["http.80"]["http_filters"]] == [
+        "envoy.filters.http.fault", "envoy.filters.http.cors"] + router
+    assert "dynamic_stats" not in edge["http.80"]["http_filters"][-1]["typed_config"]
 
 
 def test_tcp_and_grpc_ports():
@@ -505,6 +589,26 @@ spec:
   gateways: [gw]
   http:
   - route: [{{destination: {{host: productpage}}}}]
+"""
+
+
+HTTP_GATEWAY = """apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - route: [{destination: {host: productpage}}]
 """
 
 

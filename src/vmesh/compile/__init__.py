@@ -90,6 +90,7 @@ class Renderer:
         self._vhosts: dict[tuple[Any, ...], tuple[str, frozenset[str]]] = {}
         self._fallbacks: dict[str, str] = {}
         self._refs: dict[str, set[tuple[int, str, str]]] = {}
+        self._per_route: dict[str, frozenset[str]] = {}
         self._callers: dict[str, list[Workload]] | None = None
         self._by_caller: dict[str, bool] = {}
 
@@ -125,6 +126,19 @@ class Renderer:
         if text not in self._refs:
             self._refs[text] = _references(text)
         return self._refs[text]
+
+    def _needs(self, texts: list[str]) -> listeners.HttpNeeds:
+        """What the connection manager of an outbound port needs besides routing, from the virtual hosts of its
+        route table: the filters their routes configure; the clusters' dynamic stats where they send to a service
+        under a declared rollout."""
+        filters: frozenset[str] = frozenset()
+        for text in texts:
+            if text not in self._per_route:
+                self._per_route[text] = routes.per_route_filters(text)
+            filters |= self._per_route[text]
+        measured = self.mesh.measured and any(fqdn in self.mesh.measured for text in texts
+                                              for _, _, fqdn in self._shared_references(text))
+        return listeners.HttpNeeds(filters, bool(measured))
 
     def callers(self, workload: Workload) -> list[Workload]:
         """The hosts whose proxies send to ``workload``'s service (computed for all services at the first call)."""
@@ -188,6 +202,7 @@ class Renderer:
         shared: list[str] = []  # the virtual hosts hosts share, in this host's tables
         policy = mesh.outbound_policy_for(host)
         by_port: dict[int, list[tuple[Service, Port]]] = {}
+        needs: dict[int, listeners.HttpNeeds] = {}  # by outbound HTTP port
         for service in services:
             for port in service.ports:
                 if port.is_http:
@@ -196,9 +211,11 @@ class Renderer:
             if filters:  # EnvoyFilters edit this host's route tables: it gets tables of its own
                 rds[str(number)] = routes.port_table(
                     number, [routes.outbound_vhost(mesh, s, p, workload) for s, p in entries], policy)
+                needs[number] = listeners.ALL_NEEDS
             else:
                 route_texts[str(number)], texts = self._port_table(number, entries, workload, policy)
                 shared += texts
+                needs[number] = self._needs(texts)
         for port in workload.ports:
             if port.is_http:
                 config = routes.inbound(port)
@@ -209,7 +226,8 @@ class Renderer:
             raise MeshError(f"host {host} serves port {clash[0]} itself and a Gateway selecting it listens there "
                             "too", file="inventory", doc=f"host {host}", field="vmesh_ports")
         rds.update(edge.routes)
-        lds = [listeners.outbound(mesh, services, workload, policy), listeners.inbound(mesh, workload)] + edge.listeners
+        lds = [listeners.outbound(mesh, services, workload, policy, needs),
+               listeners.inbound(mesh, workload)] + edge.listeners
         patches.apply(filters, lds, rds)
         # the route tables hosts share are scanned once (kept with them), this host's own ones here
         lds_text = _resources([dumps(item) for item in lds])

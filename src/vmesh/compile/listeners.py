@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+import dataclasses
+from typing import Any, Mapping
 
 from vmesh.compile import mtls, probes, rbac, routes, telemetry
 from vmesh.compile.envoy_types import (BLACKHOLE, CORS, HCM, HTTP_FAULT, INBOUND_PASSTHROUGH, LISTENER, ORIGINAL_DST,
@@ -26,22 +27,44 @@ STATS_PORT = 15090
 # scrape is in flight.
 STATS_BUFFER_BYTES = 64 * 1024 * 1024
 ADMIN_CLUSTER = "vmesh_admin"
+_PER_ROUTE_TYPES = {routes.FAULT_FILTER: HTTP_FAULT, routes.CORS_FILTER: CORS}
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpNeeds:
+    """What an outbound connection manager does besides routing, each only where something needs it (a sidecar
+    pays for every filter and stat on every request it sends):
+
+    - ``filters``: the HTTP filters its routes configure (routes.PER_ROUTE_FILTERS: fault, CORS). A route table
+      that gains its first fault or CORS policy therefore changes the port's filter chain too: Envoy drains the
+      chain's open connections (their requests complete) and new ones get the filter.
+    - ``dynamic_stats``: the router records per-code counts and request times of each cluster it sends to
+      (Envoy's dynamic stats: several stat lookups per request). A canary rollout is judged on them, so they are
+      on where the table routes to a service under a declared rollout (Mesh.measured); elsewhere Istio's
+      metrics count the calls, and Istio's default stats matcher drops these.
+    """
+
+    filters: frozenset[str] = frozenset()
+    dynamic_stats: bool = False
+
+
+# Istio's shape, every filter and stat: a Gateway's connection managers (their route tables gather several
+# Gateways' VirtualServices) and the sidecars EnvoyFilters patch (a patch may name the filters or add a fault)
+ALL_NEEDS = HttpNeeds(frozenset(routes.PER_ROUTE_FILTERS), True)
 
 
 def _hcm(stat_prefix: str, route_name: str | None, workload: Workload, *, inbound: bool,
          route_config: dict[str, Any] | None = None, side: Side | None = None,
-         trace: tuple[Registry, str | None] | None = None) -> dict[str, Any]:
+         trace: tuple[Registry, str | None] | None = None, needs: HttpNeeds = HttpNeeds()) -> dict[str, Any]:
     """``side``: what this side of the proxy records (None: nothing, the proxy's own ports); ``trace``: the
-    registry and the span name (None: the routes' decorators name the spans), where the side has a tracer."""
-    # An inbound router records no per-code counters and timings of its cluster (Envoy's "dynamic stats", several
-    # stat lookups per request): there is one local app behind it, Istio's metrics count its calls, and nothing
-    # reads them (Istio's default stats matcher drops them). Outbound routers keep them: rollouts are judged on them.
-    router = typed("envoy.filters.http.router", ROUTER, **({"dynamic_stats": False} if inbound else {}))
+    registry and the span name (None: the routes' decorators name the spans), where the side has a tracer;
+    ``needs``: the filters and stats besides routing (an inbound router, with one local app behind it, needs
+    none)."""
+    router = typed("envoy.filters.http.router", ROUTER, **({} if needs.dynamic_stats else {"dynamic_stats": False}))
     config: dict[str, Any] = {
         "stat_prefix": stat_prefix,
-        # fault and CORS take their settings per route, so adding a fault changes only the routes (no drain)
-        "http_filters": ([] if inbound else [typed("envoy.filters.http.fault", HTTP_FAULT),
-                                              typed("envoy.filters.http.cors", CORS)]) + [router],
+        "http_filters": [typed(name, _PER_ROUTE_TYPES[name]) for name in routes.PER_ROUTE_FILTERS
+                         if name in needs.filters] + [router],
         "upgrade_configs": [{"upgrade_type": "websocket"}],  # use_remote_address: false by default
     }
     if route_config is not None:
@@ -101,7 +124,7 @@ def edge_hcm(mesh: Mesh, stat_prefix: str, route_name: str, workload: Workload,
     AuthorizationPolicies selecting the gateway host apply here (before routing). It records as a client does
     (Istio's reporter "source")."""
     hcm = _hcm(stat_prefix, route_name, workload, inbound=False, side=mesh.telemetry(workload, "client"),
-               trace=(mesh.registry, None))
+               trace=(mesh.registry, None), needs=ALL_NEEDS)
     hcm["typed_config"].update(use_remote_address=True, strip_any_host_port=True, normalize_path=True)
     hcm["typed_config"]["http_filters"][0:0] = list(authorization)
     return hcm
@@ -130,7 +153,8 @@ def _service_chains(mesh: Mesh, service: Service, port: Port, workload: Workload
     return chains
 
 
-def outbound(mesh: Mesh, services: list[Service], workload: Workload, policy: str = "ALLOW_ANY") -> dict[str, Any]:
+def outbound(mesh: Mesh, services: list[Service], workload: Workload, policy: str = "ALLOW_ANY",
+             needs: Mapping[int, HttpNeeds] | None = None) -> dict[str, Any]:
     """The outbound listener: filter chains found by the original destination of the redirected call.
 
     An HTTP port has one chain for all its services, as in Istio: the addresses of those on it (VIPs, a
@@ -138,6 +162,7 @@ def outbound(mesh: Mesh, services: list[Service], workload: Workload, policy: st
     picks the service (routes.port_table). A ServiceEntry host without addresses on it makes the chain take the
     port whatever the address. A TCP or TLS service port has chains of its own, by address, else by port or TLS
     server name. Anything else passes through to where it was going (ALLOW_ANY) or is refused (REGISTRY_ONLY).
+    ``needs``: per HTTP port, what its connection manager needs besides routing (None: ALL_NEEDS everywhere).
     """
     chains: list[dict[str, Any]] = []
     sni_ports: set[int] = set()
@@ -178,8 +203,8 @@ def outbound(mesh: Mesh, services: list[Service], workload: Workload, policy: st
             {"prefix_ranges": prefixes, "destination_port": number}
         chains.append({"name": f"0.0.0.0_{number}", "filter_chain_match": match,
                        "filters": [_hcm(f"outbound_0.0.0.0_{number}", str(number), workload, inbound=False,
-                                        side=mesh.telemetry(workload, "client"),
-                                        trace=(mesh.registry, None))]})
+                                        side=mesh.telemetry(workload, "client"), trace=(mesh.registry, None),
+                                        needs=ALL_NEEDS if needs is None else needs.get(number, HttpNeeds()))]})
     default = PASSTHROUGH if policy == "ALLOW_ANY" else BLACKHOLE
     return _listener("virtualOutbound", OUTBOUND_PORT, "OUTBOUND", chains, default, sorted(sni_ports))
 

@@ -26,6 +26,8 @@ REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307:
                   308: "PERMANENT_REDIRECT"}
 FAULT_FILTER = "envoy.filters.http.fault"
 CORS_FILTER = "envoy.filters.http.cors"
+# The HTTP filters that routes configure (typed_per_filter_config), in their order in a connection manager
+PER_ROUTE_FILTERS = (FAULT_FILTER, CORS_FILTER)
 
 
 def _string_match(kind: str, value: str) -> dict[str, Any]:
@@ -151,6 +153,12 @@ def _cors(cors: Cors) -> dict[str, Any]:
     if cors.forward_unmatched_preflights is not None:
         config["forward_not_matching_preflights"] = cors.forward_unmatched_preflights
     return config
+
+
+def per_route_filters(text: str) -> frozenset[str]:
+    """The PER_ROUTE_FILTERS that some route of a route table's JSON text (or of a virtual host's) configures:
+    those whose name stands as a key, which only typed_per_filter_config makes it."""
+    return frozenset(name for name in PER_ROUTE_FILTERS if f'"{name}":' in text)
 
 
 def hash_policy(mesh: Mesh, host: str, subset: str | None, port: int) -> list[dict[str, Any]]:

@@ -60,6 +60,9 @@ class Mesh:
     telemetries: list[telemetry_mod.Telemetry] = dataclasses.field(default_factory=list)
     mesh_config: meshconfig.MeshConfig = dataclasses.field(
         default_factory=lambda: meshconfig.MeshConfig(dict(meshconfig.BUILT_IN)))
+    # The services under a declared canary rollout (FQDNs): their clients' routers record the per-code counts and
+    # request times of their clusters, which the rollout is judged on (listeners.HttpNeeds)
+    measured: frozenset[str] = frozenset()
     # Answers that depend only on a workload's namespace and labels (or a Sidecar), kept once asked: thousands of
     # hosts share a few hundred label sets. The model is not changed after it is built.
     _memo: dict[tuple, object] = dataclasses.field(default_factory=dict, repr=False, compare=False)
@@ -158,9 +161,9 @@ def _check_destinations(vs: VirtualService, rules: dict[str, DestinationRule]) -
                                  f"its subsets: {known}")
 
 
-def build(registry: Registry, docs: Iterable[Document]) -> Mesh:
+def build(registry: Registry, docs: Iterable[Document], measured: Iterable[str] = ()) -> Mesh:
     """The registry (inventory) + the loaded documents -> the validated Mesh. ServiceEntries add their hosts to
-    the registry. Raises MeshError (or MeshErrors with every mistake found) naming file, document and field."""
+    the registry; ``measured``: the services under a declared canary rollout (Mesh.measured). Raises MeshError (or MeshErrors with every mistake found) naming file, document and field."""
     docs = list(docs)
     errors: list[MeshError] = []
     entries = []
@@ -267,7 +270,7 @@ def build(registry: Registry, docs: Iterable[Document]) -> Mesh:
             warnings.append(f"{gw.doc.file}: {gw.doc.ref}: no mesh host has the labels {{{selector}}} yet; "
                             "give the ingress VM these vmesh_labels")
     return Mesh(registry, by_host, rules, warnings, sidecars, registry.outbound_policy, envoy_filters, gateways,
-                on_gateways, entries, peer_auths, authz, telemetries, mesh_config)
+                on_gateways, entries, peer_auths, authz, telemetries, mesh_config, frozenset(measured))
 
 
 def _check_gateways(vs: VirtualService, gateways: dict[str, Gateway], on_gateways: list[VirtualService]) -> None:
