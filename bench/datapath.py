@@ -22,8 +22,8 @@ them); many short rounds let the machine's drift cancel better than a few long o
 medians over rounds: p50/p90/p99 latency, the proxies' CPU per 1000 requests (utime + stime from /proc/PID/stat) and
 RSS (VmRSS); then vmesh/minimal and minimal/direct, each as the ratio of the medians and as the median
 [interquartile range] of the ratios within each round, next to the targets of issue 13. ``--variant`` adds vmesh
-configurations with one item of the compiled files removed (an edited copy; the compiler is untouched), priced
-against the full vmesh config the same way. The proxies, nginx and wrk run at niceness -10 (``--nice``) so that
+configurations with one item of the compiled files removed, or added where vmesh leaves it out unless something
+uses it (an edited copy; the compiler is untouched), priced against the full vmesh config the same way. The proxies, nginx and wrk run at niceness -10 (``--nice``) so that
 other work on a shared machine disturbs them less; every configuration is treated alike.
 
 ``--instructions`` counts instead of timing: each pair runs under valgrind's callgrind, one configuration at a time,
@@ -59,6 +59,8 @@ from typing import Any, Callable, Iterator
 
 import netbench
 from netbench import APP_PORT, BenchMesh, NetMeshError
+from vmesh.compile import routes
+from vmesh.compile.envoy_types import CORS, HTTP_FAULT, typed
 
 WRK = "/usr/bin/wrk"
 PACED_LUA = Path(__file__).resolve().parent / "paced.lua"
@@ -94,12 +96,6 @@ def _hcms(files: dict[str, Any]) -> Iterator[dict[str, Any]]:
             for item in chain.get("filters", []):
                 if item["name"] == HCM:
                     yield item["typed_config"]
-
-
-def no_fault_cors(host: str, files: dict[str, Any]) -> None:
-    for hcm in _hcms(files):
-        hcm["http_filters"] = [f for f in hcm["http_filters"]
-                               if f["name"] not in ("envoy.filters.http.fault", "envoy.filters.http.cors")]
 
 
 def no_retry(host: str, files: dict[str, Any]) -> None:
@@ -178,8 +174,6 @@ def no_overload_manager(host: str, files: dict[str, Any]) -> None:
 
 #: name -> (what goes, the compiler's function that emits it, the edit)
 VARIANTS: dict[str, tuple[str, str, Callable[[str, dict[str, Any]], None]]] = {
-    "no-fault-cors": ("the fault and CORS HTTP filters of the outbound HCMs (no fault, no CORS configured)",
-                      "listeners._hcm", no_fault_cors),
     "no-retry": ("the default retry policy of every route (2 retries, previous_hosts predicate)",
                  "routes.default_route / routes.DEFAULT_RETRY", no_retry),
     "any-host": ("the Host header lookup of the outbound port tables (one virtual host for any Host)",
@@ -258,23 +252,39 @@ def _routers(files: dict[str, Any]) -> Iterator[dict[str, Any]]:
                 yield item["typed_config"]
 
 
-def no_dynamic_stats(host: str, files: dict[str, Any]) -> None:
-    for router in _routers(files):
-        router["dynamic_stats"] = False
-
-
 def dynamic_stats(host: str, files: dict[str, Any]) -> None:
     for router in _routers(files):
         router.pop("dynamic_stats", None)
 
 
+def rollout_stats(host: str, files: dict[str, Any]) -> None:
+    """The client's outbound routers record their dynamic stats, as where a rollout is declared."""
+    for hcm in _hcms(files):
+        if hcm["stat_prefix"].startswith("outbound_"):
+            for item in hcm["http_filters"]:
+                if item["name"] == "envoy.filters.http.router":
+                    item["typed_config"].pop("dynamic_stats", None)
+
+
 VARIANTS.update({
     "no-stats-matcher": ("no stats matcher: Envoy's unread histograms recorded again", "bootstrap.UNRECORDED_STATS",
                          no_stats_matcher),
-    "no-dynamic-stats": ("the outbound routers' dynamic stats too (per-code counters and timings, which rollouts "
-                         "are judged on)", "listeners._hcm", no_dynamic_stats),
-    "dynamic-stats": ("the inbound routers' dynamic stats recorded again", "listeners._hcm", dynamic_stats),
+    "rollout-stats": ("the outbound routers' dynamic stats (per-code counters and timings), as on the ports of a "
+                      "service under a declared rollout", "listeners.HttpNeeds", rollout_stats),
+    "dynamic-stats": ("every router's dynamic stats, the inbound ones too", "listeners.HttpNeeds", dynamic_stats),
 })
+
+
+# --- what a port pays where a VirtualService configures a fault or CORS (not part of "bare") -------------------
+
+def fault_cors(host: str, files: dict[str, Any]) -> None:
+    for hcm in _hcms(files):
+        if hcm["stat_prefix"].startswith("outbound_"):
+            hcm["http_filters"][0:0] = [typed(routes.FAULT_FILTER, HTTP_FAULT), typed(routes.CORS_FILTER, CORS)]
+
+
+VARIANTS["fault-cors"] = ("the fault and CORS HTTP filters on the outbound connection manager, as where routes "
+                          "configure them (no fault or CORS policy set)", "listeners.HttpNeeds", fault_cors)
 
 
 # --- running -------------------------------------------------------------------------------------------------------
@@ -439,7 +449,7 @@ def report(summaries: dict[str, dict[str, Any]], runs: dict[str, list[dict[str, 
     variants = [c for c in summaries if c in VARIANTS]
     if vmesh and variants:
         print("\nvariants / full vmesh, median [interquartile range] of the per-round ratios (below 1: the item "
-              "removed cost that much):")
+              "removed cost that much; above 1: the item added):")
         for config in variants:
             s = summaries[config]
             print(f"  {config:20} p50 {spread(runs, config, 'vmesh', 'p50')}  "
@@ -523,7 +533,7 @@ def report_instructions(pairs: dict[str, list[dict[str, float]]]) -> None:
     variants = [c for c in pair if c in VARIANTS]
     if "vmesh" in pair and variants:
         print("\nvariants / full vmesh, instructions per request of the pair (below 1: the item removed cost that "
-              "much):")
+              "much; above 1: the item added):")
         for config in variants:
             print(f"  {config:20} {ratio(pair[config], pair['vmesh']):.3f}  [{VARIANTS[config][1]}]")
 
