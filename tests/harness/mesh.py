@@ -27,6 +27,23 @@ BOOKINFO_HOSTS = {
 }
 
 
+def sidecar(app: str, *services: str) -> str:
+    """A Sidecar by which the hosts labelled ``app`` see only ``services`` of namespace default (without one, every
+    host sees every service)."""
+    hosts = ", ".join(f'"./{service}.default.svc.cluster.local"' for service in services)
+    return f"""apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: {app}}}
+spec:
+  workloadSelector: {{labels: {{app: {app}}}}}
+  egress:
+  - hosts: [{hosts}]
+"""
+
+
+PRODUCTPAGE_SIDECAR = sidecar("productpage", "reviews", "details")
+
+
 def bookinfo_hosts() -> dict:
     return copy.deepcopy(BOOKINFO_HOSTS)
 

@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from harness import DATA
-from harness.mesh import bookinfo_hosts, build, lb_endpoints, outbound_routes, outbound_vhost, resources, routes_to
+from harness.mesh import (PRODUCTPAGE_SIDECAR, bookinfo_hosts, build, lb_endpoints, outbound_routes, outbound_vhost,
+                          resources, routes_to, sidecar)
 from vmesh import registry
 from vmesh.compile import mtls, render_all, render_host
 from vmesh.errors import MeshError
@@ -407,13 +408,7 @@ def _routers(files: dict[str, str]) -> dict[str, bool]:
     return routers
 
 
-REVIEWS_SEE_RATINGS = """apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {name: reviews}
-spec:
-  workloadSelector: {labels: {app: reviews}}
-  egress: [{hosts: [./ratings.default.svc.cluster.local]}]
-"""
+REVIEWS_SEE_RATINGS = sidecar("reviews", "ratings")
 
 
 def test_routers_record_per_code_counters_and_timings_only_where_a_rollout_reads_them():
@@ -448,22 +443,25 @@ spec:
   - corsPolicy: {allowOrigins: [{exact: "https://example.com"}]}
     route: [{destination: {host: details}}]
 """
-PRODUCTPAGE_SEES = """apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {name: productpage}
-spec:
-  workloadSelector: {labels: {app: productpage}}
-  egress: [{hosts: [./reviews.default.svc.cluster.local, ./details.default.svc.cluster.local]}]
-"""
 SIDECAR_PATCH = """apiVersion: networking.istio.io/v1alpha3
 kind: EnvoyFilter
-metadata: {name: header}
+metadata: {name: buffer}
 spec:
   workloadSelector: {labels: {app: productpage}}
   configPatches:
   - applyTo: HTTP_FILTER
-    match: {context: SIDECAR_OUTBOUND, listener: {filterChain: {filter: {name: envoy.filters.network.http_connection_manager, subFilter: {name: envoy.filters.http.cors}}}}}
-    patch: {operation: INSERT_AFTER, value: {name: envoy.filters.http.buffer, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer, max_request_bytes: 65536}}}
+    match:
+      context: SIDECAR_OUTBOUND
+      listener:
+        filterChain:
+          filter: {name: envoy.filters.network.http_connection_manager, subFilter: {name: envoy.filters.http.cors}}
+    patch:
+      operation: INSERT_AFTER
+      value:
+        name: envoy.filters.http.buffer
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+          max_request_bytes: 65536
 """
 
 
@@ -474,10 +472,10 @@ def _outbound_filters(mesh, host: str) -> list[str]:
 def test_fault_and_cors_filters_only_where_routes_configure_them():
     router = ["envoy.filters.http.router"]
     assert _outbound_filters(build(), "productpage-v1") == router
-    mesh = build(FAULTY_RATINGS, PRODUCTPAGE_SEES)
+    mesh = build(FAULTY_RATINGS, PRODUCTPAGE_SIDECAR)
     assert _outbound_filters(mesh, "reviews-v2") == ["envoy.filters.http.fault"] + router  # reviews calls ratings
     assert _outbound_filters(mesh, "productpage-v1") == router  # it does not
-    assert _outbound_filters(build(FAULTY_RATINGS, CORS_DETAILS, PRODUCTPAGE_SEES), "productpage-v1") == \
+    assert _outbound_filters(build(FAULTY_RATINGS, CORS_DETAILS, PRODUCTPAGE_SIDECAR), "productpage-v1") == \
         ["envoy.filters.http.cors"] + router
     # a host an EnvoyFilter patches has Istio's filters, for a patch to find them
     assert _outbound_filters(build(SIDECAR_PATCH), "productpage-v1") == [

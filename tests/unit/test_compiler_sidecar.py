@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from harness.mesh import bookinfo_hosts, build, resources
+from harness.mesh import PRODUCTPAGE_SIDECAR, bookinfo_hosts, build, resources
 from vmesh.compile import render_all, render_host
 from vmesh.errors import MeshError
 
-PRODUCTPAGE_SIDECAR = """apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {name: productpage}
-spec:
-  workloadSelector: {labels: {app: productpage}}
-  egress:
-  - hosts: ["./reviews.default.svc.cluster.local", "./details.default.svc.cluster.local"]
-"""
 NAMESPACE_DEFAULT = """apiVersion: networking.istio.io/v1
 kind: Sidecar
 metadata: {name: default}
