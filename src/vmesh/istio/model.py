@@ -163,7 +163,8 @@ def _check_destinations(vs: VirtualService, rules: dict[str, DestinationRule]) -
 
 def build(registry: Registry, docs: Iterable[Document], measured: Iterable[str] = ()) -> Mesh:
     """The registry (inventory) + the loaded documents -> the validated Mesh. ServiceEntries add their hosts to
-    the registry; ``measured``: the services under a declared canary rollout (Mesh.measured). Raises MeshError (or MeshErrors with every mistake found) naming file, document and field."""
+    the registry; ``measured``: the services under a declared canary rollout (Mesh.measured). Raises MeshError
+    (or MeshErrors with every mistake found) naming file, document and field."""
     docs = list(docs)
     errors: list[MeshError] = []
     entries = []
