@@ -64,7 +64,7 @@ from vmesh.compile.envoy_types import CORS, HTTP_FAULT, typed
 
 WRK = "/usr/bin/wrk"
 PACED_LUA = Path(__file__).resolve().parent / "paced.lua"
-MESH_PREFIX = "benchdp"  # namespaces vm-benchdp<config>-*: never a test's
+MESH_PREFIX = "benchdp"  # namespaces vm-benchdp<config><instance>-*: never a test's
 WARMUP_SECONDS = 2
 MAX_INSTANCES = 9  # of each configuration (mesh names end in one digit)
 TARGETS = {"p50": 1.05, "p90": 1.05, "p99": 1.10, "cpu": 1.05}  # vmesh/minimal, issue 13
@@ -289,9 +289,11 @@ VARIANTS["fault-cors"] = ("the fault and CORS HTTP filters on the outbound conne
 
 # --- running -------------------------------------------------------------------------------------------------------
 
-def mesh_name(config: str, instance: int = 0) -> str:
-    """benchdp<config><instance> (letters and digits only, at most 24: the harness's rule for mesh names)."""
-    return (MESH_PREFIX + re.sub(r"[^a-z0-9]", "", config))[:23] + str(instance)
+def mesh_name(config: str, instance: int | None = 0) -> str:
+    """benchdp<config><instance> (letters and digits only, at most 24: the harness's rule for mesh names);
+    ``instance`` None: benchdp<config>, the name of runs made before there were instances."""
+    name = MESH_PREFIX + re.sub(r"[^a-z0-9]", "", config)
+    return name[:24] if instance is None else name[:23] + str(instance)
 
 
 def make_mesh(config: str, tmp: Path, concurrency: int, callgrind: bool = False, instance: int = 0) -> BenchMesh:
@@ -571,7 +573,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("needs root, ip, setpriv, iptables, nginx and wrk")
     variants = sorted(VARIANTS) if "all" in args.variant else list(dict.fromkeys(args.variant))
     configs = ["direct", "minimal", "vmesh"] + variants
-    every_name = [mesh_name(c, i) for c in ["direct", "minimal", "vmesh", *VARIANTS] for i in range(MAX_INSTANCES)]
+    every_name = [mesh_name(c, i) for c in ["direct", "minimal", "vmesh", *VARIANTS]
+                  for i in [*range(MAX_INSTANCES), None]]
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="vmesh-bench-datapath."))
     netbench.remove_leftovers(every_name, tmp / "leftovers")
