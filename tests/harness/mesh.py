@@ -44,6 +44,28 @@ spec:
 PRODUCTPAGE_SIDECAR = sidecar("productpage", "reviews", "details")
 
 
+# an ingress Gateway on HTTP 8080 for the hosts labelled istio: ingressgateway, routing every host to productpage
+HTTP_GATEWAY = """apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: pp}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - route:
+    - destination: {host: productpage, port: {number: 9080}}
+"""
+
+
 def bookinfo_hosts() -> dict:
     return copy.deepcopy(BOOKINFO_HOSTS)
 

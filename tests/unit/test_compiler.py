@@ -13,8 +13,8 @@ import sys
 import pytest
 
 from harness import DATA
-from harness.mesh import (PRODUCTPAGE_SIDECAR, bookinfo_hosts, build, lb_endpoints, outbound_routes, outbound_vhost,
-                          resources, routes_to, sidecar)
+from harness.mesh import (HTTP_GATEWAY, PRODUCTPAGE_SIDECAR, bookinfo_hosts, build, lb_endpoints, outbound_routes,
+                          outbound_vhost, resources, routes_to, sidecar)
 from vmesh import registry
 from vmesh.compile import mtls, render_all, render_host
 from vmesh.errors import MeshError
@@ -482,9 +482,9 @@ def test_fault_and_cors_filters_only_where_routes_configure_them():
         "envoy.filters.http.fault", "envoy.filters.http.cors", "envoy.filters.http.buffer"] + router
     # a Gateway's connection manager keeps them all, and its router its dynamic stats
     edge = _connection_managers(render_host(build(HTTP_GATEWAY, hosts=_with_ingress()), "ingress-1").files)
-    assert [f["name"] for f in edge["http.80"]["http_filters"]] == [
+    assert [f["name"] for f in edge["http.8080"]["http_filters"]] == [
         "envoy.filters.http.fault", "envoy.filters.http.cors"] + router
-    assert "dynamic_stats" not in edge["http.80"]["http_filters"][-1]["typed_config"]
+    assert "dynamic_stats" not in edge["http.8080"]["http_filters"][-1]["typed_config"]
 
 
 def test_tcp_and_grpc_ports():
@@ -587,26 +587,6 @@ spec:
   gateways: [gw]
   http:
   - route: [{{destination: {{host: productpage}}}}]
-"""
-
-
-HTTP_GATEWAY = """apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: gw}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 80, name: http, protocol: HTTP}
-    hosts: ["*"]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: edge}
-spec:
-  hosts: ["*"]
-  gateways: [gw]
-  http:
-  - route: [{destination: {host: productpage}}]
 """
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from harness.mesh import bookinfo_hosts, build, lb_endpoints, resources, routes_to
+from harness.mesh import HTTP_GATEWAY, bookinfo_hosts, build, lb_endpoints, resources, routes_to
 from vmesh.compile import mtls, render_host
 from vmesh.errors import MeshError
 
@@ -174,29 +174,10 @@ def test_secrets_are_read_from_the_certs_dir(envoy_validate):
 
 
 def test_gateway_traffic_into_the_mesh_is_mtls():
-    mesh = build(GATEWAY, hosts={**bookinfo_hosts(), "ingress": {
+    mesh = build(HTTP_GATEWAY, hosts={**bookinfo_hosts(), "ingress": {
         "vmesh_labels": {"istio": "ingressgateway"}, "vmesh_service_account": "istio-ingressgateway"}})
     socket = cluster(mesh, "ingress", "outbound|9080||productpage.default.svc.cluster.local")["transport_socket"]
     assert sans(socket) == ["spiffe://cluster.local/ns/default/sa/productpage"]
     assert render_host(mesh, "ingress").identity == "spiffe://cluster.local/ns/default/sa/istio-ingressgateway"
 
 
-GATEWAY = """apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: gw}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 8080, name: http, protocol: HTTP}
-    hosts: ["*"]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: pp}
-spec:
-  hosts: ["*"]
-  gateways: [gw]
-  http:
-  - route:
-    - destination: {host: productpage, port: {number: 9080}}
-"""
