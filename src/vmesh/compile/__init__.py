@@ -136,9 +136,8 @@ class Renderer:
             if text not in self._per_route:
                 self._per_route[text] = routes.per_route_filters(text)
             filters |= self._per_route[text]
-        measured = self.mesh.measured and any(fqdn in self.mesh.measured for text in texts
-                                              for _, _, fqdn in self._shared_references(text))
-        return listeners.HttpNeeds(filters, bool(measured))
+        measured = any(fqdn in self.mesh.measured for text in texts for _, _, fqdn in self._shared_references(text))
+        return listeners.HttpNeeds(filters, measured)
 
     def callers(self, workload: Workload) -> list[Workload]:
         """The hosts whose proxies send to ``workload``'s service (computed for all services at the first call)."""

@@ -153,8 +153,8 @@ def _service_chains(mesh: Mesh, service: Service, port: Port, workload: Workload
     return chains
 
 
-def outbound(mesh: Mesh, services: list[Service], workload: Workload, policy: str = "ALLOW_ANY",
-             needs: Mapping[int, HttpNeeds] | None = None) -> dict[str, Any]:
+def outbound(mesh: Mesh, services: list[Service], workload: Workload, policy: str,
+             needs: Mapping[int, HttpNeeds]) -> dict[str, Any]:
     """The outbound listener: filter chains found by the original destination of the redirected call.
 
     An HTTP port has one chain for all its services, as in Istio: the addresses of those on it (VIPs, a
@@ -162,7 +162,7 @@ def outbound(mesh: Mesh, services: list[Service], workload: Workload, policy: st
     picks the service (routes.port_table). A ServiceEntry host without addresses on it makes the chain take the
     port whatever the address. A TCP or TLS service port has chains of its own, by address, else by port or TLS
     server name. Anything else passes through to where it was going (ALLOW_ANY) or is refused (REGISTRY_ONLY).
-    ``needs``: per HTTP port, what its connection manager needs besides routing (None: ALL_NEEDS everywhere).
+    ``needs``: per HTTP port, what its connection manager needs besides routing.
     """
     chains: list[dict[str, Any]] = []
     sni_ports: set[int] = set()
@@ -204,7 +204,7 @@ def outbound(mesh: Mesh, services: list[Service], workload: Workload, policy: st
         chains.append({"name": f"0.0.0.0_{number}", "filter_chain_match": match,
                        "filters": [_hcm(f"outbound_0.0.0.0_{number}", str(number), workload, inbound=False,
                                         side=mesh.telemetry(workload, "client"), trace=(mesh.registry, None),
-                                        needs=ALL_NEEDS if needs is None else needs.get(number, HttpNeeds()))]})
+                                        needs=needs[number])]})
     default = PASSTHROUGH if policy == "ALLOW_ANY" else BLACKHOLE
     return _listener("virtualOutbound", OUTBOUND_PORT, "OUTBOUND", chains, default, sorted(sni_ports))
 
