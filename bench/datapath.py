@@ -23,8 +23,9 @@ medians over rounds: p50/p90/p99 latency, the proxies' CPU per 1000 requests (ut
 RSS (VmRSS); then vmesh/minimal and minimal/direct, each as the ratio of the medians and as the median
 [interquartile range] of the ratios within each round, next to the targets of issue 13. ``--variant`` adds vmesh
 configurations with one item of the compiled files removed, or added where vmesh leaves it out unless something
-uses it (an edited copy; the compiler is untouched), priced against the full vmesh config the same way. The proxies, nginx and wrk run at niceness -10 (``--nice``) so that
-other work on a shared machine disturbs them less; every configuration is treated alike.
+uses it (an edited copy; the compiler is untouched), priced against the full vmesh config the same way. The
+proxies, nginx and wrk run at niceness -10 (``--nice``) so that other work on a shared machine disturbs them less;
+every configuration is treated alike.
 
 ``--instructions`` counts instead of timing: each pair runs under valgrind's callgrind, one configuration at a time,
 with one worker each and no request cut off at the end of a run, and the report gives the user-space instructions
@@ -88,13 +89,14 @@ TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 
 # --- variants: the vmesh files with one item taken out ------------------------------------------------------------
 
-def _hcms(files: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every HTTP connection manager of the host's lds.json."""
+def _hcms(files: dict[str, Any], outbound_only: bool = False) -> Iterator[dict[str, Any]]:
+    """Every HTTP connection manager of the host's lds.json (``outbound_only``: those of outbound ports)."""
     for listener in files["lds.json"]["resources"]:
         chains = listener.get("filter_chains", []) + [listener.get("default_filter_chain") or {}]
         for chain in chains:
             for item in chain.get("filters", []):
-                if item["name"] == HCM:
+                if item["name"] == HCM and (not outbound_only or item["typed_config"]["stat_prefix"].startswith(
+                        "outbound_")):
                     yield item["typed_config"]
 
 
@@ -245,8 +247,8 @@ def no_stats_matcher(host: str, files: dict[str, Any]) -> None:
     files["envoy.json"].pop("stats_config", None)
 
 
-def _routers(files: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for hcm in _hcms(files):
+def _routers(files: dict[str, Any], outbound_only: bool = False) -> Iterator[dict[str, Any]]:
+    for hcm in _hcms(files, outbound_only):
         for item in hcm["http_filters"]:
             if item["name"] == "envoy.filters.http.router":
                 yield item["typed_config"]
@@ -259,11 +261,8 @@ def dynamic_stats(host: str, files: dict[str, Any]) -> None:
 
 def rollout_stats(host: str, files: dict[str, Any]) -> None:
     """The client's outbound routers record their dynamic stats, as where a rollout is declared."""
-    for hcm in _hcms(files):
-        if hcm["stat_prefix"].startswith("outbound_"):
-            for item in hcm["http_filters"]:
-                if item["name"] == "envoy.filters.http.router":
-                    item["typed_config"].pop("dynamic_stats", None)
+    for router in _routers(files, outbound_only=True):
+        router.pop("dynamic_stats", None)
 
 
 VARIANTS.update({
@@ -278,9 +277,8 @@ VARIANTS.update({
 # --- what a port pays where a VirtualService configures a fault or CORS (not part of "bare") -------------------
 
 def fault_cors(host: str, files: dict[str, Any]) -> None:
-    for hcm in _hcms(files):
-        if hcm["stat_prefix"].startswith("outbound_"):
-            hcm["http_filters"][0:0] = [typed(routes.FAULT_FILTER, HTTP_FAULT), typed(routes.CORS_FILTER, CORS)]
+    for hcm in _hcms(files, outbound_only=True):
+        hcm["http_filters"][0:0] = [typed(routes.FAULT_FILTER, HTTP_FAULT), typed(routes.CORS_FILTER, CORS)]
 
 
 VARIANTS["fault-cors"] = ("the fault and CORS HTTP filters on the outbound connection manager, as where routes "
@@ -540,6 +538,40 @@ def report_instructions(pairs: dict[str, list[dict[str, float]]]) -> None:
             print(f"  {config:20} {ratio(pair[config], pair['vmesh']):.3f}  [{VARIANTS[config][1]}]")
 
 
+def run_rounds(configs: list[str], tmp: Path, args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    """Every configuration's instances up at once, each warmed up and its path checked; then ``args.rounds`` rounds,
+    each measuring every configuration in turn (the order rotated) on the round's instance. {config: its runs}."""
+    meshes: dict[str, list[BenchMesh]] = {c: [] for c in configs}
+    runs: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
+    try:
+        for config in configs:
+            for instance in range(args.instances):
+                mesh = make_mesh(config, tmp, args.concurrency, instance=instance)
+                meshes[config].append(mesh)
+                start(mesh, args.nice)
+        for instances in meshes.values():
+            for mesh in instances:
+                check_path(mesh, measure(mesh, WARMUP_SECONDS, args.rate, args.connections, args.nice))
+        for round_ in range(args.rounds):
+            order = configs[round_ % len(configs):] + configs[:round_ % len(configs)]
+            instance = round_ % args.instances
+            for config in order:
+                run = measure(meshes[config][instance], args.seconds, args.rate, args.connections, args.nice)
+                runs[config].append(run)
+                if args.json:
+                    print(json.dumps({"round": round_ + 1, "instance": instance, "config": config, **run},
+                                     sort_keys=True), flush=True)
+                else:
+                    cpu = "+".join(f"{v:.0f}" for v in run["cpu_ms_per_1000"].values()) or "-"
+                    print(f"round {round_ + 1} {config:20} {run['rps']:5.0f} rps  p50 {run['p50_us'] / 1000:.3f}  "
+                          f"p90 {run['p90_us'] / 1000:.3f}  p99 {run['p99_us'] / 1000:.3f} ms  errors {run['errors']}"
+                          f"  CPU ms/1000 req {cpu}", file=sys.stderr, flush=True)
+    finally:
+        for mesh in reversed([m for instances in meshes.values() for m in instances]):
+            mesh.stop()
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20, help="rounds over all configurations (default 20)")
@@ -575,56 +607,27 @@ def main(argv: list[str] | None = None) -> int:
     configs = ["direct", "minimal", "vmesh"] + variants
     every_name = [mesh_name(c, i) for c in ["direct", "minimal", "vmesh", *VARIANTS]
                   for i in [*range(MAX_INSTANCES), None]]
+    if args.instructions and not (shutil.which(netbench.VALGRIND) and shutil.which(netbench.CALLGRIND_CONTROL)):
+        parser.error("--instructions needs valgrind")
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="vmesh-bench-datapath."))
     netbench.remove_leftovers(every_name, tmp / "leftovers")
-    if args.instructions:
-        if not (shutil.which(netbench.VALGRIND) and shutil.which(netbench.CALLGRIND_CONTROL)):
-            parser.error("--instructions needs valgrind")
-        try:
+    try:
+        if args.instructions:
             pairs = count_instructions(["minimal", "vmesh"] + variants, tmp, args)
-        finally:
-            if args.keep:
-                print(f"logs and Envoy files: {tmp}", file=sys.stderr)
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            runs = run_rounds(configs, tmp, args)
+    finally:
+        if args.keep:
+            print(f"logs and Envoy files: {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if args.instructions:
         if args.json:
             print(json.dumps({"instructions_per_request": pairs}, sort_keys=True))
         else:
             report_instructions(pairs)
         return 0
-    meshes: dict[str, list[BenchMesh]] = {c: [] for c in configs}
-    runs: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
-    try:
-        for config in configs:
-            for instance in range(args.instances):
-                mesh = make_mesh(config, tmp, args.concurrency, instance=instance)
-                meshes[config].append(mesh)
-                start(mesh, args.nice)
-        for instances in meshes.values():
-            for mesh in instances:
-                check_path(mesh, measure(mesh, WARMUP_SECONDS, args.rate, args.connections, args.nice))
-        for round_ in range(args.rounds):
-            order = configs[round_ % len(configs):] + configs[:round_ % len(configs)]
-            instance = round_ % args.instances
-            for config in order:
-                run = measure(meshes[config][instance], args.seconds, args.rate, args.connections, args.nice)
-                runs[config].append(run)
-                if args.json:
-                    print(json.dumps({"round": round_ + 1, "instance": instance, "config": config, **run},
-                                     sort_keys=True), flush=True)
-                else:
-                    cpu = "+".join(f"{v:.0f}" for v in run["cpu_ms_per_1000"].values()) or "-"
-                    print(f"round {round_ + 1} {config:20} {run['rps']:5.0f} rps  p50 {run['p50_us'] / 1000:.3f}  "
-                          f"p90 {run['p90_us'] / 1000:.3f}  p99 {run['p99_us'] / 1000:.3f} ms  errors {run['errors']}"
-                          f"  CPU ms/1000 req {cpu}", file=sys.stderr, flush=True)
-    finally:
-        for mesh in reversed([m for instances in meshes.values() for m in instances]):
-            mesh.stop()
-        if args.keep:
-            print(f"logs and Envoy files: {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     summaries = {config: summarize(runs[config]) for config in configs}
     if args.json:
         for config, summary in summaries.items():
